@@ -1,0 +1,170 @@
+//! Finding a torrent's files on disk and reading pieces from them with
+//! positioned reads (no mmap here: a file truncated under us gives a short
+//! read, never SIGBUS).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::proto::layout::Layout;
+use crate::proto::metainfo::Info;
+
+/// The on-disk path of every file of a torrent, in torrent order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataPaths {
+    /// One path per file of the torrent (pad files included; never opened).
+    pub files: Vec<PathBuf>,
+}
+
+impl DataPaths {
+    /// Places the torrent under `save_dir`, as clients do: the file (or top
+    /// directory) `info.name` inside `save_dir`.
+    pub fn in_save_dir(info: &Info, save_dir: &Path) -> Self {
+        DataPaths {
+            files: info.files.iter().map(|f| save_dir.join(&f.path)).collect(),
+        }
+    }
+
+    /// Finds the data from what a user points at: the save directory that
+    /// holds `info.name`, or the data itself (the file of a single-file
+    /// torrent, the top directory of a multi-file one) under any name.
+    pub fn locate(info: &Info, path: &Path) -> Self {
+        if path.is_dir() && path.join(&info.name).exists() {
+            return Self::in_save_dir(info, path);
+        }
+        if info.multi_file {
+            // `path` is the top directory itself: strip the leading `name`.
+            let files = info
+                .files
+                .iter()
+                .map(|f| path.join(f.path.strip_prefix(&info.name).unwrap_or(&f.path)))
+                .collect();
+            DataPaths { files }
+        } else {
+            DataPaths {
+                files: vec![path.to_path_buf()],
+            }
+        }
+    }
+}
+
+/// A problem with one file found while opening it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileProblem {
+    /// The file does not exist.
+    Missing,
+    /// The file exists but has the wrong size.
+    WrongSize {
+        /// Size the torrent says.
+        expected: u64,
+        /// Size on disk.
+        actual: u64,
+    },
+    /// The file could not be opened or read.
+    Unreadable(String),
+}
+
+/// The torrent's files opened for reading.
+pub struct PieceReader<'l> {
+    layout: &'l Layout,
+    files: Vec<Option<File>>,
+    problems: Vec<(usize, FileProblem)>,
+}
+
+impl<'l> PieceReader<'l> {
+    /// Opens every non-pad file; files that cannot be used are recorded as
+    /// problems and the pieces that need them will fail to read.
+    pub fn open(layout: &'l Layout, paths: &DataPaths) -> Self {
+        let mut files = Vec::with_capacity(paths.files.len());
+        let mut problems = Vec::new();
+        for (index, path) in paths.files.iter().enumerate() {
+            let expected = {
+                let r = layout.file_range(index);
+                r.end - r.start
+            };
+            if layout.is_pad(index) || expected == 0 {
+                files.push(None);
+                continue;
+            }
+            match File::open(path).and_then(|f| Ok((f.metadata()?.len(), f))) {
+                Ok((actual, file)) => {
+                    if actual != expected {
+                        problems.push((index, FileProblem::WrongSize { expected, actual }));
+                    }
+                    advise_sequential(&file);
+                    files.push(Some(file));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    problems.push((index, FileProblem::Missing));
+                    files.push(None);
+                }
+                Err(e) => {
+                    problems.push((index, FileProblem::Unreadable(e.to_string())));
+                    files.push(None);
+                }
+            }
+        }
+        PieceReader {
+            layout,
+            files,
+            problems,
+        }
+    }
+
+    /// Problems found when opening, by file index.
+    pub fn problems(&self) -> &[(usize, FileProblem)] {
+        &self.problems
+    }
+
+    /// Reads piece `index` into `buf` (resized to the piece length). Pad
+    /// files read as zeros. Fails if a file is missing, short or unreadable.
+    pub fn read_piece(&self, index: u32, buf: &mut Vec<u8>) -> io::Result<()> {
+        let len = self.layout.piece_len(index) as usize;
+        buf.resize(len, 0);
+        let mut at = 0usize;
+        for seg in self.layout.segments(self.layout.piece_range(index)) {
+            let dst = &mut buf[at..at + seg.len as usize];
+            at += seg.len as usize;
+            if seg.pad {
+                dst.fill(0);
+                continue;
+            }
+            let file = self.files[seg.file].as_ref().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("file {} is unavailable", seg.file),
+                )
+            })?;
+            file.read_exact_at(dst, seg.file_offset)?;
+        }
+        Ok(())
+    }
+
+    /// Asks the kernel to start reading `range` of the torrent in the
+    /// background, so the read that follows finds it in the page cache.
+    pub fn prefetch(&self, range: std::ops::Range<u64>) {
+        for seg in self.layout.segments(range) {
+            if let Some(file) = &self.files[seg.file] {
+                // SAFETY: plain syscall on an fd we own; it reads no memory of ours.
+                unsafe {
+                    libc::posix_fadvise(
+                        file.as_raw_fd(),
+                        seg.file_offset as libc::off_t,
+                        seg.len as libc::off_t,
+                        libc::POSIX_FADV_WILLNEED,
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn advise_sequential(file: &File) {
+    // SAFETY: plain syscall on an fd we own; it reads no memory of ours.
+    // Failure only loses a hint, so the result is ignored.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+    }
+}

@@ -1,0 +1,19 @@
+//! ringseed-engine: a BitTorrent engine for seeding large files to many peers.
+//!
+//! Three layers, each depending only on the ones below it:
+//!
+//! - [`proto`]: sans-IO formats (bencode, metainfo, magnet links, the piece
+//!   and file geometry);
+//! - policy and state (added with the data plane);
+//! - [`io`]: everything that touches the kernel.
+//!
+//! [`create`] builds torrents; [`hash`] is SHA-1 with SHA-NI where available.
+
+pub mod create;
+pub mod hash;
+pub mod io;
+pub mod proto;
+
+pub use proto::info_hash::InfoHash;
+pub use proto::magnet::MagnetLink;
+pub use proto::metainfo::{Metainfo, MetainfoError};

@@ -1,0 +1,8 @@
+//! Sans-IO protocol formats: bytes in, values out, and back. No sockets,
+//! threads or clocks; every parser returns a typed error on bad input.
+
+pub mod bencode;
+pub mod info_hash;
+pub mod layout;
+pub mod magnet;
+pub mod metainfo;
