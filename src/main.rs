@@ -1,1 +1,26 @@
-fn main() {}
+//! `ringseed`: the command-line front end. It parses arguments, wires the
+//! engine up and maps outcomes to exit codes; everything else is in
+//! `ringseed-engine`.
+
+mod cli;
+mod commands;
+mod display;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code.into(),
+        Err(err) => {
+            // `{:#}` prints the cause chain once: "outer: cause: root cause".
+            eprintln!("ringseed: error: {err:#}");
+            cli::Exit::Error.into()
+        }
+    }
+}

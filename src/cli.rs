@@ -1,0 +1,172 @@
+//! Command-line arguments. Every flag can also come from a `RINGSEED_*`
+//! environment variable (handy in a systemd `EnvironmentFile`).
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit statuses that scripts can rely on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything worked.
+    Success = 0,
+    /// Bad input or an I/O failure; the message says which.
+    Error = 1,
+    // 2 is clap's: the command line itself is wrong.
+    /// `verify`: the data does not match the torrent.
+    Mismatch = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// ringseed: a BitTorrent engine for seeding large files to many peers.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringseed",
+    version,
+    about,
+    after_help = "Exit status: 0 success, 1 error (bad input, I/O), 2 bad command line, \
+                  3 data does not match the torrent (verify)."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make a .torrent from a file or a directory.
+    Create(CreateArgs),
+    /// Show what a .torrent file holds.
+    Info(InfoArgs),
+    /// Check data against a .torrent, every piece, on all cores.
+    Verify(VerifyArgs),
+}
+
+/// Arguments of `ringseed create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The file or directory to share.
+    pub path: PathBuf,
+    /// Where to write the .torrent [default: NAME.torrent in the current directory].
+    #[arg(short, long, env = "RINGSEED_OUTPUT")]
+    pub output: Option<PathBuf>,
+    /// Tracker announce URL; repeat for backups (each becomes its own tier).
+    #[arg(short, long = "tracker", value_name = "URL", env = "RINGSEED_TRACKERS", value_delimiter = ',')]
+    pub trackers: Vec<String>,
+    /// Web seed URL (BEP 19); repeat for several.
+    #[arg(short, long = "web-seed", value_name = "URL", env = "RINGSEED_WEB_SEEDS", value_delimiter = ',')]
+    pub web_seeds: Vec<String>,
+    /// Piece size: `auto` (256 KiB to 16 MiB, at most ~2048 pieces), or bytes
+    /// with an optional K/M suffix (powers of 1024), a multiple of 16 KiB.
+    #[arg(short = 'l', long, default_value = "auto", env = "RINGSEED_PIECE_SIZE", value_parser = parse_piece_size)]
+    pub piece_size: PieceSize,
+    /// Mark the torrent private (BEP 27): peers only from its trackers.
+    #[arg(short, long, env = "RINGSEED_PRIVATE")]
+    pub private: bool,
+    /// A comment stored in the torrent.
+    #[arg(short, long, env = "RINGSEED_COMMENT")]
+    pub comment: Option<String>,
+    /// Leave out the creation date, so the same data gives the same file.
+    #[arg(long, env = "RINGSEED_NO_DATE")]
+    pub no_date: bool,
+    /// Overwrite the output file if it exists.
+    #[arg(short, long, env = "RINGSEED_FORCE")]
+    pub force: bool,
+    #[command(flatten)]
+    pub hashing: HashingArgs,
+}
+
+/// Arguments of `ringseed info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The .torrent file.
+    pub torrent: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long, env = "RINGSEED_JSON")]
+    pub json: bool,
+}
+
+/// Arguments of `ringseed verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The .torrent file.
+    pub torrent: PathBuf,
+    /// The data: the downloaded file or directory itself, or the directory
+    /// that holds it.
+    pub data: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long, env = "RINGSEED_JSON")]
+    pub json: bool,
+    #[command(flatten)]
+    pub hashing: HashingArgs,
+}
+
+/// Options shared by the commands that hash data.
+#[derive(Debug, Args)]
+pub struct HashingArgs {
+    /// Hashing threads [default: one per core].
+    #[arg(long, env = "RINGSEED_THREADS")]
+    pub threads: Option<NonZeroUsize>,
+}
+
+/// `--piece-size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceSize {
+    /// Chosen from the total size.
+    Auto,
+    /// Exactly this many bytes.
+    Bytes(u64),
+}
+
+fn parse_piece_size(text: &str) -> Result<PieceSize, String> {
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(PieceSize::Auto);
+    }
+    let lower = text.to_ascii_lowercase();
+    let trimmed = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (digits, multiplier) = match trimmed.char_indices().last() {
+        Some((i, 'k')) => (&trimmed[..i], 1u64 << 10),
+        Some((i, 'm')) => (&trimmed[..i], 1 << 20),
+        _ => (trimmed, 1),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not `auto` or a size like 262144, 256K or 4M"))?;
+    let bytes = n
+        .checked_mul(multiplier)
+        .filter(|b| *b > 0 && b % (16 << 10) == 0)
+        .ok_or_else(|| format!("{text:?} is not a positive multiple of 16 KiB"))?;
+    Ok(PieceSize::Bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn piece_sizes() {
+        assert_eq!(parse_piece_size("auto"), Ok(PieceSize::Auto));
+        assert_eq!(parse_piece_size("262144"), Ok(PieceSize::Bytes(262144)));
+        assert_eq!(parse_piece_size("256K"), Ok(PieceSize::Bytes(262144)));
+        assert_eq!(parse_piece_size("4MiB"), Ok(PieceSize::Bytes(4 << 20)));
+        assert_eq!(parse_piece_size("1m"), Ok(PieceSize::Bytes(1 << 20)));
+        assert!(parse_piece_size("1000").is_err());
+        assert!(parse_piece_size("0").is_err());
+        assert!(parse_piece_size("lots").is_err());
+    }
+}

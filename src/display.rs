@@ -1,0 +1,138 @@
+//! How the CLI shows things to people and scripts: sizes, progress bars, and
+//! the text and JSON forms of a torrent.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ringseed_engine::io::hasher::Progress;
+use ringseed_engine::{MagnetLink, Metainfo};
+use serde_json::json;
+
+/// `1536` -> `1.50 KiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.2} {}", UNITS[unit])
+    }
+}
+
+/// A byte-count progress bar on stderr, drawn only when stderr is a terminal.
+pub struct HashProgress(ProgressBar);
+
+impl HashProgress {
+    /// A bar for `total` bytes, labelled `what`.
+    pub fn new(what: &'static str, total: u64) -> Self {
+        let target = if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar = ProgressBar::with_draw_target(Some(total), target);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(what);
+        HashProgress(bar)
+    }
+
+    /// Removes the bar from the terminal.
+    pub fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl Progress for HashProgress {
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}
+
+/// The `info --json` object; its field names are a stable interface.
+pub fn torrent_json(m: &Metainfo) -> serde_json::Value {
+    let files: Vec<_> = m
+        .info
+        .files
+        .iter()
+        .map(|f| json!({ "path": f.path.to_string_lossy(), "length": f.length, "pad": f.pad }))
+        .collect();
+    json!({
+        "info_hash": m.info_hash.to_hex(),
+        "name": m.info.name,
+        "total_size": m.total_length(),
+        "piece_length": m.info.piece_length,
+        "num_pieces": m.info.num_pieces(),
+        "files": files,
+        "trackers": m.tracker_urls(),
+        "tracker_tiers": m.trackers,
+        "web_seeds": m.web_seeds,
+        "private": m.info.private,
+        "comment": m.comment,
+        "created_by": m.created_by,
+        "creation_date": m.creation_date,
+        "magnet": MagnetLink::from_metainfo(m).to_string(),
+    })
+}
+
+/// The human-readable summary of a torrent.
+pub fn torrent_text(m: &Metainfo) -> String {
+    let mut out = String::new();
+    let mut line = |label: &str, value: String| out.push_str(&format!("{label:<14}{value}\n"));
+    line("name:", m.info.name.clone());
+    line("info-hash:", m.info_hash.to_hex());
+    line(
+        "total size:",
+        format!("{} ({} bytes)", human_bytes(m.total_length()), m.total_length()),
+    );
+    line(
+        "pieces:",
+        format!("{} x {}", m.info.num_pieces(), human_bytes(m.info.piece_length)),
+    );
+    line("private:", if m.info.private { "yes" } else { "no" }.into());
+    if let Some(comment) = &m.comment {
+        line("comment:", comment.clone());
+    }
+    if let Some(by) = &m.created_by {
+        line("created by:", by.clone());
+    }
+    if let Some(date) = m.creation_date {
+        line("created:", format!("{date} (Unix time)"));
+    }
+    for (i, tier) in m.trackers.iter().enumerate() {
+        line(&format!("tier {}:", i + 1), tier.join(" "));
+    }
+    for seed in &m.web_seeds {
+        line("web seed:", seed.clone());
+    }
+    line("magnet:", MagnetLink::from_metainfo(m).to_string());
+    out.push_str(&format!("files ({}):\n", m.info.files.len()));
+    for f in &m.info.files {
+        let pad = if f.pad { "  (pad)" } else { "" };
+        out.push_str(&format!("  {:>16}  {}{pad}\n", f.length, f.path.display()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+        assert_eq!(human_bytes(4 << 30), "4.00 GiB");
+    }
+}
