@@ -60,10 +60,22 @@ pub struct CreateArgs {
     #[arg(short, long, env = "RINGSEED_OUTPUT")]
     pub output: Option<PathBuf>,
     /// Tracker announce URL; repeat for backups (each becomes its own tier).
-    #[arg(short, long = "tracker", value_name = "URL", env = "RINGSEED_TRACKERS", value_delimiter = ',')]
+    #[arg(
+        short,
+        long = "tracker",
+        value_name = "URL",
+        env = "RINGSEED_TRACKERS",
+        value_delimiter = ','
+    )]
     pub trackers: Vec<String>,
     /// Web seed URL (BEP 19); repeat for several.
-    #[arg(short, long = "web-seed", value_name = "URL", env = "RINGSEED_WEB_SEEDS", value_delimiter = ',')]
+    #[arg(
+        short,
+        long = "web-seed",
+        value_name = "URL",
+        env = "RINGSEED_WEB_SEEDS",
+        value_delimiter = ','
+    )]
     pub web_seeds: Vec<String>,
     /// Piece size: `auto` (256 KiB to 16 MiB, at most ~2048 pieces), or bytes
     /// with an optional K/M suffix (powers of 1024), a multiple of 16 KiB.

@@ -93,11 +93,19 @@ pub fn torrent_text(m: &Metainfo) -> String {
     line("info-hash:", m.info_hash.to_hex());
     line(
         "total size:",
-        format!("{} ({} bytes)", human_bytes(m.total_length()), m.total_length()),
+        format!(
+            "{} ({} bytes)",
+            human_bytes(m.total_length()),
+            m.total_length()
+        ),
     );
     line(
         "pieces:",
-        format!("{} x {}", m.info.num_pieces(), human_bytes(m.info.piece_length)),
+        format!(
+            "{} x {}",
+            m.info.num_pieces(),
+            human_bytes(m.info.piece_length)
+        ),
     );
     line("private:", if m.info.private { "yes" } else { "no" }.into());
     if let Some(comment) = &m.comment {

@@ -72,10 +72,14 @@ pub fn run(args: CreateArgs) -> anyhow::Result<Exit> {
 /// Writes `bytes` to a temporary file beside `path`, then renames it, so a
 /// crash never leaves a half-written .torrent.
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(".".as_ref());
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(".".as_ref());
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
-        path.file_name().map_or("torrent".into(), |n| n.to_string_lossy()),
+        path.file_name()
+            .map_or("torrent".into(), |n| n.to_string_lossy()),
         std::process::id()
     ));
     let result = (|| {

@@ -39,7 +39,11 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<Exit> {
             .iter()
             .map(|(f, p)| json!({ "path": paths.files[*f], "problem": problem_text(p) }))
             .collect();
-        let damaged: Vec<_> = report.damaged_files.iter().map(|&f| &paths.files[f]).collect();
+        let damaged: Vec<_> = report
+            .damaged_files
+            .iter()
+            .map(|&f| &paths.files[f])
+            .collect();
         println!(
             "{}",
             json!({

@@ -1,0 +1,67 @@
+#!/usr/bin/python3
+"""libtorrent-rasterbar (python3-libtorrent) as a reference for ringseed's
+interop tests.
+
+    lt_tool.py info-hash FILE.torrent        print the v1 info-hash (hex)
+    lt_tool.py check FILE.torrent SAVE_DIR   check the data, print
+                                             "<have> <total>" pieces
+
+DHT, LSD, UPnP and NAT-PMP are off and the session listens on loopback
+only, so nothing leaves the machine.
+"""
+import sys
+import time
+
+import libtorrent as lt
+
+
+def session():
+    return lt.session({
+        "listen_interfaces": "127.0.0.1:0",
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "enable_incoming_utp": False,
+        "enable_outgoing_utp": False,
+        "alert_mask": lt.alert.category_t.error_notification
+        | lt.alert.category_t.status_notification,
+    })
+
+
+def info_hash(path):
+    print(lt.torrent_info(path).info_hashes().v1)
+
+
+def check(path, save_dir, timeout=120.0):
+    ses = session()
+    ti = lt.torrent_info(path)
+    params = lt.add_torrent_params()
+    params.ti = ti
+    params.save_path = save_dir
+    handle = ses.add_torrent(params)
+    deadline = time.monotonic() + timeout
+    while True:
+        status = handle.status()
+        if status.errc.value() != 0:
+            sys.exit(f"libtorrent error: {status.errc.message()}")
+        if status.state not in (lt.torrent_status.checking_files,
+                                lt.torrent_status.checking_resume_data) \
+                and not status.paused and status.has_metadata \
+                and status.state != lt.torrent_status.allocating:
+            break
+        if time.monotonic() > deadline:
+            sys.exit("libtorrent did not finish checking in time")
+        # Wait for libtorrent's next state change rather than polling blindly.
+        ses.wait_for_alert(200)
+        ses.pop_alerts()
+    print(status.num_pieces, ti.num_pieces())
+
+
+if __name__ == "__main__":
+    commands = {"info-hash": (info_hash, 1), "check": (check, 2)}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands \
+            or len(sys.argv) != 2 + commands[sys.argv[1]][1]:
+        sys.exit(__doc__)
+    func, _ = commands[sys.argv[1]]
+    func(*sys.argv[2:])
