@@ -118,26 +118,39 @@ impl<'l> PieceReader<'l> {
         &self.problems
     }
 
-    /// Reads piece `index` into `buf` (resized to the piece length). Pad
-    /// files read as zeros. Fails if a file is missing, short or unreadable.
-    pub fn read_piece(&self, index: u32, buf: &mut Vec<u8>) -> io::Result<()> {
-        let len = self.layout.piece_len(index) as usize;
-        buf.resize(len, 0);
-        let mut at = 0usize;
+    /// Reads piece `index` in chunks of `scratch.len()` bytes, handing each
+    /// chunk to `sink` in order. Pad files read as zeros. Fails if a file is
+    /// missing, short or unreadable.
+    ///
+    /// Small chunks matter for hashing: a chunk that fits in the L2 cache is
+    /// still there when the hasher reads it, so the copy out of the page
+    /// cache costs little more than reading it in place would.
+    pub fn read_piece_chunks(
+        &self,
+        index: u32,
+        scratch: &mut [u8],
+        mut sink: impl FnMut(&[u8]),
+    ) -> io::Result<()> {
+        assert!(!scratch.is_empty(), "scratch buffer must not be empty");
         for seg in self.layout.segments(self.layout.piece_range(index)) {
-            let dst = &mut buf[at..at + seg.len as usize];
-            at += seg.len as usize;
-            if seg.pad {
-                dst.fill(0);
-                continue;
+            let mut done = 0u64;
+            while done < seg.len {
+                let n = (seg.len - done).min(scratch.len() as u64) as usize;
+                let chunk = &mut scratch[..n];
+                if seg.pad {
+                    chunk.fill(0);
+                } else {
+                    let file = self.files[seg.file].as_ref().ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!("file {} is unavailable", seg.file),
+                        )
+                    })?;
+                    file.read_exact_at(chunk, seg.file_offset + done)?;
+                }
+                sink(chunk);
+                done += n as u64;
             }
-            let file = self.files[seg.file].as_ref().ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("file {} is unavailable", seg.file),
-                )
-            })?;
-            file.read_exact_at(dst, seg.file_offset)?;
         }
         Ok(())
     }

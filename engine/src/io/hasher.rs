@@ -16,6 +16,10 @@ use crate::proto::layout::Layout;
 /// enough that threads finish together.
 const BATCH_BYTES: u64 = 4 << 20;
 
+/// Bytes read per `pread` while hashing: small enough to stay in L2 between
+/// the copy and the hash (measured in docs/BENCHMARKS.md).
+const READ_CHUNK: usize = 64 << 10;
+
 /// Receives progress from hashing threads.
 pub trait Progress: Sync {
     /// `bytes` more bytes were hashed.
@@ -57,7 +61,7 @@ pub fn hash_pieces(
             .map(|_| {
                 s.spawn(|| {
                     let mut out = Vec::new();
-                    let mut buf = Vec::with_capacity(layout.piece_length() as usize);
+                    let mut scratch = vec![0u8; READ_CHUNK];
                     loop {
                         let b = next_batch.fetch_add(1, Ordering::Relaxed);
                         if b >= num_batches {
@@ -72,11 +76,11 @@ pub fn hash_pieces(
                             );
                         }
                         for piece in batch_range(b) {
-                            let digest = reader.read_piece(piece, &mut buf).ok().map(|()| {
-                                let mut h = Sha1Hasher::new();
-                                h.update(&buf);
-                                h.finish()
-                            });
+                            let mut h = Sha1Hasher::new();
+                            let digest = reader
+                                .read_piece_chunks(piece, &mut scratch, |chunk| h.update(chunk))
+                                .ok()
+                                .map(|()| h.finish());
                             progress.advance(layout.piece_len(piece));
                             out.push((piece, digest));
                         }
