@@ -4,7 +4,7 @@
 //!
 //! - [`proto`]: sans-IO formats (bencode, metainfo, magnet links, the piece
 //!   and file geometry);
-//! - policy and state (added with the data plane);
+//! - [`policy`]: pure state machines (peer sessions, choker, rate limit);
 //! - [`io`]: everything that touches the kernel.
 //!
 //! [`create`] builds torrents; [`hash`] is SHA-1 with SHA-NI where available.
@@ -12,6 +12,7 @@
 pub mod create;
 pub mod hash;
 pub mod io;
+pub mod policy;
 pub mod proto;
 
 pub use proto::info_hash::InfoHash;

@@ -2,7 +2,9 @@
 //! threads or clocks; every parser returns a typed error on bad input.
 
 pub mod bencode;
+pub mod extension;
 pub mod info_hash;
 pub mod layout;
 pub mod magnet;
 pub mod metainfo;
+pub mod wire;

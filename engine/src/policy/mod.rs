@@ -1,0 +1,5 @@
+//! Pure, deterministic policy: per-connection protocol state, the seeding
+//! choker, the upload rate limiter. Time and randomness come in as
+//! arguments, so tests are exact.
+
+pub mod seed_session;

@@ -1,0 +1,323 @@
+use super::*;
+use crate::proto::info_hash::InfoHash;
+use crate::proto::wire::{decode, Reserved};
+
+/// 3 pieces of 64 KiB, the last 40 000 bytes; 20 000 bytes of metadata.
+struct FakeTorrent {
+    info: Vec<u8>,
+}
+
+impl TorrentView for FakeTorrent {
+    fn num_pieces(&self) -> u32 {
+        3
+    }
+    fn piece_len(&self, piece: u32) -> u32 {
+        if piece == 2 {
+            40_000
+        } else {
+            65_536
+        }
+    }
+    fn info_bytes(&self) -> &[u8] {
+        &self.info
+    }
+}
+
+fn torrent() -> FakeTorrent {
+    FakeTorrent {
+        info: (0..20_000u32).map(|i| i as u8).collect(),
+    }
+}
+
+fn handshake(fast: bool, ext: bool) -> Handshake {
+    let mut reserved = Reserved::default();
+    if fast {
+        reserved.0[7] |= 0x04;
+    }
+    if ext {
+        reserved.0[5] |= 0x10;
+    }
+    Handshake {
+        reserved,
+        info_hash: InfoHash([1; 20]),
+        peer_id: [2; 20],
+    }
+}
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        max_queued_requests: 4,
+        client_name: "test".into(),
+        listen_port: Some(6881),
+    }
+}
+
+/// Decodes everything the session queued for sending.
+fn sent(s: &mut SeedSession) -> Vec<Message<'static>> {
+    let mut buf = Vec::new();
+    s.drain_output_into(&mut buf);
+    let buf: &'static [u8] = Box::leak(buf.into_boxed_slice());
+    let mut msgs = Vec::new();
+    let mut at = 0;
+    while let Some((m, used)) = decode(&buf[at..], 1 << 20).unwrap() {
+        msgs.push(m);
+        at += used;
+    }
+    assert_eq!(at, buf.len(), "only whole messages are queued");
+    msgs
+}
+
+fn req(piece: u32, offset: u32, length: u32) -> BlockRequest {
+    BlockRequest {
+        piece,
+        offset,
+        length,
+    }
+}
+
+#[test]
+fn greets_fast_peers_with_have_all_and_others_with_a_bitfield() {
+    let t = torrent();
+    let mut fast = SeedSession::new(&handshake(true, true), None, &t, config());
+    let greeting = sent(&mut fast);
+    assert!(matches!(greeting[0], Message::Extended { id: 0, .. }));
+    assert_eq!(greeting[1], Message::HaveAll);
+
+    let mut plain = SeedSession::new(&handshake(false, false), None, &t, config());
+    assert_eq!(sent(&mut plain), [Message::Bitfield(&[0xe0])]);
+}
+
+#[test]
+fn extension_handshake_advertises_reqq_metadata_size_and_yourip() {
+    let t = torrent();
+    let ip: IpAddr = "127.0.0.11".parse().unwrap();
+    let mut s = SeedSession::new(&handshake(true, true), Some(ip), &t, config());
+    let Message::Extended { payload, .. } = sent(&mut s)[0] else {
+        panic!()
+    };
+    let hs = ExtensionHandshake::decode(payload).unwrap();
+    assert_eq!(hs.id_of(UT_METADATA), Some(OUR_UT_METADATA_ID));
+    assert_eq!(hs.reqq, Some(4));
+    assert_eq!(hs.metadata_size, Some(20_000));
+    assert_eq!(hs.your_ip, Some(ip));
+    assert_eq!(hs.listen_port, Some(6881));
+}
+
+#[test]
+fn serves_requests_only_while_unchoked_and_rejects_the_rest() {
+    let t = torrent();
+    let mut s = SeedSession::new(&handshake(true, false), None, &t, config());
+    sent(&mut s);
+    s.on_message(Message::Interested, &t).unwrap();
+    assert!(s.is_interested());
+
+    // Choked: a fast peer gets a reject.
+    s.on_message(Message::Request(req(0, 0, 16384)), &t)
+        .unwrap();
+    assert_eq!(sent(&mut s), [Message::RejectRequest(req(0, 0, 16384))]);
+    assert_eq!(s.queued(), 0);
+
+    s.set_choking(false);
+    assert_eq!(sent(&mut s), [Message::Unchoke]);
+    for i in 0..4 {
+        s.on_message(Message::Request(req(0, i * 16384, 16384)), &t)
+            .unwrap();
+    }
+    // The queue holds `max_queued_requests`; the fifth is rejected.
+    s.on_message(Message::Request(req(1, 0, 16384)), &t)
+        .unwrap();
+    assert_eq!(sent(&mut s), [Message::RejectRequest(req(1, 0, 16384))]);
+    assert_eq!(s.pop_request(), Some(req(0, 0, 16384)));
+
+    // Cancel removes a queued request and answers it (BEP 6).
+    s.on_message(Message::Cancel(req(0, 16384, 16384)), &t)
+        .unwrap();
+    assert_eq!(sent(&mut s), [Message::RejectRequest(req(0, 16384, 16384))]);
+    // A cancel of something not queued is ignored.
+    s.on_message(Message::Cancel(req(2, 0, 1)), &t).unwrap();
+    assert!(sent(&mut s).is_empty());
+
+    // Choking rejects what is left.
+    s.set_choking(true);
+    assert_eq!(
+        sent(&mut s),
+        [
+            Message::Choke,
+            Message::RejectRequest(req(0, 32768, 16384)),
+            Message::RejectRequest(req(0, 49152, 16384)),
+        ]
+    );
+    assert_eq!(s.counters().rejected_requests, 5);
+}
+
+#[test]
+fn peers_without_fast_extension_get_silence_not_rejects() {
+    let t = torrent();
+    let mut s = SeedSession::new(&handshake(false, false), None, &t, config());
+    sent(&mut s);
+    s.on_message(Message::Request(req(0, 0, 16384)), &t)
+        .unwrap();
+    assert!(sent(&mut s).is_empty());
+    assert_eq!(s.counters().rejected_requests, 1);
+    for fast_only in [
+        Message::HaveNone,
+        Message::AllowedFast(1),
+        Message::SuggestPiece(0),
+    ] {
+        assert_eq!(
+            s.on_message(fast_only, &t),
+            Err(SessionEnd::Violation(Violation::FastWithoutSupport))
+        );
+    }
+    assert_eq!(
+        s.on_message(
+            Message::Extended {
+                id: 0,
+                payload: b"de"
+            },
+            &t
+        ),
+        Err(SessionEnd::Violation(Violation::ExtendedWithoutSupport))
+    );
+}
+
+#[test]
+fn invalid_requests_are_violations() {
+    let t = torrent();
+    let mut s = SeedSession::new(&handshake(true, false), None, &t, config());
+    s.set_choking(false);
+    for bad in [
+        req(3, 0, 16384),          // piece out of range
+        req(2, 32768, 16384),      // past the end of the short last piece
+        req(0, 0, 0),              // empty
+        req(0, 0, 128 * 1024 + 1), // above 128 KiB
+        req(0, u32::MAX, 16384),   // offset overflow
+    ] {
+        assert_eq!(
+            s.on_message(Message::Request(bad), &t),
+            Err(SessionEnd::Violation(Violation::InvalidRequest(bad)))
+        );
+    }
+    // The exact end of the last piece, and a 32 KiB block, are fine.
+    s.on_message(Message::Request(req(2, 40_000 - 7232, 7232)), &t)
+        .unwrap();
+    s.on_message(Message::Request(req(0, 0, 32768)), &t)
+        .unwrap();
+    assert_eq!(s.queued(), 2);
+}
+
+#[test]
+fn state_messages_and_bad_ones() {
+    let t = torrent();
+    let mut s = SeedSession::new(&handshake(true, true), None, &t, config());
+    for ok in [
+        Message::KeepAlive,
+        Message::Choke,
+        Message::Unchoke,
+        Message::Have(2),
+        Message::Port(1),
+        Message::Unknown { id: 77 },
+        Message::HaveNone,
+        Message::Bitfield(&[0x40]),
+        Message::Extended {
+            id: 9,
+            payload: b"ignored",
+        },
+    ] {
+        s.on_message(ok, &t).unwrap();
+    }
+    s.on_message(Message::Interested, &t).unwrap();
+    s.on_message(Message::NotInterested, &t).unwrap();
+    assert!(!s.is_interested());
+    assert_eq!(
+        s.on_message(Message::Have(3), &t),
+        Err(Violation::HaveOutOfRange {
+            piece: 3,
+            num_pieces: 3
+        }
+        .into())
+    );
+    for bits in [&[0x40, 0][..], &[0x41][..], &[][..]] {
+        assert!(matches!(
+            s.on_message(Message::Bitfield(bits), &t),
+            Err(SessionEnd::Violation(Violation::BadBitfield { .. }))
+        ));
+    }
+    assert_eq!(
+        s.on_message(Message::Bitfield(&[0xe0]), &t),
+        Err(SessionEnd::PeerIsSeed)
+    );
+    assert_eq!(
+        s.on_message(Message::HaveAll, &t),
+        Err(SessionEnd::PeerIsSeed)
+    );
+    assert_eq!(
+        s.on_message(
+            Message::Piece {
+                piece: 1,
+                offset: 0,
+                data: b"x"
+            },
+            &t
+        ),
+        Err(Violation::UnrequestedBlock(1).into())
+    );
+    assert!(matches!(
+        s.on_message(
+            Message::Extended {
+                id: 0,
+                payload: b"not bencode"
+            },
+            &t
+        ),
+        Err(SessionEnd::Violation(Violation::Extension(_)))
+    ));
+}
+
+#[test]
+fn serves_metadata_pieces_and_rejects_beyond_the_end() {
+    let t = torrent();
+    let mut s = SeedSession::new(&handshake(true, true), None, &t, config());
+    sent(&mut s);
+    // The peer's extension handshake names its id for ut_metadata: 3.
+    s.on_message(
+        Message::Extended {
+            id: 0,
+            payload: b"d1:md11:ut_metadatai3eee",
+        },
+        &t,
+    )
+    .unwrap();
+    let request = |piece: u32, s: &mut SeedSession| {
+        let mut payload = Vec::new();
+        MetadataMessage::Request { piece }.encode(&mut payload);
+        s.on_message(
+            Message::Extended {
+                id: OUR_UT_METADATA_ID,
+                payload: &payload,
+            },
+            &t,
+        )
+        .unwrap();
+        let msgs = sent(s);
+        let Message::Extended { id: 3, payload } = msgs[0] else {
+            panic!("{msgs:?}")
+        };
+        MetadataMessage::decode(payload).unwrap()
+    };
+    let MetadataMessage::Data {
+        piece: 0,
+        total_size: 20_000,
+        data,
+    } = request(0, &mut s)
+    else {
+        panic!()
+    };
+    assert_eq!(data, &t.info[..16384]);
+    let MetadataMessage::Data { piece: 1, data, .. } = request(1, &mut s) else {
+        panic!()
+    };
+    assert_eq!(data, &t.info[16384..]);
+    assert_eq!(request(2, &mut s), MetadataMessage::Reject { piece: 2 });
+    assert_eq!(s.counters().metadata_pieces_served, 2);
+}
