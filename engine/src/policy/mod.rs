@@ -2,4 +2,6 @@
 //! choker, the upload rate limiter. Time and randomness come in as
 //! arguments, so tests are exact.
 
+pub mod choker;
+pub mod rate_limit;
 pub mod seed_session;
