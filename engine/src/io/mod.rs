@@ -1,5 +1,8 @@
-//! The only layer that touches the kernel: files, hashing threads and (with
-//! the data plane) the per-core io_uring reactors.
+//! The only layer that touches the kernel: files, hashing threads, mapped
+//! storage and the per-core io_uring data plane.
 
 pub mod files;
 pub mod hasher;
+pub mod seeder;
+pub mod storage;
+pub mod uring;

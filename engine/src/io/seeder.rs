@@ -1,0 +1,424 @@
+//! Starting, observing and stopping the seeding data plane: one pinned
+//! worker thread per core, each with its own io_uring and SO_REUSEPORT
+//! listener, sharing the torrents read-only.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::io::storage::SeedTorrent;
+use crate::io::uring::worker::{random_u64, Worker};
+use crate::policy::choker::ChokerConfig;
+use crate::policy::seed_session::SessionConfig;
+use crate::proto::info_hash::InfoHash;
+use crate::stats::{Counters, StatsSnapshot};
+
+/// The default BitTorrent port.
+pub const DEFAULT_PORT: u16 = 6881;
+
+/// Listen backlog of each worker's socket. The kernel caps it at
+/// `net.core.somaxconn` (4096 here); a backlog of 128 dropped SYNs and
+/// capped accepts at ~600/s in our load tests.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Settings of the data plane.
+#[derive(Debug, Clone)]
+pub struct SeedConfig {
+    /// Where to listen; `[::]` listens on IPv4 and IPv6.
+    pub listen: SocketAddr,
+    /// Worker threads (one per core is best).
+    pub workers: usize,
+    /// Pin worker *i* to core *i*.
+    pub pin_workers: bool,
+    /// Upload slots for the whole process, 0 for unlimited; split among
+    /// workers, each getting at least one.
+    pub upload_slots: usize,
+    /// Bytes per second for the whole process, 0 for unlimited; each worker
+    /// gets an equal share in its own token bucket.
+    pub max_upload_rate: u64,
+    /// Connections for the whole process, 0 for unlimited.
+    pub max_connections: usize,
+    /// Connections per torrent, 0 for unlimited.
+    pub max_connections_per_torrent: usize,
+    /// Connections per peer IP address, 0 for unlimited.
+    pub max_connections_per_ip: usize,
+    /// How often the choker runs.
+    pub rechoke_every: Duration,
+    /// Choker settings other than the slots.
+    pub choker: ChokerConfig,
+    /// Per-connection protocol settings.
+    pub session: SessionConfig,
+    /// Submission queue entries per ring.
+    pub ring_entries: u32,
+}
+
+impl Default for SeedConfig {
+    fn default() -> Self {
+        SeedConfig {
+            listen: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), DEFAULT_PORT),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin_workers: true,
+            upload_slots: 0,
+            max_upload_rate: 0,
+            max_connections: 0,
+            max_connections_per_torrent: 0,
+            max_connections_per_ip: 8,
+            rechoke_every: Duration::from_secs(10),
+            choker: ChokerConfig::default(),
+            session: SessionConfig::default(),
+            ring_entries: 4096,
+        }
+    }
+}
+
+impl SeedConfig {
+    /// The choker settings of worker `index`: its share of the slots.
+    pub fn choker_share(&self, index: usize) -> ChokerConfig {
+        let workers = self.workers.max(1);
+        let upload_slots = if self.upload_slots == 0 {
+            0
+        } else {
+            (self.upload_slots / workers + usize::from(index < self.upload_slots % workers)).max(1)
+        };
+        ChokerConfig {
+            upload_slots,
+            ..self.choker
+        }
+    }
+}
+
+/// Why the data plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    /// io_uring cannot be used here.
+    #[error(
+        "io_uring is unavailable, and ringseed's data plane needs it. Check that the kernel \
+         is Linux 5.19 or newer, that `sysctl kernel.io_uring_disabled` is 0, that no seccomp \
+         profile blocks io_uring (Docker's default one does), and on kernels before 5.12 that \
+         RLIMIT_MEMLOCK (LimitMEMLOCK in systemd) allows the rings"
+    )]
+    IoUringUnavailable(#[source] io::Error),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A worker thread could not be started.
+    #[error("cannot start worker {index}")]
+    Worker {
+        /// Worker index.
+        index: usize,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Connection limits, checked when a connection is accepted or completes
+/// its handshake (never per block).
+#[derive(Debug, Default)]
+pub struct Limits {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Limits {
+    /// Admits a new connection from `ip`, or refuses it.
+    pub fn try_admit(&self, ip: IpAddr, config: &SeedConfig) -> bool {
+        let total = self.total.fetch_add(1, Ordering::Relaxed);
+        if config.max_connections != 0 && total >= config.max_connections {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = per_ip.entry(ip).or_insert(0);
+        if config.max_connections_per_ip != 0 && *n >= config.max_connections_per_ip {
+            drop(per_ip);
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A connection admitted by `try_admit` closed.
+    pub fn leave(&self, ip: IpAddr) {
+        self.total.fetch_sub(1, Ordering::Relaxed);
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Admits a handshaken connection to `torrent`, or refuses it.
+    pub fn try_join_torrent(&self, torrent: &SeedTorrent, config: &SeedConfig) -> bool {
+        let n = torrent.connections.fetch_add(1, Ordering::Relaxed);
+        if config.max_connections_per_torrent != 0 && n >= config.max_connections_per_torrent {
+            torrent.connections.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// A connection admitted by `try_join_torrent` closed.
+    pub fn leave_torrent(&self, torrent: &SeedTorrent) {
+        torrent.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the workers share: read-only torrents, counters each worker writes
+/// alone, limits, and the stop flag.
+#[derive(Debug)]
+pub struct Shared {
+    /// The torrents served, by info-hash.
+    pub torrents: HashMap<InfoHash, Arc<SeedTorrent>>,
+    /// Set to stop the workers.
+    pub stop: AtomicBool,
+    /// Counters of worker *i*, written by it alone.
+    pub worker_stats: Vec<Counters>,
+    /// Connection limits.
+    pub limits: Limits,
+    /// Our peer id.
+    pub peer_id: [u8; 20],
+}
+
+/// Counters of the whole data plane at one moment.
+#[derive(Debug, Clone)]
+pub struct SeederStats {
+    /// Sum over workers.
+    pub total: StatsSnapshot,
+    /// Per worker.
+    pub workers: Vec<StatsSnapshot>,
+    /// Per torrent: info-hash, name, counters, error if it failed.
+    pub torrents: Vec<TorrentStats>,
+}
+
+/// A torrent's counters.
+#[derive(Debug, Clone)]
+pub struct TorrentStats {
+    /// The torrent.
+    pub info_hash: InfoHash,
+    /// Its name.
+    pub name: String,
+    /// Its counters.
+    pub stats: StatsSnapshot,
+    /// Why it stopped being served, if it did.
+    pub error: Option<String>,
+}
+
+/// The running data plane.
+pub struct Seeder {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<io::Result<()>>>,
+    wake_fds: Vec<OwnedFd>,
+    local_addr: SocketAddr,
+}
+
+impl Seeder {
+    /// Binds the listeners and starts the workers; returns once every
+    /// worker has its ring and is accepting.
+    pub fn start(config: SeedConfig, torrents: Vec<Arc<SeedTorrent>>) -> Result<Self, SeedError> {
+        let workers = config.workers.max(1);
+        // Azureus-style: client and version, then 12 random characters.
+        let mut peer_id = *b"-RS0100-000000000000";
+        let mut random = random_u64();
+        for b in &mut peer_id[8..] {
+            *b = b"0123456789abcdefghijklmnopqrstuvwxyz"[(random % 36) as usize];
+            random = (random / 36) ^ random.rotate_left(17);
+        }
+        let shared = Arc::new(Shared {
+            torrents: torrents
+                .into_iter()
+                .map(|t| (t.metainfo.info_hash, t))
+                .collect(),
+            stop: AtomicBool::new(false),
+            worker_stats: (0..workers).map(|_| Counters::default()).collect(),
+            limits: Limits::default(),
+            peer_id,
+        });
+
+        // Bind worker 0 first: with port 0 it picks the port the others share.
+        let mut listeners = Vec::with_capacity(workers);
+        let mut addr = config.listen;
+        for _ in 0..workers {
+            let socket = listen(addr).map_err(|source| SeedError::Listen { addr, source })?;
+            addr = socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .unwrap_or(addr);
+            listeners.push(OwnedFd::from(socket));
+        }
+
+        let config = Arc::new(SeedConfig { workers, ..config });
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut handles = Vec::with_capacity(workers);
+        let mut wake_fds = Vec::with_capacity(workers);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let wake = eventfd().map_err(|source| SeedError::Worker { index, source })?;
+            let wake_raw = wake.as_raw_fd();
+            wake_fds.push(wake);
+            let shared = Arc::clone(&shared);
+            let config = Arc::clone(&config);
+            let core = config
+                .pin_workers
+                .then(|| cores.get(index % cores.len().max(1)).copied())
+                .flatten();
+            let ready = ready_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("ringseed-w{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    match Worker::new(index, listener, wake_raw, shared, config) {
+                        Ok(worker) => {
+                            let _ = ready.send(Ok(()));
+                            worker.run()
+                        }
+                        Err(e) => {
+                            let kind = e.kind();
+                            let _ = ready.send(Err(e));
+                            Err(io::Error::from(kind))
+                        }
+                    }
+                })
+                .map_err(|source| SeedError::Worker { index, source })?;
+            handles.push(handle);
+        }
+        drop(ready_tx);
+        let mut seeder = Seeder {
+            shared,
+            workers: handles,
+            wake_fds,
+            local_addr: addr,
+        };
+        for _ in 0..workers {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let _ = seeder.stop_workers();
+                    return Err(SeedError::IoUringUnavailable(e));
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(seeder)
+    }
+
+    /// The address the workers listen on (with the real port if 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The torrents served.
+    pub fn torrents(&self) -> impl Iterator<Item = &Arc<SeedTorrent>> {
+        self.shared.torrents.values()
+    }
+
+    /// Counters now (updated by the workers once a second).
+    pub fn stats(&self) -> SeederStats {
+        let workers: Vec<StatsSnapshot> = self
+            .shared
+            .worker_stats
+            .iter()
+            .map(Counters::snapshot)
+            .collect();
+        let mut total = StatsSnapshot::default();
+        for w in &workers {
+            total += *w;
+        }
+        let mut torrents: Vec<TorrentStats> = self
+            .shared
+            .torrents
+            .values()
+            .map(|t| TorrentStats {
+                info_hash: t.metainfo.info_hash,
+                name: t.metainfo.info.name.clone(),
+                stats: t.stats.snapshot(),
+                error: t.error(),
+            })
+            .collect();
+        torrents.sort_by(|a, b| a.name.cmp(&b.name));
+        SeederStats {
+            total,
+            workers,
+            torrents,
+        }
+    }
+
+    fn stop_workers(&mut self) -> io::Result<()> {
+        self.shared.stop.store(true, Ordering::Release);
+        for fd in &self.wake_fds {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes from a live u64 to our own eventfd.
+            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+        let mut result = Ok(());
+        for handle in self.workers.drain(..) {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(io::Error::other("a worker panicked")),
+            }
+        }
+        result
+    }
+
+    /// Closes every connection and stops the workers.
+    pub fn shutdown(mut self) -> io::Result<()> {
+        self.stop_workers()
+    }
+}
+
+impl Drop for Seeder {
+    fn drop(&mut self) {
+        let _ = self.stop_workers();
+    }
+}
+
+/// A listening socket shared by the workers (SO_REUSEPORT). `[::]` also
+/// accepts IPv4; where IPv6 is off, it falls back to `0.0.0.0`.
+fn listen(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = match Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)) {
+        Err(e) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
+            let v4 = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port());
+            return listen(v4).map_err(|_| e);
+        }
+        other => other?,
+    };
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_cloexec(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
+}
+
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is checked before use.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -1,0 +1,386 @@
+//! A seeded torrent's files, mapped read-only, and how a block becomes the
+//! addresses the kernel sends from.
+//!
+//! # Why the mappings never raise SIGBUS
+//!
+//! A mapping of a file that is later truncated raises SIGBUS when *user
+//! space* touches a page past the new end. ringseed never reads these
+//! mappings itself: it only hands their addresses to the kernel (in
+//! `sendmsg` iovecs, `mincore`, `madvise`). A kernel copy that faults on such
+//! a page fails the system call with `EFAULT` instead, which the data plane
+//! turns into "torrent errored". Hashing reads files with `pread`, never
+//! through a mapping. The mappings are `MmapRaw`, which offers raw pointers
+//! only, so no `&[u8]` over them can be made by accident.
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::io::files::DataPaths;
+use crate::proto::layout::Layout;
+use crate::proto::metainfo::Metainfo;
+use crate::proto::wire::{BlockRequest, MAX_REQUEST_LEN};
+use crate::stats::Counters;
+
+/// Zeros for pad files (BEP 47), which are never stored; a block is at most
+/// [`MAX_REQUEST_LEN`] bytes.
+static ZEROS: [u8; MAX_REQUEST_LEN as usize] = [0; MAX_REQUEST_LEN as usize];
+
+/// Why a torrent's data could not be opened for seeding.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A file could not be opened or mapped.
+    #[error("cannot open {path} for seeding")]
+    Open {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A file is shorter than the torrent says.
+    #[error("{path} has {actual} bytes, the torrent needs {expected}")]
+    Short {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Size the torrent says.
+        expected: u64,
+        /// Size on disk.
+        actual: u64,
+    },
+}
+
+struct MappedFile {
+    path: std::path::PathBuf,
+    file: File,
+    map: MmapRaw,
+    len: u64,
+}
+
+/// A torrent being seeded: its metainfo, its files mapped read-only, its
+/// counters and whether it has failed. Shared read-only by every worker.
+pub struct SeedTorrent {
+    /// The torrent.
+    pub metainfo: Metainfo,
+    /// Its piece/file geometry.
+    pub layout: Layout,
+    /// One entry per file; `None` for pad and empty files.
+    files: Vec<Option<MappedFile>>,
+    errored: AtomicBool,
+    error: Mutex<Option<String>>,
+    /// Counters, summed over workers.
+    pub stats: Counters,
+    /// Connections past the handshake now (for the per-torrent limit).
+    pub(crate) connections: AtomicUsize,
+}
+
+impl std::fmt::Debug for SeedTorrent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeedTorrent")
+            .field("info_hash", &self.metainfo.info_hash)
+            .field("name", &self.metainfo.info.name)
+            .field("errored", &self.error())
+            .finish()
+    }
+}
+
+impl SeedTorrent {
+    /// Maps every file of `metainfo` found at `paths`. The data should have
+    /// been verified first; only sizes are checked here.
+    pub fn open(metainfo: Metainfo, paths: &DataPaths) -> Result<Arc<Self>, StorageError> {
+        let layout = Layout::new(&metainfo.info);
+        let mut files = Vec::with_capacity(paths.files.len());
+        for (index, path) in paths.files.iter().enumerate() {
+            let range = layout.file_range(index);
+            let expected = range.end - range.start;
+            if layout.is_pad(index) || expected == 0 {
+                files.push(None);
+                continue;
+            }
+            let open_err = |source| StorageError::Open {
+                path: path.clone(),
+                source,
+            };
+            let file = File::open(path).map_err(open_err)?;
+            let actual = file.metadata().map_err(open_err)?.len();
+            if actual < expected {
+                return Err(StorageError::Short {
+                    path: path.clone(),
+                    expected,
+                    actual,
+                });
+            }
+            let map = MmapOptions::new()
+                .len(expected as usize)
+                .map_raw_read_only(&file)
+                .map_err(open_err)?;
+            // Seeding reads are random: the kernel's fault readahead would
+            // read up to 32x what is asked (the libtorrent 2.0 trap). We
+            // prefetch exactly the blocks we send instead (`prefetch`).
+            // A failed hint costs only performance.
+            let _ = map.advise(memmap2::Advice::Random);
+            files.push(Some(MappedFile {
+                path: path.clone(),
+                file,
+                map,
+                len: expected,
+            }));
+        }
+        Ok(Arc::new(SeedTorrent {
+            metainfo,
+            layout,
+            files,
+            errored: AtomicBool::new(false),
+            error: Mutex::new(None),
+            stats: Counters::default(),
+            connections: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Whether the torrent has failed (a file shrank or vanished).
+    pub fn is_errored(&self) -> bool {
+        self.errored.load(Ordering::Acquire)
+    }
+
+    /// Why the torrent failed, if it did.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Marks the torrent failed; its peers are dropped by their workers. The
+    /// first reason is kept.
+    pub fn set_errored(&self, reason: String) {
+        if let Ok(mut e) = self.error.lock() {
+            e.get_or_insert(reason);
+        }
+        self.errored.store(true, Ordering::Release);
+    }
+
+    /// Checks that no file shrank below what the torrent needs (`fstat`
+    /// only); marks the torrent errored and returns false if one did.
+    pub fn check_files(&self) -> bool {
+        if self.is_errored() {
+            return false;
+        }
+        for f in self.files.iter().flatten() {
+            match f.file.metadata() {
+                Ok(m) if m.len() >= f.len => {}
+                Ok(m) => {
+                    self.set_errored(format!(
+                        "{} was truncated to {} bytes (the torrent needs {})",
+                        f.path.display(),
+                        m.len(),
+                        f.len
+                    ));
+                    return false;
+                }
+                Err(e) => {
+                    self.set_errored(format!("{}: {e}", f.path.display()));
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Torrent byte range of a validated request.
+    fn block_range(&self, req: &BlockRequest) -> Range<u64> {
+        let start = self.layout.piece_range(req.piece).start + u64::from(req.offset);
+        start..start + u64::from(req.length)
+    }
+
+    /// Appends the iovecs of a block's bytes (one per file it spans) to
+    /// `out`. The request must have been validated against the torrent (the
+    /// session does that); the addresses stay valid while `self` lives.
+    pub fn block_iovecs(&self, req: &BlockRequest, out: &mut Vec<libc::iovec>) {
+        for seg in self.layout.segments(self.block_range(req)) {
+            let base = match &self.files[seg.file] {
+                Some(f) if !seg.pad => {
+                    // SAFETY: `seg` lies inside file `seg.file` (layout
+                    // arithmetic), whose mapping is `f.len` bytes long, so the
+                    // offset stays inside the mapping. The pointer is only
+                    // given to the kernel, never read here (module docs).
+                    unsafe { f.map.as_ptr().add(seg.file_offset as usize) }
+                }
+                _ => ZEROS.as_ptr(),
+            };
+            out.push(libc::iovec {
+                iov_base: base as *mut libc::c_void,
+                iov_len: seg.len as usize,
+            });
+        }
+    }
+
+    /// Whether every page of a block is in the page cache, so sending it
+    /// cannot stall on a disk read.
+    pub fn is_resident(&self, req: &BlockRequest) -> bool {
+        self.mapped_ranges(req)
+            .all(|(addr, len)| pages_resident(addr, len))
+    }
+
+    /// Starts reading a block's pages from disk in the background (exactly
+    /// those pages: the mappings have readahead off).
+    pub fn prefetch(&self, req: &BlockRequest) {
+        for (addr, len) in self.mapped_ranges(req) {
+            let (start, len) = page_span(addr, len);
+            // SAFETY: the span covers pages of a live mapping of ours;
+            // MADV_WILLNEED only schedules reads and touches no memory of
+            // this process. A failure only loses the hint.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, len, libc::MADV_WILLNEED);
+            }
+        }
+    }
+
+    /// (address, length) of the mapped parts of a block (not pad files).
+    fn mapped_ranges(&self, req: &BlockRequest) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.layout
+            .segments(self.block_range(req))
+            .filter_map(move |seg| match &self.files[seg.file] {
+                Some(f) if !seg.pad => Some((
+                    f.map.as_ptr() as usize + seg.file_offset as usize,
+                    seg.len as usize,
+                )),
+                _ => None,
+            })
+    }
+
+    /// The raw fds of the files, for diagnostics.
+    pub fn file_fds(&self) -> Vec<i32> {
+        self.files
+            .iter()
+            .flatten()
+            .map(|f| f.file.as_raw_fd())
+            .collect()
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory effects.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
+}
+
+/// The page-aligned span that covers `[addr, addr + len)`.
+fn page_span(addr: usize, len: usize) -> (usize, usize) {
+    let page = page_size();
+    let start = addr & !(page - 1);
+    let end = (addr + len).div_ceil(page) * page;
+    (start, end - start)
+}
+
+fn pages_resident(addr: usize, len: usize) -> bool {
+    let page = page_size();
+    let (mut start, span) = page_span(addr, len);
+    let end = start + span;
+    let mut vec = [0u8; 64];
+    while start < end {
+        let chunk = (end - start).min(vec.len() * page);
+        // SAFETY: `start..start + chunk` are whole pages of a live mapping
+        // of ours; `vec` has room for one byte per page of `chunk`
+        // (chunk <= 64 pages). mincore reads page tables, not the pages.
+        let rc = unsafe { libc::mincore(start as *mut libc::c_void, chunk, vec.as_mut_ptr()) };
+        if rc != 0 || vec[..chunk / page].iter().any(|b| b & 1 == 0) {
+            return false;
+        }
+        start += chunk;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::create::{create, CreateOptions};
+
+    fn seed_torrent(dir: &std::path::Path, len: usize) -> (Arc<SeedTorrent>, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+        let path = dir.join("f.bin");
+        std::fs::write(&path, &data).unwrap();
+        let options = CreateOptions {
+            piece_length: Some(32768),
+            ..Default::default()
+        };
+        let created = create(&path, &options, &()).unwrap();
+        let paths = DataPaths::in_save_dir(&created.metainfo.info, dir);
+        (SeedTorrent::open(created.metainfo, &paths).unwrap(), data)
+    }
+
+    /// Gathers what the kernel would send, through `preadv`-like copying
+    /// done by the kernel itself (`process_vm_readv` is overkill: a pipe
+    /// write copies from the iovecs in kernel mode, like `sendmsg`).
+    fn kernel_copy(iov: &[libc::iovec]) -> io::Result<Vec<u8>> {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let total: usize = iov.iter().map(|v| v.iov_len).sum();
+        // SAFETY: enlarging a pipe we own.
+        unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 1 << 20) };
+        // SAFETY: the iovecs point into live mappings or ZEROS; the kernel
+        // copies from them and reports EFAULT for pages it cannot read.
+        let n = unsafe { libc::writev(fds[1], iov.as_ptr(), iov.len() as i32) };
+        let result = if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            let mut out = vec![0u8; n as usize];
+            // SAFETY: reading into a buffer of the right size.
+            let r = unsafe { libc::read(fds[0], out.as_mut_ptr().cast(), out.len()) };
+            assert_eq!(r, n);
+            assert_eq!(n as usize, total);
+            Ok(out)
+        };
+        // SAFETY: closing our own pipe.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        result
+    }
+
+    #[test]
+    fn blocks_map_to_the_right_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, data) = seed_torrent(dir.path(), 100_000);
+        let req = BlockRequest {
+            piece: 1,
+            offset: 16384,
+            length: 16384,
+        };
+        let mut iov = Vec::new();
+        t.block_iovecs(&req, &mut iov);
+        let start = 32768 + 16384;
+        assert_eq!(kernel_copy(&iov).unwrap(), &data[start..start + 16384]);
+        t.prefetch(&req);
+        assert!(t.is_resident(&req), "just written, so in the page cache");
+        assert!(t.check_files());
+    }
+
+    #[test]
+    fn a_truncated_file_gives_efault_not_sigbus_and_errors_the_torrent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, _) = seed_torrent(dir.path(), 100_000);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("f.bin"))
+            .unwrap();
+        f.set_len(10_000).unwrap();
+        let req = BlockRequest {
+            piece: 2,
+            offset: 0,
+            length: 16384,
+        };
+        let mut iov = Vec::new();
+        t.block_iovecs(&req, &mut iov);
+        let err = kernel_copy(&iov).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EFAULT));
+        assert!(!t.is_resident(&req));
+        assert!(!t.check_files());
+        assert!(t.is_errored());
+        assert!(t.error().unwrap().contains("truncated to 10000 bytes"));
+    }
+}

@@ -1,0 +1,415 @@
+//! The seeding data plane in-process: a real `Seeder` on loopback and a
+//! minimal peer written with the engine's own wire codec, checking every
+//! byte served and the handling of bad peers.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::write_data;
+use ringseed_engine::create::{create, CreateOptions};
+use ringseed_engine::io::files::DataPaths;
+use ringseed_engine::io::seeder::{SeedConfig, Seeder};
+use ringseed_engine::io::storage::SeedTorrent;
+use ringseed_engine::proto::extension::{ExtensionHandshake, MetadataMessage, UT_METADATA};
+use ringseed_engine::proto::wire::{self, BlockRequest, Handshake, Message, Reserved};
+use ringseed_engine::Metainfo;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    data: Vec<u8>,
+    metainfo: Metainfo,
+    seeder: Seeder,
+    path: std::path::PathBuf,
+}
+
+fn start(len: usize, piece: u64, config: SeedConfig) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("payload.bin");
+    write_data(&path, len, 42);
+    let data = std::fs::read(&path).unwrap();
+    let opts = CreateOptions {
+        piece_length: Some(piece),
+        ..Default::default()
+    };
+    let metainfo = create(&path, &opts, &()).unwrap().metainfo;
+    let torrent = SeedTorrent::open(
+        metainfo.clone(),
+        &DataPaths::in_save_dir(&metainfo.info, dir.path()),
+    )
+    .unwrap();
+    let seeder = Seeder::start(config, vec![torrent]).unwrap();
+    Fixture {
+        _dir: dir,
+        data,
+        metainfo,
+        seeder,
+        path,
+    }
+}
+
+fn loopback_config() -> SeedConfig {
+    SeedConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        workers: 2,
+        ..Default::default()
+    }
+}
+
+/// A blocking test peer.
+struct Peer {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Peer {
+    fn connect(addr: SocketAddr, info_hash: [u8; 20], reserved: Reserved) -> (Peer, Handshake) {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut peer = Peer {
+            stream,
+            buf: Vec::new(),
+        };
+        let mut hs = Vec::new();
+        Handshake {
+            reserved,
+            info_hash: ringseed_engine::InfoHash(info_hash),
+            peer_id: [7; 20],
+        }
+        .encode(&mut hs);
+        peer.stream.write_all(&hs).unwrap();
+        let theirs = loop {
+            if let Some(h) = Handshake::decode(&peer.buf).unwrap() {
+                peer.buf.drain(..wire::HANDSHAKE_LEN);
+                break h;
+            }
+            peer.fill();
+        };
+        (peer, theirs)
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 65536];
+        let n = self.stream.read(&mut chunk).expect("read from seeder");
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    fn send(&mut self, msg: Message<'_>) {
+        let mut out = Vec::new();
+        wire::encode(&msg, &mut out);
+        self.stream.write_all(&out).unwrap();
+    }
+
+    /// The next message, as (id-ish owned form).
+    fn next(&mut self) -> Owned {
+        loop {
+            if let Some((msg, used)) = wire::decode(&self.buf, 1 << 20).unwrap() {
+                let owned = Owned::from(msg);
+                self.buf.drain(..used);
+                return owned;
+            }
+            assert!(self.fill() > 0, "seeder closed the connection");
+        }
+    }
+
+    /// Whether the seeder closes the connection (reads until EOF).
+    fn closed_by_seeder(&mut self) -> bool {
+        let mut chunk = [0u8; 65536];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Owned {
+    Unchoke,
+    HaveAll,
+    Bitfield(Vec<u8>),
+    Piece {
+        piece: u32,
+        offset: u32,
+        data: Vec<u8>,
+    },
+    Reject(BlockRequest),
+    Extended {
+        id: u8,
+        payload: Vec<u8>,
+    },
+    Other(String),
+}
+
+impl From<Message<'_>> for Owned {
+    fn from(m: Message<'_>) -> Self {
+        match m {
+            Message::Unchoke => Owned::Unchoke,
+            Message::HaveAll => Owned::HaveAll,
+            Message::Bitfield(b) => Owned::Bitfield(b.to_vec()),
+            Message::Piece {
+                piece,
+                offset,
+                data,
+            } => Owned::Piece {
+                piece,
+                offset,
+                data: data.to_vec(),
+            },
+            Message::RejectRequest(r) => Owned::Reject(r),
+            Message::Extended { id, payload } => Owned::Extended {
+                id,
+                payload: payload.to_vec(),
+            },
+            other => Owned::Other(format!("{other:?}")),
+        }
+    }
+}
+
+#[test]
+fn serves_every_block_of_every_piece_byte_exact() {
+    let f = start(1_000_003, 65536, loopback_config());
+    let (mut peer, theirs) = Peer::connect(
+        f.seeder.local_addr(),
+        f.metainfo.info_hash.0,
+        Reserved::OURS,
+    );
+    assert_eq!(theirs.info_hash, f.metainfo.info_hash);
+    assert!(theirs.reserved.fast() && theirs.reserved.extension_protocol());
+    let Owned::Extended { id: 0, payload } = peer.next() else {
+        panic!("extension handshake first")
+    };
+    let ext = ExtensionHandshake::decode(&payload).unwrap();
+    assert!(ext.reqq.unwrap() >= 64);
+    assert_eq!(ext.metadata_size, Some(f.metainfo.info_bytes.len() as u64));
+    assert_eq!(ext.your_ip, Some("127.0.0.1".parse().unwrap()));
+    assert_eq!(peer.next(), Owned::HaveAll);
+    peer.send(Message::Interested);
+    assert_eq!(peer.next(), Owned::Unchoke);
+
+    // Request everything in 16 KiB blocks (the last one short), a piece at
+    // a time, pipelined, and compare with the file.
+    let mut received = vec![0u8; f.data.len()];
+    let layout = ringseed_engine::proto::layout::Layout::new(&f.metainfo.info);
+    for piece in 0..layout.num_pieces() {
+        let len = layout.piece_len(piece) as u32;
+        let mut offset = 0;
+        let mut expected = 0;
+        while offset < len {
+            let length = (len - offset).min(16384);
+            peer.send(Message::Request(BlockRequest {
+                piece,
+                offset,
+                length,
+            }));
+            offset += length;
+            expected += 1;
+        }
+        for _ in 0..expected {
+            let Owned::Piece {
+                piece: p,
+                offset,
+                data,
+            } = peer.next()
+            else {
+                panic!("a block")
+            };
+            let start = layout.piece_range(p).start as usize + offset as usize;
+            received[start..start + data.len()].copy_from_slice(&data);
+        }
+    }
+    assert!(received == f.data, "every byte served matches the file");
+}
+
+#[test]
+fn serves_the_info_dictionary_with_ut_metadata() {
+    let f = start(300_000, 16384, loopback_config());
+    let (mut peer, _) = Peer::connect(
+        f.seeder.local_addr(),
+        f.metainfo.info_hash.0,
+        Reserved::OURS,
+    );
+    let Owned::Extended { id: 0, payload } = peer.next() else {
+        panic!()
+    };
+    let size = ExtensionHandshake::decode(&payload)
+        .unwrap()
+        .metadata_size
+        .unwrap() as usize;
+    let their_id = ExtensionHandshake::decode(&payload)
+        .unwrap()
+        .id_of(UT_METADATA)
+        .unwrap();
+    let mut hs = Vec::new();
+    ExtensionHandshake {
+        extensions: vec![(UT_METADATA.into(), 5)],
+        ..Default::default()
+    }
+    .encode(&mut hs);
+    peer.send(Message::Extended {
+        id: 0,
+        payload: &hs,
+    });
+    let mut info = Vec::new();
+    for piece in 0..size.div_ceil(16384) as u32 {
+        let mut req = Vec::new();
+        MetadataMessage::Request { piece }.encode(&mut req);
+        peer.send(Message::Extended {
+            id: their_id,
+            payload: &req,
+        });
+        let reply = loop {
+            if let Owned::Extended { id: 5, payload } = peer.next() {
+                break payload;
+            }
+        };
+        let MetadataMessage::Data {
+            data, total_size, ..
+        } = MetadataMessage::decode(&reply).unwrap()
+        else {
+            panic!("metadata data")
+        };
+        assert_eq!(total_size as usize, size);
+        info.extend_from_slice(data);
+    }
+    assert_eq!(ringseed_engine::hash::sha1(&info), f.metainfo.info_hash.0);
+}
+
+#[test]
+fn bad_peers_are_dropped_and_counted_and_the_worker_keeps_serving() {
+    let f = start(200_000, 32768, loopback_config());
+    let addr = f.seeder.local_addr();
+    // Unknown info-hash: dropped after the handshake.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut hs = Vec::new();
+    Handshake {
+        reserved: Reserved::OURS,
+        info_hash: ringseed_engine::InfoHash([9; 20]),
+        peer_id: [1; 20],
+    }
+    .encode(&mut hs);
+    s.write_all(&hs).unwrap();
+    let mut peer = Peer {
+        stream: s,
+        buf: Vec::new(),
+    };
+    assert!(peer.closed_by_seeder());
+
+    // Not BitTorrent at all.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert!(Peer {
+        stream: s,
+        buf: Vec::new()
+    }
+    .closed_by_seeder());
+
+    // A request beyond the torrent.
+    let (mut peer, _) = Peer::connect(addr, f.metainfo.info_hash.0, Reserved::OURS);
+    peer.send(Message::Interested);
+    peer.send(Message::Request(BlockRequest {
+        piece: 1000,
+        offset: 0,
+        length: 16384,
+    }));
+    assert!(peer.closed_by_seeder());
+
+    // An oversized frame.
+    let (mut peer, _) = Peer::connect(addr, f.metainfo.info_hash.0, Reserved::OURS);
+    peer.stream.write_all(&[0x7f, 0xff, 0xff, 0xff, 5]).unwrap();
+    assert!(peer.closed_by_seeder());
+
+    // A good peer is still served.
+    let (mut peer, _) = Peer::connect(addr, f.metainfo.info_hash.0, Reserved::default());
+    assert!(
+        matches!(peer.next(), Owned::Bitfield(_)),
+        "no fast extension: a bitfield"
+    );
+    peer.send(Message::Interested);
+    assert_eq!(peer.next(), Owned::Unchoke);
+    peer.send(Message::Request(BlockRequest {
+        piece: 0,
+        offset: 0,
+        length: 16384,
+    }));
+    let Owned::Piece { data, .. } = peer.next() else {
+        panic!()
+    };
+    assert_eq!(data, f.data[..16384]);
+
+    // The counters reach the stats within a second or two.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = f.seeder.stats();
+        if stats.total.protocol_errors >= 3 && stats.total.blocks_sent >= 1 {
+            assert!(stats.torrents[0].stats.protocol_errors >= 2);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stats never showed the errors: {stats:?}"
+        );
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_truncated_file_errors_its_torrent_without_crashing() {
+    let f = start(4 << 20, 262144, loopback_config());
+    let addr = f.seeder.local_addr();
+    let (mut peer, _) = Peer::connect(addr, f.metainfo.info_hash.0, Reserved::OURS);
+    peer.send(Message::Interested);
+    while peer.next() != Owned::Unchoke {}
+    // Cut the file to 100 KB under the running seeder, then ask for a block
+    // beyond the cut.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f.path)
+        .unwrap()
+        .set_len(100_000)
+        .unwrap();
+    peer.send(Message::Request(BlockRequest {
+        piece: 10,
+        offset: 0,
+        length: 16384,
+    }));
+    assert!(
+        peer.closed_by_seeder(),
+        "the peer of an errored torrent is dropped"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let error = loop {
+        if let Some(e) = f.seeder.stats().torrents[0].error.clone() {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "torrent never marked errored"
+        );
+        std::thread::park_timeout(Duration::from_millis(50));
+    };
+    assert!(error.contains("truncated"), "{error}");
+    // New peers of that torrent are refused; the process is alive.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut hs = Vec::new();
+    Handshake {
+        reserved: Reserved::OURS,
+        info_hash: f.metainfo.info_hash,
+        peer_id: [1; 20],
+    }
+    .encode(&mut hs);
+    s.write_all(&hs).unwrap();
+    assert!(Peer {
+        stream: s,
+        buf: Vec::new()
+    }
+    .closed_by_seeder());
+}
