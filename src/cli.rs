@@ -49,6 +49,8 @@ pub enum Command {
     Info(InfoArgs),
     /// Check data against a .torrent, every piece, on all cores.
     Verify(VerifyArgs),
+    /// Seed .torrent files, files or directories until stopped (Ctrl-C).
+    Seed(SeedArgs),
 }
 
 /// Arguments of `ringseed create`.
@@ -122,6 +124,70 @@ pub struct VerifyArgs {
     pub hashing: HashingArgs,
 }
 
+/// Arguments of `ringseed seed`.
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// What to seed: .torrent files (data under --data or beside the
+    /// .torrent), or files and directories (a torrent is made for each and
+    /// written under --state).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Address and port to listen on; `[::]` is IPv4 and IPv6.
+    #[arg(long, default_value = "[::]:6881", env = "RINGSEED_LISTEN")]
+    pub listen: std::net::SocketAddr,
+    /// Data-plane worker threads, each pinned to a core [default: one per core].
+    #[arg(long, env = "RINGSEED_WORKERS")]
+    pub workers: Option<NonZeroUsize>,
+    /// Where the data of .torrent arguments is: the directory that holds
+    /// each torrent's file or top directory.
+    #[arg(long, value_name = "DIR", env = "RINGSEED_DATA")]
+    pub data: Option<PathBuf>,
+    /// Where torrents made for file and directory arguments are written
+    /// [default: $XDG_STATE_HOME/ringseed or ~/.local/state/ringseed].
+    #[arg(long, value_name = "DIR", env = "RINGSEED_STATE")]
+    pub state: Option<PathBuf>,
+    /// Seed without checking the data first (a wrong piece is then served
+    /// as it is, and peers will discard it).
+    #[arg(long, env = "RINGSEED_ASSUME_VALID")]
+    pub assume_valid: bool,
+    /// Tracker URLs to put in torrents made for files and directories.
+    #[arg(short, long = "tracker", value_name = "URL", env = "RINGSEED_TRACKERS", value_delimiter = ',')]
+    pub trackers: Vec<String>,
+    /// Peers served at once, for the whole process; 0 = every interested peer.
+    #[arg(long, default_value_t = 0, env = "RINGSEED_UPLOAD_SLOTS")]
+    pub upload_slots: usize,
+    /// Upload limit in bytes per second (K/M/G suffixes, powers of 1024); 0 = none.
+    #[arg(long, default_value = "0", value_parser = parse_rate, env = "RINGSEED_MAX_UPLOAD_RATE")]
+    pub max_upload_rate: u64,
+    /// Connections for the whole process; 0 = no limit (the open-file limit still applies).
+    #[arg(long, default_value_t = 0, env = "RINGSEED_MAX_CONNECTIONS")]
+    pub max_connections: usize,
+    /// Connections per torrent; 0 = no limit.
+    #[arg(long, default_value_t = 0, env = "RINGSEED_MAX_CONNECTIONS_PER_TORRENT")]
+    pub max_connections_per_torrent: usize,
+    /// Connections per peer IP address; 0 = no limit.
+    #[arg(long, default_value_t = 8, env = "RINGSEED_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: usize,
+    #[command(flatten)]
+    pub hashing: HashingArgs,
+}
+
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let trimmed = lower.trim_end_matches("/s").trim_end_matches("ib").trim_end_matches('b');
+    let (digits, shift) = match trimmed.chars().last() {
+        Some('k') => (&trimmed[..trimmed.len() - 1], 10),
+        Some('m') => (&trimmed[..trimmed.len() - 1], 20),
+        Some('g') => (&trimmed[..trimmed.len() - 1], 30),
+        _ => (trimmed, 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{text:?} is not a rate like 0, 500K or 100M"))
+}
+
 /// Options shared by the commands that hash data.
 #[derive(Debug, Args)]
 pub struct HashingArgs {
@@ -168,6 +234,15 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("0"), Ok(0));
+        assert_eq!(parse_rate("500K"), Ok(500 << 10));
+        assert_eq!(parse_rate("100MiB/s"), Ok(100 << 20));
+        assert_eq!(parse_rate("1g"), Ok(1 << 30));
+        assert!(parse_rate("fast").is_err());
     }
 
     #[test]

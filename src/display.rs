@@ -132,9 +132,36 @@ pub fn torrent_text(m: &Metainfo) -> String {
     out
 }
 
+/// `[0, 1, 2, 5, 7, 8]` -> `0-2, 5, 7-8`, at most `max` ranges shown.
+pub fn piece_ranges(pieces: &[u32], max: usize) -> String {
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    for &p in pieces {
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == p => *end = p,
+            _ => ranges.push((p, p)),
+        }
+    }
+    let mut parts: Vec<String> = ranges
+        .iter()
+        .take(max)
+        .map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+        .collect();
+    if ranges.len() > max {
+        parts.push(format!("... ({} more ranges)", ranges.len() - max));
+    }
+    parts.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(piece_ranges(&[0, 1, 2, 5, 7, 8], 10), "0-2, 5, 7-8");
+        assert_eq!(piece_ranges(&[1, 3, 5], 2), "1, 3, ... (1 more ranges)");
+        assert_eq!(piece_ranges(&[], 2), "");
+    }
 
     #[test]
     fn sizes() {

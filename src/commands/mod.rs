@@ -2,6 +2,7 @@
 
 mod create;
 mod info;
+mod seed;
 mod verify;
 
 use crate::cli::{Cli, Command, Exit};
@@ -12,6 +13,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Create(args) => create::run(args),
         Command::Info(args) => info::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Seed(args) => seed::run(args),
     }
 }
 

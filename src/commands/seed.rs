@@ -1,0 +1,227 @@
+//! `ringseed seed`: verify, then serve torrents until SIGINT or SIGTERM.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ringseed_engine::create::{collect_files, create, CreateOptions};
+use ringseed_engine::io::files::DataPaths;
+use ringseed_engine::io::hasher::{thread_count, verify};
+use ringseed_engine::io::seeder::{SeedConfig, Seeder};
+use ringseed_engine::io::storage::SeedTorrent;
+use ringseed_engine::proto::layout::Layout;
+use ringseed_engine::{MagnetLink, Metainfo};
+
+use crate::cli::{Exit, SeedArgs};
+use crate::display::{human_bytes, piece_ranges, HashProgress};
+
+pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
+    raise_open_file_limit();
+    let threads = thread_count(args.hashing.threads);
+    let mut torrents = Vec::new();
+    for path in &args.paths {
+        let (metainfo, paths) = load_or_create(path, &args, threads)?;
+        if !args.assume_valid {
+            let layout = Layout::new(&metainfo.info);
+            let progress = HashProgress::new("verifying", layout.total_length());
+            let report = verify(&layout, &metainfo.info.pieces, &paths, threads, &progress);
+            progress.finish();
+            if !report.is_complete() {
+                bail!(
+                    "{} ({}): {} of {} pieces do not match the data, refusing to seed it \
+                     (bad pieces: {}; use --assume-valid to seed anyway)",
+                    metainfo.info.name,
+                    path.display(),
+                    report.bad_pieces.len(),
+                    report.num_pieces,
+                    piece_ranges(&report.bad_pieces, 20)
+                );
+            }
+        }
+        let torrent = SeedTorrent::open(metainfo, &paths)
+            .with_context(|| format!("cannot seed {}", path.display()))?;
+        torrents.push(torrent);
+    }
+
+    let config = SeedConfig {
+        listen: args.listen,
+        workers: args
+            .workers
+            .map_or_else(|| SeedConfig::default().workers, |n| n.get()),
+        upload_slots: args.upload_slots,
+        max_upload_rate: args.max_upload_rate,
+        max_connections: args.max_connections,
+        max_connections_per_torrent: args.max_connections_per_torrent,
+        max_connections_per_ip: args.max_connections_per_ip,
+        ..SeedConfig::default()
+    };
+    let workers = config.workers;
+    let seeder = Seeder::start(config, torrents.clone())?;
+    let addr = seeder.local_addr();
+    let family = if addr.ip().is_unspecified() && addr.is_ipv6() {
+        " (IPv4 and IPv6)"
+    } else {
+        ""
+    };
+    for t in &torrents {
+        let m = &t.metainfo;
+        println!(
+            "seeding {} ({}, {} pieces of {}) info-hash {}",
+            m.info.name,
+            human_bytes(m.total_length()),
+            m.info.num_pieces(),
+            human_bytes(m.info.piece_length),
+            m.info_hash
+        );
+        println!("  magnet: {}", MagnetLink::from_metainfo(m));
+    }
+    println!("listening on {addr}{family} with {workers} io_uring workers; Ctrl-C stops");
+    std::io::stdout().flush()?;
+
+    wait_for_signal(&seeder)?;
+    let stats = seeder.stats();
+    seeder.shutdown().context("a worker failed while stopping")?;
+    println!(
+        "stopped: sent {} in {} blocks to {} connections",
+        human_bytes(stats.total.bytes_sent),
+        stats.total.blocks_sent,
+        stats.total.connections_accepted
+    );
+    Ok(Exit::Success)
+}
+
+/// Loads a .torrent and finds its data, or makes a torrent for a file or
+/// directory and writes it under the state directory.
+fn load_or_create(
+    path: &Path,
+    args: &SeedArgs,
+    threads: usize,
+) -> anyhow::Result<(Metainfo, DataPaths)> {
+    let is_torrent = path.extension().is_some_and(|e| e == "torrent") && path.is_file();
+    if is_torrent {
+        let metainfo = super::load_torrent(path)?;
+        let beside = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let data_dir = args
+            .data
+            .as_deref()
+            .or(beside)
+            .unwrap_or(Path::new("."));
+        let paths = DataPaths::locate(&metainfo.info, data_dir);
+        return Ok((metainfo, paths));
+    }
+
+    let total: u64 = collect_files(path)?.iter().map(|(_, len)| len).sum();
+    let options = CreateOptions {
+        trackers: args.trackers.iter().map(|t| vec![t.clone()]).collect(),
+        created_by: Some(concat!("ringseed/", env!("CARGO_PKG_VERSION")).to_owned()),
+        threads,
+        ..CreateOptions::default()
+    };
+    let progress = HashProgress::new("hashing", total);
+    let created = create(path, &options, &progress)
+        .with_context(|| format!("cannot create a torrent of {}", path.display()))?;
+    progress.finish();
+    let state = state_dir(args.state.as_deref());
+    let torrents_dir = state.join("torrents");
+    std::fs::create_dir_all(&torrents_dir)
+        .with_context(|| format!("cannot create {}", torrents_dir.display()))?;
+    let out = torrents_dir.join(format!(
+        "{}.{}.torrent",
+        created.metainfo.info.name, created.metainfo.info_hash
+    ));
+    std::fs::write(&out, &created.bytes)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!("created {}", out.display());
+    // The data was just hashed: it is as verified as it gets.
+    let paths = DataPaths::locate(&created.metainfo.info, path);
+    Ok((created.metainfo, paths))
+}
+
+/// `--state`, else `$XDG_STATE_HOME/ringseed`, else `~/.local/state/ringseed`.
+fn state_dir(flag: Option<&Path>) -> PathBuf {
+    if let Some(dir) = flag {
+        return dir.to_path_buf();
+    }
+    if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("ringseed");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/ringseed"),
+        None => PathBuf::from(".ringseed-state"),
+    }
+}
+
+/// Shows a live status line on a terminal (a line a minute otherwise) until
+/// SIGINT or SIGTERM.
+fn wait_for_signal(seeder: &Seeder) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("cannot install signal handlers")?;
+    let (tx, rx) = mpsc::channel();
+    let handle = signals.handle();
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let _ = tx.send(signal);
+        }
+    });
+    let terminal = std::io::stderr().is_terminal();
+    let period = if terminal {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(60)
+    };
+    let mut last = (Instant::now(), seeder.stats().total.bytes_sent);
+    let result = loop {
+        match rx.recv_timeout(period) {
+            Ok(_) => break Ok(()),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break Ok(()),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let stats = seeder.stats();
+        let now = Instant::now();
+        let rate = (stats.total.bytes_sent - last.1) as f64 / (now - last.0).as_secs_f64();
+        last = (now, stats.total.bytes_sent);
+        let errored: Vec<_> = stats.torrents.iter().filter(|t| t.error.is_some()).collect();
+        let line = format!(
+            "peers {} | up {}/s | sent {} | blocks {} | errors {}{}",
+            stats.total.peers,
+            human_bytes(rate as u64),
+            human_bytes(stats.total.bytes_sent),
+            stats.total.blocks_sent,
+            stats.total.protocol_errors,
+            if errored.is_empty() {
+                String::new()
+            } else {
+                format!(" | {} torrent(s) errored", errored.len())
+            }
+        );
+        if terminal {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    if terminal {
+        eprintln!();
+    }
+    handle.close();
+    result
+}
+
+/// Raises the soft open-file limit to the hard one: every peer is a
+/// descriptor.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

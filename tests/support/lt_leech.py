@@ -1,0 +1,85 @@
+#!/usr/bin/python3
+"""A libtorrent-rasterbar leecher for ringseed's interop tests and benchmarks.
+
+    lt_leech.py SOURCE SAVE_DIR [--peer HOST:PORT]... [--bind IP]
+                [--timeout SECONDS] [--upload-only-after]
+
+SOURCE is a .torrent file or a magnet link. Peers are added with
+connect_peer; the tracker in the torrent, if any, is used too. On success it
+prints one line: `done <total_bytes> <seconds> <download_bytes_per_second>`
+and exits 0; it exits 1 with a reason on timeout or error. DHT, LSD, UPnP,
+NAT-PMP and uTP are off; it listens on --bind (a loopback address) only.
+"""
+import argparse
+import sys
+import time
+
+import libtorrent as lt
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("source")
+    ap.add_argument("save_dir")
+    ap.add_argument("--peer", action="append", default=[])
+    ap.add_argument("--bind", default="127.0.0.1")
+    ap.add_argument("--timeout", type=float, default=300.0)
+    args = ap.parse_args()
+
+    ses = lt.session({
+        "listen_interfaces": f"{args.bind}:0",
+        "outgoing_interfaces": args.bind,
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "enable_incoming_utp": False,
+        "enable_outgoing_utp": False,
+        "announce_to_all_trackers": True,
+        "allow_multiple_connections_per_ip": True,
+        "alert_mask": lt.alert.category_t.error_notification
+        | lt.alert.category_t.status_notification,
+    })
+    if args.source.startswith("magnet:"):
+        params = lt.parse_magnet_uri(args.source)
+    else:
+        params = lt.add_torrent_params()
+        params.ti = lt.torrent_info(args.source)
+    params.save_path = args.save_dir
+    handle = ses.add_torrent(params)
+
+    peers = []
+    for p in args.peer:
+        host, _, port = p.rpartition(":")
+        peers.append((host.strip("[]"), int(port)))
+    started = time.monotonic()
+    deadline = started + args.timeout
+    next_connect = 0.0
+    while True:
+        now = time.monotonic()
+        status = handle.status()
+        if status.errc.value() != 0:
+            sys.exit(f"libtorrent error: {status.errc.message()}")
+        if status.has_metadata and status.is_seeding:
+            break
+        if now > deadline:
+            sys.exit(
+                f"timeout: state {status.state}, {status.progress * 100:.1f}% done, "
+                f"{status.num_peers} peers"
+            )
+        # (Re)connect to the given peers while not connected to them.
+        if now >= next_connect and status.num_peers < len(peers):
+            for host, port in peers:
+                handle.connect_peer((host, port))
+            next_connect = now + 2.0
+        ses.wait_for_alert(250)
+        for alert in ses.pop_alerts():
+            if isinstance(alert, lt.torrent_error_alert):
+                sys.exit(f"libtorrent error: {alert.message()}")
+    elapsed = time.monotonic() - started
+    total = handle.torrent_file().total_size()
+    print(f"done {total} {elapsed:.3f} {total / elapsed:.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
