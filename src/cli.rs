@@ -151,7 +151,13 @@ pub struct SeedArgs {
     #[arg(long, env = "RINGSEED_ASSUME_VALID")]
     pub assume_valid: bool,
     /// Tracker URLs to put in torrents made for files and directories.
-    #[arg(short, long = "tracker", value_name = "URL", env = "RINGSEED_TRACKERS", value_delimiter = ',')]
+    #[arg(
+        short,
+        long = "tracker",
+        value_name = "URL",
+        env = "RINGSEED_TRACKERS",
+        value_delimiter = ','
+    )]
     pub trackers: Vec<String>,
     /// Peers served at once, for the whole process; 0 = every interested peer.
     #[arg(long, default_value_t = 0, env = "RINGSEED_UPLOAD_SLOTS")]
@@ -163,7 +169,11 @@ pub struct SeedArgs {
     #[arg(long, default_value_t = 0, env = "RINGSEED_MAX_CONNECTIONS")]
     pub max_connections: usize,
     /// Connections per torrent; 0 = no limit.
-    #[arg(long, default_value_t = 0, env = "RINGSEED_MAX_CONNECTIONS_PER_TORRENT")]
+    #[arg(
+        long,
+        default_value_t = 0,
+        env = "RINGSEED_MAX_CONNECTIONS_PER_TORRENT"
+    )]
     pub max_connections_per_torrent: usize,
     /// Connections per peer IP address; 0 = no limit.
     #[arg(long, default_value_t = 8, env = "RINGSEED_MAX_CONNECTIONS_PER_IP")]
@@ -174,7 +184,10 @@ pub struct SeedArgs {
 
 fn parse_rate(text: &str) -> Result<u64, String> {
     let lower = text.trim().to_ascii_lowercase();
-    let trimmed = lower.trim_end_matches("/s").trim_end_matches("ib").trim_end_matches('b');
+    let trimmed = lower
+        .trim_end_matches("/s")
+        .trim_end_matches("ib")
+        .trim_end_matches('b');
     let (digits, shift) = match trimmed.chars().last() {
         Some('k') => (&trimmed[..trimmed.len() - 1], 10),
         Some('m') => (&trimmed[..trimmed.len() - 1], 20),

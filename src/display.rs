@@ -144,7 +144,13 @@ pub fn piece_ranges(pieces: &[u32], max: usize) -> String {
     let mut parts: Vec<String> = ranges
         .iter()
         .take(max)
-        .map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
         .collect();
     if ranges.len() > max {
         parts.push(format!("... ({} more ranges)", ranges.len() - max));

@@ -82,7 +82,9 @@ pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
 
     wait_for_signal(&seeder)?;
     let stats = seeder.stats();
-    seeder.shutdown().context("a worker failed while stopping")?;
+    seeder
+        .shutdown()
+        .context("a worker failed while stopping")?;
     println!(
         "stopped: sent {} in {} blocks to {} connections",
         human_bytes(stats.total.bytes_sent),
@@ -103,11 +105,7 @@ fn load_or_create(
     if is_torrent {
         let metainfo = super::load_torrent(path)?;
         let beside = path.parent().filter(|p| !p.as_os_str().is_empty());
-        let data_dir = args
-            .data
-            .as_deref()
-            .or(beside)
-            .unwrap_or(Path::new("."));
+        let data_dir = args.data.as_deref().or(beside).unwrap_or(Path::new("."));
         let paths = DataPaths::locate(&metainfo.info, data_dir);
         return Ok((metainfo, paths));
     }
@@ -183,7 +181,11 @@ fn wait_for_signal(seeder: &Seeder) -> anyhow::Result<()> {
         let now = Instant::now();
         let rate = (stats.total.bytes_sent - last.1) as f64 / (now - last.0).as_secs_f64();
         last = (now, stats.total.bytes_sent);
-        let errored: Vec<_> = stats.torrents.iter().filter(|t| t.error.is_some()).collect();
+        let errored: Vec<_> = stats
+            .torrents
+            .iter()
+            .filter(|t| t.error.is_some())
+            .collect();
         let line = format!(
             "peers {} | up {}/s | sent {} | blocks {} | errors {}{}",
             stats.total.peers,
@@ -219,7 +221,8 @@ fn raise_open_file_limit() {
     };
     // SAFETY: getrlimit/setrlimit read and write the struct we pass.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }

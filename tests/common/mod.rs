@@ -107,3 +107,205 @@ pub fn info_json(torrent: &Path) -> serde_json::Value {
     let out = run_ok(ringseed().arg("info").arg("--json").arg(torrent));
     serde_json::from_str(&out).expect("info --json prints JSON")
 }
+
+/// A `ringseed seed` process, stopped with SIGINT (by its PID) when dropped.
+pub struct SeedProcess {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    /// Everything it printed on stdout up to "listening on".
+    pub banner: String,
+}
+
+impl SeedProcess {
+    /// Starts `ringseed seed ARGS --listen 127.0.0.1:0` and waits for its
+    /// "listening on" line (the readiness signal).
+    pub fn start(args: &[&dyn AsRef<std::ffi::OsStr>]) -> SeedProcess {
+        Self::start_on("127.0.0.1:0", args)
+    }
+
+    /// Like `start`, listening on `listen`.
+    pub fn start_on(listen: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> SeedProcess {
+        use std::io::BufRead;
+        let mut cmd = ringseed();
+        cmd.arg("seed").args(["--listen", listen]);
+        for a in args {
+            cmd.arg(a);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start ringseed seed");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut banner = String::new();
+        let addr = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let status = child.wait().unwrap();
+                panic!("ringseed seed exited ({status}) before listening:\n{banner}");
+            };
+            banner.push_str(&line);
+            banner.push('\n');
+            if let Some(rest) = line.strip_prefix("listening on ") {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        SeedProcess {
+            child,
+            addr,
+            banner,
+        }
+    }
+
+    /// The magnet link it printed for its first torrent.
+    pub fn magnet(&self) -> String {
+        self.banner
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("magnet: "))
+            .expect("a magnet line")
+            .to_owned()
+    }
+
+    /// Stops it with SIGINT and returns its exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.interrupt();
+        self.child.wait().unwrap()
+    }
+
+    fn interrupt(&mut self) {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    }
+}
+
+impl Drop for SeedProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.interrupt();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// sha256 of a file, with coreutils' `sha256sum`.
+pub fn sha256(path: &Path) -> String {
+    let out = run_ok(Command::new("sha256sum").arg(path));
+    out.split_whitespace().next().unwrap().to_owned()
+}
+
+/// Runs tests/support/lt_leech.py in the background.
+pub fn spawn_lt_leecher(
+    source: &dyn AsRef<std::ffi::OsStr>,
+    save_dir: &Path,
+    peer: Option<std::net::SocketAddr>,
+    bind: &str,
+) -> std::process::Child {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lt_leech.py");
+    let mut cmd = Command::new(SYSTEM_PYTHON);
+    cmd.arg(script)
+        .arg(source)
+        .arg(save_dir)
+        .args(["--bind", bind, "--timeout", "240"]);
+    if let Some(p) = peer {
+        cmd.arg("--peer").arg(p.to_string());
+    }
+    cmd.stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start lt_leech.py")
+}
+
+/// Waits for a leecher started by `spawn_lt_leecher`; panics with its
+/// output unless it finished the download.
+pub fn wait_leecher(child: std::process::Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.starts_with("done "),
+        "libtorrent leecher failed ({}): {stdout}",
+        out.status
+    );
+    stdout
+}
+
+/// A network namespace joined to this one by a veth pair: a test host with
+/// its own address, for clients that refuse loopback peers (Transmission
+/// treats 127.0.0.0/8 as a martian address). Deleted on drop. Needs root.
+pub struct NetNs {
+    pub name: String,
+    /// Our side of the link.
+    pub host_ip: String,
+    /// The namespace's side.
+    pub ns_ip: String,
+}
+
+impl NetNs {
+    pub fn create() -> NetNs {
+        let id = std::process::id();
+        let name = format!("rs-test-{id}");
+        let subnet = format!("10.231.{}", id % 250 + 1);
+        let (host_if, ns_if) = (
+            format!("rsh{}", id % 100_000),
+            format!("rsn{}", id % 100_000),
+        );
+        let ns = NetNs {
+            name: name.clone(),
+            host_ip: format!("{subnet}.1"),
+            ns_ip: format!("{subnet}.2"),
+        };
+        let ip = |args: &[&str]| {
+            let out = run(Command::new("ip").args(args));
+            assert!(
+                out.status.success(),
+                "cannot set up the test network namespace (`ip {}`): {}. \
+                 This test needs root and iproute2 (`apt-get install iproute2`).",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        require_program("ip", "iproute2");
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &name]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", ns.host_ip),
+            "dev",
+            &host_if,
+        ]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "netns",
+            "exec",
+            &name,
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", ns.ns_ip),
+            "dev",
+            &ns_if,
+        ]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", &ns_if, "up"]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}

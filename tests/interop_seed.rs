@@ -1,0 +1,315 @@
+//! Real clients download real bytes from `ringseed seed`: libtorrent-rasterbar
+//! (one leecher, four at once, and one that starts from a magnet link alone),
+//! aria2c and transmission-cli through opentracker. Every download is
+//! checked by sha256.
+//!
+//! They need Debian's python3-libtorrent, aria2, transmission-cli and
+//! opentracker; `cargo test` skips them, `scripts/test` (and CI) runs them.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A file, its torrent, and where both live.
+struct Payload {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    torrent: PathBuf,
+}
+
+fn payload(len: usize, extra_create_args: &[&str]) -> Payload {
+    let dir = tempfile::tempdir().unwrap();
+    let seed_dir = dir.path().join("seed");
+    let data = seed_dir.join("payload.iso");
+    write_data(&data, len, 99);
+    let torrent = dir.path().join("payload.torrent");
+    run_ok(
+        ringseed()
+            .arg("create")
+            .arg(&data)
+            .arg("-o")
+            .arg(&torrent)
+            .args(["--piece-size", "1M"])
+            .args(extra_create_args),
+    );
+    Payload { dir, data, torrent }
+}
+
+impl Payload {
+    fn seed(&self) -> SeedProcess {
+        SeedProcess::start(&[&self.torrent, &"--data", &self.data.parent().unwrap()])
+    }
+
+    fn leech_dir(&self, name: &str) -> PathBuf {
+        let d = self.dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn assert_downloaded(&self, dir: &Path) {
+        assert_eq!(
+            sha256(&dir.join("payload.iso")),
+            sha256(&self.data),
+            "sha256 of the download"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs python3-libtorrent: run by scripts/test"]
+fn libtorrent_downloads_256_mib_from_ringseed() {
+    require_libtorrent();
+    let p = payload(256 << 20, &[]);
+    let seeder = p.seed();
+    let dir = p.leech_dir("lt");
+    let leecher = spawn_lt_leecher(&p.torrent, &dir, Some(seeder.addr), "127.0.0.11");
+    wait_leecher(leecher);
+    p.assert_downloaded(&dir);
+    assert!(seeder.stop().success(), "ringseed stops cleanly on SIGINT");
+}
+
+#[test]
+#[ignore = "needs python3-libtorrent: run by scripts/test"]
+fn four_libtorrent_leechers_at_once() {
+    require_libtorrent();
+    let p = payload(96 << 20, &[]);
+    let seeder = p.seed();
+    let leechers: Vec<(PathBuf, Child)> = (0..4)
+        .map(|i| {
+            let dir = p.leech_dir(&format!("lt{i}"));
+            let bind = format!("127.0.0.{}", 11 + i);
+            let child = spawn_lt_leecher(&p.torrent, &dir, Some(seeder.addr), &bind);
+            (dir, child)
+        })
+        .collect();
+    for (dir, child) in leechers {
+        wait_leecher(child);
+        p.assert_downloaded(&dir);
+    }
+    assert!(seeder.stop().success());
+}
+
+#[test]
+#[ignore = "needs python3-libtorrent: run by scripts/test"]
+fn libtorrent_from_a_magnet_link_gets_the_metadata_from_us() {
+    require_libtorrent();
+    let p = payload(24 << 20, &[]);
+    let seeder = p.seed();
+    let magnet = seeder.magnet();
+    assert!(magnet.starts_with("magnet:?xt=urn:btih:"));
+    let dir = p.leech_dir("magnet");
+    wait_leecher(spawn_lt_leecher(
+        &magnet,
+        &dir,
+        Some(seeder.addr),
+        "127.0.0.21",
+    ));
+    p.assert_downloaded(&dir);
+}
+
+/// A free port (bound and released; good enough for tests).
+fn free_port() -> u16 {
+    TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// opentracker on loopback, whitelisting one info-hash; killed on drop.
+struct OpenTracker {
+    child: Child,
+    ip: String,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl OpenTracker {
+    fn start(ip: &str, port: u16, info_hash_hex: &str) -> OpenTracker {
+        require_program("opentracker", "opentracker");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("whitelist"), format!("{info_hash_hex}\n")).unwrap();
+        let child = Command::new("opentracker")
+            .args(["-i", ip, "-p", &port.to_string(), "-P", &port.to_string()])
+            .arg("-d")
+            .arg(dir.path())
+            .args(["-w", "whitelist"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start opentracker");
+        let tracker = OpenTracker {
+            child,
+            ip: ip.to_owned(),
+            port,
+            _dir: dir,
+        };
+        // Ready when it accepts a connection.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect((ip, port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "opentracker did not start listening"
+            );
+            std::thread::yield_now();
+        }
+        tracker
+    }
+
+    fn announce_url(&self) -> String {
+        format!("http://{}:{}/announce", self.ip, self.port)
+    }
+
+    /// Announces the seeder (ringseed has no tracker client yet): opentracker
+    /// records the request's source address with the given port.
+    fn announce_seeder(&self, info_hash: &[u8; 20], seeder: SocketAddr) {
+        let enc = |b: &[u8]| b.iter().map(|x| format!("%{x:02X}")).collect::<String>();
+        let request = format!(
+            "GET /announce?info_hash={}&peer_id={}&port={}&uploaded=0&downloaded=0&left=0&event=started&compact=1 HTTP/1.0\r\n\r\n",
+            enc(info_hash),
+            enc(b"-RS0100-testannounce"),
+            seeder.port()
+        );
+        let mut s = TcpStream::connect((self.ip.as_str(), self.port)).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).unwrap();
+        let text = String::from_utf8_lossy(&reply);
+        assert!(
+            text.contains("200") && text.contains("interval"),
+            "announce failed: {text}"
+        );
+    }
+}
+
+impl Drop for OpenTracker {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn info_hash_of(torrent: &Path) -> ([u8; 20], String) {
+    let m = ringseed_engine::Metainfo::from_bytes(&std::fs::read(torrent).unwrap()).unwrap();
+    (m.info_hash.0, m.info_hash.to_hex())
+}
+
+/// Makes a payload whose torrent announces to a fresh opentracker on `ip`,
+/// seeds it on `ip` and announces the seeder there.
+fn tracked_payload(ip: &str, len: usize) -> (Payload, OpenTracker, SeedProcess) {
+    // The tracker URL goes into the torrent, whose hash the whitelist needs:
+    // pick the port first, then start the tracker on it.
+    require_program("opentracker", "opentracker");
+    let port = free_port();
+    let url = format!("http://{ip}:{port}/announce");
+    let p = payload(len, &["-t", &url]);
+    let (hash, hex) = info_hash_of(&p.torrent);
+    let tracker = OpenTracker::start(ip, port, &hex);
+    assert_eq!(tracker.announce_url(), url);
+    let seeder = SeedProcess::start_on(
+        &format!("{ip}:0"),
+        &[&p.torrent, &"--data", &p.data.parent().unwrap()],
+    );
+    tracker.announce_seeder(&hash, seeder.addr);
+    (p, tracker, seeder)
+}
+
+#[test]
+#[ignore = "needs aria2 and opentracker: run by scripts/test"]
+fn aria2c_downloads_through_opentracker() {
+    require_program("aria2c", "aria2");
+    let (p, _tracker, seeder) = tracked_payload("127.0.0.1", 48 << 20);
+    let dir = p.leech_dir("aria2");
+    let out = Command::new("aria2c")
+        .args([
+            "--enable-dht=false",
+            "--enable-dht6=false",
+            "--bt-enable-lpd=false",
+            "--enable-peer-exchange=false",
+            "--disable-ipv6=true",
+            "--seed-time=0",
+            "--bt-stop-timeout=120",
+            "--summary-interval=0",
+            "--console-log-level=warn",
+            "--listen-port",
+            &free_port().to_string(),
+            "--dir",
+        ])
+        .arg(&dir)
+        .arg(&p.torrent)
+        .output()
+        .expect("run aria2c");
+    assert!(
+        out.status.success(),
+        "aria2c failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.assert_downloaded(&dir);
+    assert!(seeder.stop().success());
+}
+
+#[test]
+#[ignore = "needs transmission-cli and opentracker: run by scripts/test"]
+fn transmission_cli_downloads_through_opentracker() {
+    require_program("transmission-cli", "transmission-cli");
+    // Transmission ignores peers on 127.0.0.0/8, so it runs in a network
+    // namespace of its own and reaches tracker and seeder over a veth link.
+    let ns = NetNs::create();
+    let (p, _tracker, seeder) = tracked_payload(&ns.host_ip, 24 << 20);
+    let dir = p.leech_dir("transmission");
+    let config = p.leech_dir("transmission-config");
+    // Nothing may leave the machine: no DHT, LPD, PEX, uTP or port mapping.
+    std::fs::write(
+        config.join("settings.json"),
+        r#"{"dht-enabled": false, "lpd-enabled": false, "pex-enabled": false,
+            "utp-enabled": false, "port-forwarding-enabled": false,
+            "bind-address-ipv4": "NS_IP", "bind-address-ipv6": "::1",
+            "rename-partial-files": false}"#
+            .replace("NS_IP", &ns.ns_ip),
+    )
+    .unwrap();
+    let marker = p.dir.path().join("transmission-finished");
+    let script = p.dir.path().join("on-finish.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ntouch '{}'\n", marker.display()),
+    )
+    .unwrap();
+    run_ok(Command::new("chmod").arg("+x").arg(&script));
+    let mut child = ns
+        .command("transmission-cli")
+        .arg("-g")
+        .arg(&config)
+        .arg("-w")
+        .arg(&dir)
+        .args(["-p", &free_port().to_string(), "-f"])
+        .arg(&script)
+        .arg(&p.torrent)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start transmission-cli");
+    // transmission-cli seeds forever; its --finish script marks completion.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !marker.exists() {
+        if Instant::now() > deadline {
+            // SAFETY: signalling our own child by its PID.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("transmission-cli did not finish in time");
+        }
+        std::thread::park_timeout(Duration::from_millis(200));
+    }
+    // SAFETY: signalling our own child by its PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    p.assert_downloaded(&dir);
+    assert!(seeder.stop().success());
+}
