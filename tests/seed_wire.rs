@@ -22,7 +22,6 @@ struct Fixture {
     data: Vec<u8>,
     metainfo: Metainfo,
     seeder: Seeder,
-    path: std::path::PathBuf,
 }
 
 fn start(len: usize, piece: u64, config: SeedConfig) -> Fixture {
@@ -362,32 +361,65 @@ fn bad_peers_are_dropped_and_counted_and_the_worker_keeps_serving() {
 }
 
 #[test]
-fn a_truncated_file_errors_its_torrent_without_crashing() {
-    let f = start(4 << 20, 262144, loopback_config());
-    let addr = f.seeder.local_addr();
-    let (mut peer, _) = Peer::connect(addr, f.metainfo.info_hash.0, Reserved::OURS);
-    peer.send(Message::Interested);
-    while peer.next() != Owned::Unchoke {}
-    // Cut the file to 100 KB under the running seeder, then ask for a block
-    // beyond the cut.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&f.path)
-        .unwrap()
-        .set_len(100_000)
-        .unwrap();
-    peer.send(Message::Request(BlockRequest {
-        piece: 10,
+fn a_file_truncated_during_a_transfer_errors_its_torrent_and_the_other_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut torrents = Vec::new();
+    let mut metas = Vec::new();
+    for name in ["victim.bin", "survivor.bin"] {
+        let path = dir.path().join(name);
+        write_data(&path, 4 << 20, name.len() as u64);
+        let opts = CreateOptions {
+            piece_length: Some(262144),
+            ..Default::default()
+        };
+        let m = create(&path, &opts, &()).unwrap().metainfo;
+        let paths = DataPaths::in_save_dir(&m.info, dir.path());
+        torrents.push(SeedTorrent::open(m.clone(), &paths).unwrap());
+        metas.push(m);
+    }
+    let seeder = Seeder::start(loopback_config(), torrents).unwrap();
+    let addr = seeder.local_addr();
+    let survivor_data = std::fs::read(dir.path().join("survivor.bin")).unwrap();
+
+    let (mut victim, _) = Peer::connect(addr, metas[0].info_hash.0, Reserved::OURS);
+    victim.send(Message::Interested);
+    while victim.next() != Owned::Unchoke {}
+    // A transfer in progress: one block arrives.
+    victim.send(Message::Request(BlockRequest {
+        piece: 0,
         offset: 0,
         length: 16384,
     }));
+    assert!(matches!(victim.next(), Owned::Piece { .. }));
+
+    // Cut the file to 100 KB under the running seeder, then ask for blocks
+    // beyond the cut.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("victim.bin"))
+        .unwrap()
+        .set_len(100_000)
+        .unwrap();
+    for piece in 8..12 {
+        victim.send(Message::Request(BlockRequest {
+            piece,
+            offset: 0,
+            length: 16384,
+        }));
+    }
     assert!(
-        peer.closed_by_seeder(),
+        victim.closed_by_seeder(),
         "the peer of an errored torrent is dropped"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let error = loop {
-        if let Some(e) = f.seeder.stats().torrents[0].error.clone() {
+        let stats = seeder.stats();
+        if let Some(e) = stats
+            .torrents
+            .iter()
+            .find(|t| t.name == "victim.bin")
+            .and_then(|t| t.error.clone())
+        {
             break e;
         }
         assert!(
@@ -397,12 +429,13 @@ fn a_truncated_file_errors_its_torrent_without_crashing() {
         std::thread::park_timeout(Duration::from_millis(50));
     };
     assert!(error.contains("truncated"), "{error}");
-    // New peers of that torrent are refused; the process is alive.
+
+    // New peers of the errored torrent are refused...
     let mut s = TcpStream::connect(addr).unwrap();
     let mut hs = Vec::new();
     Handshake {
         reserved: Reserved::OURS,
-        info_hash: f.metainfo.info_hash,
+        info_hash: metas[0].info_hash,
         peer_id: [1; 20],
     }
     .encode(&mut hs);
@@ -412,4 +445,27 @@ fn a_truncated_file_errors_its_torrent_without_crashing() {
         buf: Vec::new()
     }
     .closed_by_seeder());
+
+    // ...and the other torrent is served, byte-exact, by the same process.
+    let (mut peer, _) = Peer::connect(addr, metas[1].info_hash.0, Reserved::OURS);
+    peer.send(Message::Interested);
+    while peer.next() != Owned::Unchoke {}
+    for piece in [0u32, 15] {
+        peer.send(Message::Request(BlockRequest {
+            piece,
+            offset: 16384,
+            length: 16384,
+        }));
+        let Owned::Piece { data, .. } = peer.next() else {
+            panic!("a block")
+        };
+        let start = piece as usize * 262144 + 16384;
+        assert_eq!(data, survivor_data[start..start + 16384]);
+    }
+    assert!(seeder
+        .shutdown()
+        .unwrap()
+        .torrents
+        .iter()
+        .any(|t| t.error.is_none()));
 }

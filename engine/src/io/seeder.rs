@@ -380,9 +380,11 @@ impl Seeder {
         result
     }
 
-    /// Closes every connection and stops the workers.
-    pub fn shutdown(mut self) -> io::Result<()> {
-        self.stop_workers()
+    /// Closes every connection, stops the workers and returns the final
+    /// counters (the workers flush theirs as they stop).
+    pub fn shutdown(mut self) -> io::Result<SeederStats> {
+        self.stop_workers()?;
+        Ok(self.stats())
     }
 }
 
