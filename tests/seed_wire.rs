@@ -45,7 +45,6 @@ fn start(len: usize, piece: u64, config: SeedConfig) -> Fixture {
         data,
         metainfo,
         seeder,
-        path,
     }
 }
 
