@@ -1,0 +1,57 @@
+#!/usr/bin/python3
+"""libtorrent-rasterbar as a reference seeder for ringseed's benchmarks.
+
+    lt_seed.py FILE.torrent SAVE_DIR --listen IP:PORT
+
+Seeds with libtorrent's high_performance_seed settings (DHT, LSD, UPnP,
+NAT-PMP and uTP off), prints "ready" once it is seeding, and runs until
+SIGTERM or SIGINT.
+"""
+import argparse
+import signal
+import sys
+import time
+
+import libtorrent as lt
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("torrent")
+    ap.add_argument("save_dir")
+    ap.add_argument("--listen", required=True)
+    args = ap.parse_args()
+
+    settings = lt.high_performance_seed()
+    settings.update({
+        "listen_interfaces": args.listen,
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "enable_incoming_utp": False,
+        "enable_outgoing_utp": False,
+        "allow_multiple_connections_per_ip": True,
+        "alert_mask": lt.alert.category_t.error_notification,
+    })
+    ses = lt.session(settings)
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(args.torrent)
+    params.save_path = args.save_dir
+    params.flags |= lt.torrent_flags.seed_mode
+    handle = ses.add_torrent(params)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    while not handle.status().is_seeding:
+        ses.wait_for_alert(100)
+        ses.pop_alerts()
+    print("ready", flush=True)
+    while not stop:
+        ses.wait_for_alert(500)
+        ses.pop_alerts()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
