@@ -234,3 +234,63 @@ fn created_torrents_are_reproducible_without_a_date() {
     };
     assert_eq!(make("1.torrent"), make("2.torrent"));
 }
+
+#[test]
+fn seed_refuses_data_that_does_not_match_and_names_the_bad_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("f.iso");
+    write_data(&data, 1 << 20, 3);
+    let torrent = dir.path().join("f.torrent");
+    run_ok(
+        ringseed()
+            .arg("create")
+            .arg(&data)
+            .arg("-o")
+            .arg(&torrent)
+            .args(["-l", "64K"]),
+    );
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[5 * 65536 + 10] ^= 1;
+    bytes[9 * 65536] ^= 1;
+    std::fs::write(&data, bytes).unwrap();
+    let out = run(ringseed()
+        .arg("seed")
+        .arg(&torrent)
+        .args(["--listen", "127.0.0.1:0"]));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("2 of 16 pieces do not match"), "{stderr}");
+    assert!(stderr.contains("bad pieces: 5, 9"), "{stderr}");
+    assert!(stderr.contains("--assume-valid"), "{stderr}");
+}
+
+#[test]
+fn seed_makes_a_torrent_for_a_plain_file_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("release.iso");
+    write_data(&data, 3 << 20, 4);
+    let state = dir.path().join("state");
+    let seeder = SeedProcess::start(&[&data, &"--state", &state, &"--workers", &"1"]);
+    assert!(
+        seeder.banner.contains("seeding release.iso"),
+        "{}",
+        seeder.banner
+    );
+    assert!(seeder.magnet().starts_with("magnet:?xt=urn:btih:"));
+    let made: Vec<_> = std::fs::read_dir(state.join("torrents")).unwrap().collect();
+    assert_eq!(
+        made.len(),
+        1,
+        "one .torrent written under the state directory"
+    );
+    let info = info_json(&made[0].as_ref().unwrap().path());
+    assert_eq!(info["name"], "release.iso");
+    assert!(seeder
+        .magnet()
+        .contains(info["info_hash"].as_str().unwrap()));
+
+    let mut child = seeder.into_child();
+    // SAFETY: signalling our own child by its PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success(), "SIGTERM is a clean stop");
+}

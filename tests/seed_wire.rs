@@ -468,3 +468,62 @@ fn a_file_truncated_during_a_transfer_errors_its_torrent_and_the_other_keeps_ser
         .iter()
         .any(|t| t.error.is_none()));
 }
+
+#[test]
+fn connection_limits_per_ip_and_per_torrent_are_enforced() {
+    let config = SeedConfig {
+        max_connections_per_ip: 2,
+        max_connections_per_torrent: 3,
+        workers: 1,
+        ..loopback_config()
+    };
+    let f = start(100_000, 16384, config);
+    let addr = f.seeder.local_addr();
+    let hash = f.metainfo.info_hash.0;
+    let connect_from = |ip: &str| {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::new(ip.parse().unwrap(), 0).into())
+            .unwrap();
+        socket.connect(&addr.into()).unwrap();
+        let stream: TcpStream = socket.into();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut hs = Vec::new();
+        Handshake {
+            reserved: Reserved::OURS,
+            info_hash: ringseed_engine::InfoHash(hash),
+            peer_id: [3; 20],
+        }
+        .encode(&mut hs);
+        let mut peer = Peer {
+            stream,
+            buf: Vec::new(),
+        };
+        peer.stream.write_all(&hs).unwrap();
+        peer
+    };
+    let handshaken = |peer: &mut Peer| loop {
+        match Handshake::decode(&peer.buf) {
+            Ok(Some(_)) => return true,
+            Ok(None) if peer.fill() > 0 => continue,
+            _ => return false,
+        }
+    };
+    // Two from 127.0.0.2 are served; a third from the same address is not.
+    let mut a = connect_from("127.0.0.2");
+    let mut b = connect_from("127.0.0.2");
+    assert!(handshaken(&mut a) && handshaken(&mut b));
+    let mut c = connect_from("127.0.0.2");
+    assert!(c.closed_by_seeder(), "third connection from one IP refused");
+    // A third peer of the torrent from elsewhere is served; a fourth is not.
+    let mut d = connect_from("127.0.0.3");
+    assert!(handshaken(&mut d));
+    let mut e = connect_from("127.0.0.4");
+    assert!(
+        e.closed_by_seeder(),
+        "fourth connection to the torrent refused"
+    );
+}

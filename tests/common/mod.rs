@@ -110,7 +110,7 @@ pub fn info_json(torrent: &Path) -> serde_json::Value {
 
 /// A `ringseed seed` process, stopped with SIGINT (by its PID) when dropped.
 pub struct SeedProcess {
-    pub child: std::process::Child,
+    child: Option<std::process::Child>,
     pub addr: std::net::SocketAddr,
     /// Everything it printed on stdout up to "listening on".
     pub banner: String,
@@ -152,7 +152,7 @@ impl SeedProcess {
         // Keep draining stdout so the process never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         SeedProcess {
-            child,
+            child: Some(child),
             addr,
             banner,
         }
@@ -167,23 +167,31 @@ impl SeedProcess {
             .to_owned()
     }
 
-    /// Stops it with SIGINT and returns its exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
-        self.interrupt();
-        self.child.wait().unwrap()
+    /// Hands the process over to the caller (it is no longer stopped on drop).
+    pub fn into_child(mut self) -> std::process::Child {
+        self.child.take().expect("child present until dropped")
     }
 
-    fn interrupt(&mut self) {
-        // SAFETY: signalling our own child by its PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    /// Stops it with SIGINT and returns its exit status.
+    pub fn stop(self) -> std::process::ExitStatus {
+        let mut child = self.into_child();
+        interrupt(&child);
+        child.wait().unwrap()
     }
+}
+
+fn interrupt(child: &std::process::Child) {
+    // SAFETY: signalling our own child by its PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
 }
 
 impl Drop for SeedProcess {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.interrupt();
-            let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            if let Ok(None) = child.try_wait() {
+                interrupt(child);
+                let _ = child.wait();
+            }
         }
     }
 }
