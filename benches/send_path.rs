@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use io_uring::{cqueue, opcode, types, IoUring};
+use ringseed_engine::io::uring::conn::advance_iovecs as advance;
 
 const FILE_BYTES: usize = 64 << 20;
 const BLOCK: usize = 16 << 10;
@@ -116,22 +117,6 @@ fn rebuild(s: &Setup, headers: &[[u8; 13]], offset: usize) -> Vec<libc::iovec> {
         });
     }
     iov
-}
-
-/// Drops the first `n` bytes of `iov`.
-fn advance(iov: &mut Vec<libc::iovec>, mut n: usize) {
-    let mut done = 0;
-    for v in iov.iter_mut() {
-        if n < v.iov_len {
-            // SAFETY: moving inside the same buffer.
-            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
-            v.iov_len -= n;
-            break;
-        }
-        n -= v.iov_len;
-        done += 1;
-    }
-    iov.drain(..done);
 }
 
 /// Sends the whole file `rounds` times with splice file -> pipe -> socket

@@ -61,15 +61,8 @@ pub struct CreateArgs {
     /// Where to write the .torrent [default: NAME.torrent in the current directory].
     #[arg(short, long, env = "RINGSEED_OUTPUT")]
     pub output: Option<PathBuf>,
-    /// Tracker announce URL; repeat for backups (each becomes its own tier).
-    #[arg(
-        short,
-        long = "tracker",
-        value_name = "URL",
-        env = "RINGSEED_TRACKERS",
-        value_delimiter = ','
-    )]
-    pub trackers: Vec<String>,
+    #[command(flatten)]
+    pub trackers: TrackerArgs,
     /// Web seed URL (BEP 19); repeat for several.
     #[arg(
         short,
@@ -150,15 +143,8 @@ pub struct SeedArgs {
     /// as it is, and peers will discard it).
     #[arg(long, env = "RINGSEED_ASSUME_VALID")]
     pub assume_valid: bool,
-    /// Tracker URLs to put in torrents made for files and directories.
-    #[arg(
-        short,
-        long = "tracker",
-        value_name = "URL",
-        env = "RINGSEED_TRACKERS",
-        value_delimiter = ','
-    )]
-    pub trackers: Vec<String>,
+    #[command(flatten)]
+    pub trackers: TrackerArgs,
     /// Peers served at once, for the whole process; 0 = every interested peer.
     #[arg(long, default_value_t = 0, env = "RINGSEED_UPLOAD_SLOTS")]
     pub upload_slots: usize,
@@ -199,6 +185,27 @@ fn parse_rate(text: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(1 << shift))
         .ok_or_else(|| format!("{text:?} is not a rate like 0, 500K or 100M"))
+}
+
+/// Trackers to put in torrents that ringseed makes.
+#[derive(Debug, Args)]
+pub struct TrackerArgs {
+    /// Tracker announce URL; repeat for backups (each becomes its own tier).
+    #[arg(
+        short,
+        long = "tracker",
+        value_name = "URL",
+        env = "RINGSEED_TRACKERS",
+        value_delimiter = ','
+    )]
+    pub urls: Vec<String>,
+}
+
+impl TrackerArgs {
+    /// One tier per URL, in the order given.
+    pub fn tiers(&self) -> Vec<Vec<String>> {
+        self.urls.iter().map(|u| vec![u.clone()]).collect()
+    }
 }
 
 /// Options shared by the commands that hash data.

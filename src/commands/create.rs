@@ -13,7 +13,7 @@ use crate::display::{human_bytes, HashProgress};
 pub fn run(args: CreateArgs) -> anyhow::Result<Exit> {
     let total: u64 = collect_files(&args.path)?.iter().map(|(_, len)| len).sum();
     let options = CreateOptions {
-        trackers: args.trackers.iter().map(|t| vec![t.clone()]).collect(),
+        trackers: args.trackers.tiers(),
         web_seeds: args.web_seeds.clone(),
         piece_length: match args.piece_size {
             PieceSize::Auto => None,

@@ -112,7 +112,7 @@ fn load_or_create(
 
     let total: u64 = collect_files(path)?.iter().map(|(_, len)| len).sum();
     let options = CreateOptions {
-        trackers: args.trackers.iter().map(|t| vec![t.clone()]).collect(),
+        trackers: args.trackers.tiers(),
         created_by: Some(concat!("ringseed/", env!("CARGO_PKG_VERSION")).to_owned()),
         threads,
         ..CreateOptions::default()

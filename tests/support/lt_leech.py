@@ -16,6 +16,8 @@ import time
 
 import libtorrent as lt
 
+from lt_common import loopback_session
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -26,20 +28,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=300.0)
     args = ap.parse_args()
 
-    ses = lt.session({
-        "listen_interfaces": f"{args.bind}:0",
-        "outgoing_interfaces": args.bind,
-        "enable_dht": False,
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        "enable_incoming_utp": False,
-        "enable_outgoing_utp": False,
-        "announce_to_all_trackers": True,
-        "allow_multiple_connections_per_ip": True,
-        "alert_mask": lt.alert.category_t.error_notification
-        | lt.alert.category_t.status_notification,
-    })
+    ses = loopback_session(f"{args.bind}:0", announce_to_all_trackers=True)
     if args.source.startswith("magnet:"):
         params = lt.parse_magnet_uri(args.source)
     else:

@@ -14,6 +14,8 @@ import time
 
 import libtorrent as lt
 
+from lt_common import loopback_session
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -22,19 +24,7 @@ def main():
     ap.add_argument("--listen", required=True)
     args = ap.parse_args()
 
-    settings = lt.high_performance_seed()
-    settings.update({
-        "listen_interfaces": args.listen,
-        "enable_dht": False,
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        "enable_incoming_utp": False,
-        "enable_outgoing_utp": False,
-        "allow_multiple_connections_per_ip": True,
-        "alert_mask": lt.alert.category_t.error_notification,
-    })
-    ses = lt.session(settings)
+    ses = loopback_session(args.listen, base=lt.high_performance_seed())
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(args.torrent)
     params.save_path = args.save_dir

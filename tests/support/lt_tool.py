@@ -14,19 +14,11 @@ import time
 
 import libtorrent as lt
 
+from lt_common import loopback_session
+
 
 def session():
-    return lt.session({
-        "listen_interfaces": "127.0.0.1:0",
-        "enable_dht": False,
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        "enable_incoming_utp": False,
-        "enable_outgoing_utp": False,
-        "alert_mask": lt.alert.category_t.error_notification
-        | lt.alert.category_t.status_notification,
-    })
+    return loopback_session("127.0.0.1:0")
 
 
 def info_hash(path):

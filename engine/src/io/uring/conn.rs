@@ -104,22 +104,28 @@ impl SendBuf {
 
     /// Drops `n` confirmed bytes from the front of the iovecs (a partial
     /// send), ready to send the rest.
-    pub fn advance(&mut self, mut n: usize) {
+    pub fn advance(&mut self, n: usize) {
         debug_assert!(!self.in_flight);
         self.remaining -= n;
-        let mut done = 0;
-        for v in &mut self.iov {
-            if n < v.iov_len {
-                // SAFETY: moving inside the same buffer, `n < iov_len`.
-                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
-                v.iov_len -= n;
-                break;
-            }
-            n -= v.iov_len;
-            done += 1;
-        }
-        self.iov.drain(..done);
+        advance_iovecs(&mut self.iov, n);
     }
+}
+
+/// Drops the first `n` bytes described by `iov` (after a short send).
+pub fn advance_iovecs(iov: &mut Vec<libc::iovec>, mut n: usize) {
+    let mut done = 0;
+    for v in iov.iter_mut() {
+        if n < v.iov_len {
+            // SAFETY: `n < iov_len`, so the pointer stays inside the buffer
+            // this iovec describes.
+            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+            v.iov_len -= n;
+            break;
+        }
+        n -= v.iov_len;
+        done += 1;
+    }
+    iov.drain(..done);
 }
 
 /// A connection.
