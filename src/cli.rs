@@ -192,7 +192,7 @@ fn parse_rate(text: &str) -> Result<u64, String> {
 pub struct TrackerArgs {
     /// Tracker announce URL; repeat for backups (each becomes its own tier).
     #[arg(
-        short,
+        short = 't',
         long = "tracker",
         value_name = "URL",
         env = "RINGSEED_TRACKERS",
