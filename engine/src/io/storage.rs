@@ -31,6 +31,9 @@ use crate::stats::Counters;
 /// [`MAX_REQUEST_LEN`] bytes.
 static ZEROS: [u8; MAX_REQUEST_LEN as usize] = [0; MAX_REQUEST_LEN as usize];
 
+/// Most bytes read ahead for one cold block (within its piece).
+pub const PREFETCH_MAX: u32 = 1 << 20;
+
 /// Why a torrent's data could not be opened for seeding.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -223,10 +226,17 @@ impl SeedTorrent {
             .all(|(addr, len)| pages_resident(addr, len))
     }
 
-    /// Starts reading a block's pages from disk in the background (exactly
-    /// those pages: the mappings have readahead off).
-    pub fn prefetch(&self, req: &BlockRequest) {
-        for (addr, len) in self.mapped_ranges(req) {
+    /// Starts reading a cold block's pages from disk in the background, with
+    /// the rest of its piece up to [`PREFETCH_MAX`]: peers fetch a piece's
+    /// blocks in order, so one larger read replaces many 16 KiB ones, while
+    /// nothing beyond the piece is read (the mappings have fault readahead
+    /// off).
+    /// Returns the piece offset up to which reads were started.
+    pub fn prefetch(&self, req: &BlockRequest) -> u32 {
+        let piece_end = self.layout.piece_len(req.piece) as u32;
+        let length = (piece_end - req.offset).min(PREFETCH_MAX.max(req.length));
+        let ahead = BlockRequest { length, ..*req };
+        for (addr, len) in self.mapped_ranges(&ahead) {
             let (start, len) = page_span(addr, len);
             // SAFETY: the span covers pages of a live mapping of ours;
             // MADV_WILLNEED only schedules reads and touches no memory of
@@ -235,6 +245,7 @@ impl SeedTorrent {
                 libc::madvise(start as *mut libc::c_void, len, libc::MADV_WILLNEED);
             }
         }
+        req.offset + length
     }
 
     /// (address, length) of the mapped parts of a block (not pad files).

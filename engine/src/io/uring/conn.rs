@@ -152,6 +152,9 @@ pub struct Conn {
     pub served_since_unchoke: u64,
     /// Last choke or unchoke.
     pub choke_changed: Duration,
+    /// (piece, end offset) of the last read-ahead started for this peer, so
+    /// the following blocks of that piece do not start it again.
+    pub prefetched: Option<(u32, u32)>,
 }
 
 impl Conn {
@@ -173,6 +176,7 @@ impl Conn {
             last_sent: now,
             served_since_unchoke: 0,
             choke_changed: now,
+            prefetched: None,
         }
     }
 

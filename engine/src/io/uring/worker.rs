@@ -453,7 +453,12 @@ impl Worker {
                 send.headers
                     .push(wire::piece_header(req.piece, req.offset, req.length));
                 if !torrent.is_resident(&req) {
-                    torrent.prefetch(&req);
+                    let covered = conn.prefetched.is_some_and(|(piece, end)| {
+                        piece == req.piece && req.offset + req.length <= end
+                    });
+                    if !covered {
+                        conn.prefetched = Some((req.piece, torrent.prefetch(&req)));
+                    }
                     cold = true;
                 }
                 // Header iovecs are filled in below, once `headers` stops

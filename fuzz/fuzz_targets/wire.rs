@@ -1,0 +1,56 @@
+//! Peer wire bytes: the handshake, a stream of messages, and a seeding
+//! session fed with them must never panic, and what decodes re-encodes to
+//! the same bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ringseed_engine::policy::seed_session::{SeedSession, SessionConfig, TorrentView};
+use ringseed_engine::proto::wire::{self, Handshake, Message};
+
+/// 37 pieces of 32 KiB, the last 5 000 bytes; 40 000 bytes of metadata.
+struct Torrent(Vec<u8>);
+
+impl TorrentView for Torrent {
+    fn num_pieces(&self) -> u32 {
+        37
+    }
+    fn piece_len(&self, piece: u32) -> u32 {
+        if piece == 36 { 5_000 } else { 32_768 }
+    }
+    fn info_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let _ = Handshake::decode(data);
+    let torrent = Torrent(vec![b'x'; 40_000]);
+    // The first byte picks the peer's feature bits, the rest is its stream.
+    let Some((&features, stream)) = data.split_first() else { return };
+    let mut peer = Handshake::decode(&[0; 68]).ok().flatten().unwrap_or(Handshake {
+        reserved: Default::default(),
+        info_hash: ringseed_engine::InfoHash([0; 20]),
+        peer_id: [0; 20],
+    });
+    peer.reserved.0[5] = features & 0x10;
+    peer.reserved.0[7] = features & 0x04;
+    let mut session = SeedSession::new(&peer, None, &torrent, SessionConfig::default());
+    session.set_choking(features & 1 == 0);
+    let mut at = 0;
+    while let Ok(Some((msg, used))) = wire::decode(&stream[at..], 1 << 16) {
+        let mut again = Vec::new();
+        wire::encode(&msg, &mut again);
+        if !matches!(msg, Message::Unknown { .. }) {
+            assert_eq!(again, &stream[at..at + used], "re-encoding differs");
+        }
+        at += used;
+        if session.on_message(msg, &torrent).is_err() {
+            break;
+        }
+        while let Some(req) = session.pop_request() {
+            assert!(req.piece < 37 && req.offset + req.length <= torrent.piece_len(req.piece));
+        }
+    }
+    let mut out = Vec::new();
+    session.drain_output_into(&mut out);
+});
