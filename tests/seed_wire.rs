@@ -527,3 +527,26 @@ fn connection_limits_per_ip_and_per_torrent_are_enforced() {
         "fourth connection to the torrent refused"
     );
 }
+
+#[test]
+fn one_dual_stack_listener_serves_ipv4_and_ipv6_peers() {
+    let config = SeedConfig {
+        listen: "[::]:0".parse().unwrap(),
+        ..loopback_config()
+    };
+    let f = start(50_000, 16384, config);
+    let port = f.seeder.local_addr().port();
+    for ip in ["127.0.0.1", "::1"] {
+        let addr = SocketAddr::new(ip.parse().unwrap(), port);
+        let (mut peer, theirs) = Peer::connect(addr, f.metainfo.info_hash.0, Reserved::OURS);
+        assert_eq!(theirs.info_hash, f.metainfo.info_hash, "{ip}");
+        let Owned::Extended { payload, .. } = peer.next() else {
+            panic!("extension handshake")
+        };
+        let yourip = ExtensionHandshake::decode(&payload)
+            .unwrap()
+            .your_ip
+            .unwrap();
+        assert_eq!(yourip, addr.ip(), "v4-mapped addresses are shown as IPv4");
+    }
+}
