@@ -289,8 +289,7 @@ impl Worker {
         }
         let spare = conn.recv.buf.len() - conn.recv.len;
         debug_assert!(spare > 0);
-        // SAFETY (of the pointer arithmetic): `len <= buf.len()`.
-        let ptr = unsafe { conn.recv.buf.as_mut_ptr().add(conn.recv.len) };
+        let ptr = conn.recv.buf[conn.recv.len..].as_mut_ptr();
         let entry = opcode::Recv::new(types::Fd(conn.fd.as_raw_fd()), ptr, spare as u32)
             .build()
             .user_data(
