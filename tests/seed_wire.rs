@@ -550,3 +550,110 @@ fn one_dual_stack_listener_serves_ipv4_and_ipv6_peers() {
         assert_eq!(yourip, addr.ip(), "v4-mapped addresses are shown as IPv4");
     }
 }
+
+/// Regression: a 4 GiB length prefix used to make the worker grow its
+/// receive buffer to that size before closing the connection.
+#[test]
+fn an_oversized_length_prefix_is_refused_without_allocating_it() {
+    let f = start(
+        50_000,
+        16384,
+        SeedConfig {
+            workers: 1,
+            ..loopback_config()
+        },
+    );
+    let addr = f.seeder.local_addr();
+    let rss_kib = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap())
+            })
+            .unwrap()
+    };
+    for _ in 0..8 {
+        let (mut peer, _) = Peer::connect(addr, f.metainfo.info_hash.0, Reserved::OURS);
+        peer.stream.write_all(&[0xff, 0xff, 0xff, 0xff, 7]).unwrap();
+        assert!(peer.closed_by_seeder());
+    }
+    assert!(
+        rss_kib() < 1 << 20,
+        "peak RSS stayed under 1 GiB: {} KiB",
+        rss_kib()
+    );
+    let (mut peer, _) = Peer::connect(addr, f.metainfo.info_hash.0, Reserved::OURS);
+    peer.send(Message::Interested);
+    while peer.next() != Owned::Unchoke {}
+}
+
+/// A peer that floods metadata requests without reading the replies stops
+/// being read, then is dropped: its replies cannot pile up without bound.
+#[test]
+fn a_peer_that_never_reads_cannot_make_us_queue_without_bound() {
+    let f = start(
+        3 << 20,
+        262144,
+        SeedConfig {
+            workers: 1,
+            ..loopback_config()
+        },
+    );
+    let addr = f.seeder.local_addr();
+    let (mut peer, _) = Peer::connect(addr, f.metainfo.info_hash.0, Reserved::OURS);
+    let mut hs = Vec::new();
+    ExtensionHandshake {
+        extensions: vec![(UT_METADATA.into(), 5)],
+        ..Default::default()
+    }
+    .encode(&mut hs);
+    peer.send(Message::Extended {
+        id: 0,
+        payload: &hs,
+    });
+    // Each 33-byte request asks for up to 16 KiB back; never read anything.
+    let mut req = Vec::new();
+    MetadataMessage::Request { piece: 0 }.encode(&mut req);
+    let mut frame = Vec::new();
+    wire::encode(
+        &Message::Extended {
+            id: 1,
+            payload: &req,
+        },
+        &mut frame,
+    );
+    let burst: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 1000)
+        .collect();
+    peer.stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut written = 0usize;
+    // Writes stall (we stopped reading) or fail (we closed) long before
+    // 64 MiB of requests, i.e. ~32 GiB of replies, could be queued.
+    while written < 64 << 20 {
+        match peer.stream.write(&burst) {
+            Ok(n) => written += n,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        written < 64 << 20,
+        "the seeder kept reading a peer that never reads"
+    );
+    // The seeder is fine and serves others.
+    let (mut other, _) = Peer::connect(addr, f.metainfo.info_hash.0, Reserved::OURS);
+    other.send(Message::Interested);
+    while other.next() != Owned::Unchoke {}
+    other.send(Message::Request(BlockRequest {
+        piece: 0,
+        offset: 0,
+        length: 16384,
+    }));
+    assert!(matches!(other.next(), Owned::Piece { .. }));
+}

@@ -267,12 +267,18 @@ impl Seeder {
         let config = Arc::new(SeedConfig { workers, ..config });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let mut handles = Vec::with_capacity(workers);
-        let mut wake_fds = Vec::with_capacity(workers);
+        // Built first so that any early return below stops (via `Drop`) the
+        // workers already started.
+        let mut seeder = Seeder {
+            shared: Arc::clone(&shared),
+            workers: Vec::with_capacity(workers),
+            wake_fds: Vec::with_capacity(workers),
+            local_addr: addr,
+        };
         for (index, listener) in listeners.into_iter().enumerate() {
             let wake = eventfd().map_err(|source| SeedError::Worker { index, source })?;
             let wake_raw = wake.as_raw_fd();
-            wake_fds.push(wake);
+            seeder.wake_fds.push(wake);
             let shared = Arc::clone(&shared);
             let config = Arc::clone(&config);
             let core = config
@@ -286,7 +292,9 @@ impl Seeder {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    match Worker::new(index, listener, wake_raw, shared, config) {
+                    let worker = Worker::new(index, listener, wake_raw, shared, config)
+                        .and_then(|mut w| w.check_accept().map(|()| w));
+                    match worker {
                         Ok(worker) => {
                             let _ = ready.send(Ok(()));
                             worker.run()
@@ -299,15 +307,9 @@ impl Seeder {
                     }
                 })
                 .map_err(|source| SeedError::Worker { index, source })?;
-            handles.push(handle);
+            seeder.workers.push(handle);
         }
         drop(ready_tx);
-        let mut seeder = Seeder {
-            shared,
-            workers: handles,
-            wake_fds,
-            local_addr: addr,
-        };
         for _ in 0..workers {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}

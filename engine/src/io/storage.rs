@@ -219,6 +219,11 @@ impl SeedTorrent {
         }
     }
 
+    /// How many iovecs the block's bytes need (one per file it spans).
+    pub fn block_segments(&self, req: &BlockRequest) -> usize {
+        self.layout.segments(self.block_range(req)).count()
+    }
+
     /// Whether every page of a block is in the page cache, so sending it
     /// cannot stall on a disk read.
     pub fn is_resident(&self, req: &BlockRequest) -> bool {

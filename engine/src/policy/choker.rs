@@ -10,7 +10,7 @@ use std::time::Duration;
 /// Choker settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChokerConfig {
-    /// Regular upload slots; 0 means every interested peer is unchoked.
+    /// Regular upload slots; 0 means every peer is unchoked, always.
     pub upload_slots: usize,
     /// A slot holder that has received this many bytes since its unchoke
     /// rotates out when someone is waiting.
@@ -74,7 +74,9 @@ impl Choker {
     ) -> Vec<(u64, bool)> {
         let mut unchoke: HashSet<u64> = HashSet::new();
         if self.config.upload_slots == 0 {
-            unchoke.extend(peers.iter().filter(|p| p.interested).map(|p| p.key));
+            // Nobody waits for a slot, so nobody is choked: a peer that turns
+            // interested later is served at once, not at the next round.
+            unchoke.extend(peers.iter().map(|p| p.key));
             self.optimistic = None;
         } else {
             let is_waiting = |p: &&Candidate| p.interested && !p.unchoked;
@@ -187,13 +189,22 @@ mod tests {
     }
 
     #[test]
-    fn unlimited_slots_unchoke_every_interested_peer() {
+    fn unlimited_slots_never_choke_anyone() {
         let mut c = Choker::new(config(0));
         let mut uninterested = peer(3, true, 0, 0);
         uninterested.interested = false;
-        let peers = [peer(1, false, 0, 0), peer(2, true, 0, 0), uninterested];
+        let mut choked_uninterested = peer(4, false, 0, 0);
+        choked_uninterested.interested = false;
+        let peers = [
+            peer(1, false, 0, 0),
+            peer(2, true, 0, 0),
+            uninterested,
+            choked_uninterested,
+        ];
         let decisions = c.rechoke(Duration::from_secs(10), &peers, &mut never);
-        assert_eq!(decisions, [(1, true), (3, false)]);
+        // An uninterested peer stays unchoked: when it turns interested its
+        // requests are served at once (magnet peers fetch metadata first).
+        assert_eq!(decisions, [(1, true), (4, true)]);
     }
 
     #[test]

@@ -257,6 +257,11 @@ impl SeedSession {
         Ok(())
     }
 
+    /// Refuses a request the data plane cannot serve (it was popped).
+    pub fn reject(&mut self, req: BlockRequest) {
+        self.refuse(req);
+    }
+
     /// Answers a request we will not serve: BEP 6 peers get a
     /// `reject_request`, others learn it from the silence.
     fn refuse(&mut self, req: BlockRequest) {

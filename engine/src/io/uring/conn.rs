@@ -64,6 +64,9 @@ pub struct SendBuf {
     pub remaining: usize,
     /// Blocks in this send, counted when it completes.
     pub blocks: u64,
+    /// Some block's pages were not in the page cache: the send (and its
+    /// resubmissions after a short send) runs in io-wq.
+    pub cold: bool,
     /// A send op is in flight.
     pub in_flight: bool,
 }
@@ -80,6 +83,7 @@ impl SendBuf {
             torrent: None,
             remaining: 0,
             blocks: 0,
+            cold: false,
             in_flight: false,
         }
     }
@@ -93,6 +97,7 @@ impl SendBuf {
         self.torrent = None;
         self.remaining = 0;
         self.blocks = 0;
+        self.cold = false;
     }
 
     /// Points the msghdr at the iovecs; call after filling them and before
@@ -152,9 +157,9 @@ pub struct Conn {
     pub served_since_unchoke: u64,
     /// Last choke or unchoke.
     pub choke_changed: Duration,
-    /// (piece, end offset) of the last read-ahead started for this peer, so
-    /// the following blocks of that piece do not start it again.
-    pub prefetched: Option<(u32, u32)>,
+    /// (piece, start, end) of the last read-ahead started for this peer, so
+    /// the following blocks of that range do not start it again.
+    pub prefetched: Option<(u32, u32, u32)>,
 }
 
 impl Conn {

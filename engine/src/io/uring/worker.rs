@@ -44,8 +44,17 @@ use crate::stats::StatsDelta;
 /// Most bytes of blocks in one `sendmsg`: large sends are cheapest per byte
 /// on loopback (28-30 Gbit/s at 256 KiB vs ~23 at 16 KiB).
 const MAX_SEND_BYTES: u64 = 256 << 10;
-/// Most iovecs in one `sendmsg` (well under IOV_MAX).
+/// Most iovecs in one `sendmsg` batch (well under IOV_MAX).
 const MAX_SEND_IOVECS: usize = 128;
+/// IOV_MAX on Linux: a single block spanning more files than this (a
+/// torrent of thousands of tiny files) cannot be sent and is refused.
+const IOV_MAX: usize = 1024;
+/// Control bytes queued while a send is in flight above which we stop
+/// reading from the peer until the send completes (backpressure).
+const OUTPUT_HIGH_WATER: usize = 256 << 10;
+/// Control bytes a peer may make us queue at all: beyond this it is
+/// flooding us (e.g. metadata requests without reading the replies).
+const OUTPUT_LIMIT: usize = 4 << 20;
 /// Timer period: rate-limit refills and housekeeping.
 const TICK: Duration = Duration::from_millis(100);
 /// Stats flush, file checks, keep-alives and idle checks.
@@ -101,6 +110,8 @@ pub struct Worker {
     torrent_deltas: HashMap<InfoHash, (Arc<SeedTorrent>, StatsDelta)>,
     rng: u64,
     peer_id: [u8; 20],
+    /// Completions reaped while the submission queue was full (see `push`).
+    backlog: Vec<(u64, i32, u32)>,
 }
 
 impl Worker {
@@ -138,6 +149,7 @@ impl Worker {
             delta: StatsDelta::default(),
             torrent_deltas: HashMap::new(),
             rng: random_u64() | 1,
+            backlog: Vec::new(),
             peer_id: shared.peer_id,
             shared,
             config,
@@ -148,9 +160,33 @@ impl Worker {
         self.started.elapsed()
     }
 
+    /// Arms the multishot accept and checks that the kernel takes it:
+    /// kernels before 5.19 refuse it at once with `EINVAL`.
+    pub fn check_accept(&mut self) -> io::Result<()> {
+        self.arm_accept();
+        self.ring.submit()?;
+        let refused = self
+            .ring
+            .completion()
+            .find(|c| UserData::unpack(c.user_data()) == UserData::Accept && c.result() < 0)
+            .map(|c| c.result());
+        if let Some(result) = refused {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "multishot accept is not supported ({}): ringseed needs Linux 5.19 or newer",
+                    io::Error::from_raw_os_error(-result)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Runs until shutdown is requested and every op has completed.
     pub fn run(mut self) -> io::Result<()> {
-        self.arm_accept();
+        if !self.accept_armed {
+            self.arm_accept();
+        }
         self.arm_tick();
         self.arm_wake();
         let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
@@ -163,6 +199,7 @@ impl Worker {
                 Err(e) => return Err(e),
             }
             completions.clear();
+            completions.append(&mut self.backlog);
             completions.extend(
                 self.ring
                     .completion()
@@ -183,15 +220,23 @@ impl Worker {
         loop {
             // SAFETY: every entry is built by this module from buffers that
             // live until its completion is handled (see `conn` docs and the
-            // `Box`ed timespec and wake buffer of `Worker`).
+            // `Box`ed timespec and wake buffer of `Worker`); `Drop` waits for
+            // every op still in flight if `run` ends early.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 self.in_flight += 1;
                 return;
             }
             if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() != Some(libc::EBUSY) {
-                    // Nothing better to do than retry: the queue drains as
-                    // the kernel consumes it.
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    // The completion queue is full: move its entries aside
+                    // (handled after the current batch) so the kernel can
+                    // post more and take our submissions.
+                    let reaped = self
+                        .ring
+                        .completion()
+                        .map(|c| (c.user_data(), c.result(), c.flags()));
+                    self.backlog.extend(reaped);
+                } else {
                     std::thread::yield_now();
                 }
             }
@@ -236,7 +281,9 @@ impl Worker {
                     self.accept_armed = false;
                 }
                 self.on_accept(result);
-                if !self.accept_armed && result != -libc::EMFILE && result != -libc::ENFILE {
+                // After an error (out of descriptors, memory...) re-arm at
+                // the next tick rather than spin on it.
+                if !self.accept_armed && result >= 0 {
                     self.arm_accept();
                 }
             }
@@ -327,12 +374,30 @@ impl Worker {
         }
         conn.recv.len += result as usize;
         conn.last_heard = now;
-        match self.process_input(key) {
-            Ok(()) => {
-                self.arm_recv(key);
-                self.try_send(key);
-            }
-            Err(end) => self.close(key, Some(end)),
+        if let Err(end) = self.process_input(key) {
+            self.close(key, Some(end));
+            return;
+        }
+        self.try_send(key);
+        self.resume_recv(key);
+    }
+
+    /// Arms the next receive unless the peer has made us queue too much:
+    /// while a send is in flight and control output piles up, we stop
+    /// reading (the send's completion resumes); past the hard limit the
+    /// peer is flooding us and is dropped.
+    fn resume_recv(&mut self, key: usize) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let pending = match &conn.phase {
+            Phase::Active { session, .. } => session.pending_output().len(),
+            Phase::Handshake => 0,
+        };
+        if pending > OUTPUT_LIMIT {
+            self.close(key, Some(CloseReason::Violation));
+        } else if !(conn.send.in_flight && pending > OUTPUT_HIGH_WATER) {
+            self.arm_recv(key);
         }
     }
 
@@ -411,8 +476,11 @@ impl Worker {
         // frame is larger than it (bounded by `max_frame`).
         conn.recv.buf.copy_within(consumed..conn.recv.len, 0);
         conn.recv.len -= consumed;
-        if let Some(prefix) = conn.recv.buf.get(..4).filter(|_| conn.recv.len >= 4) {
+        if result.is_ok() && conn.recv.len >= 4 {
+            // `decode` accepted this prefix, so `need` is within `max_frame`.
+            let prefix = &conn.recv.buf[..4];
             let need = 4 + u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
+            debug_assert!(need <= 4 + max_frame as usize);
             if need > conn.recv.buf.len() {
                 conn.recv.buf.resize(need, 0);
             }
@@ -440,10 +508,20 @@ impl Worker {
             }
             session.drain_output_into(&mut send.control);
             // Room for the control iovec, then 2+ iovecs per block.
-            while payload < MAX_SEND_BYTES && send.iov.len() + 4 < MAX_SEND_IOVECS {
+            while payload < MAX_SEND_BYTES {
                 let Some(req) = session.pop_request() else {
                     break;
                 };
+                // A header, the block's file segments, and the control iovec.
+                let needed = 2 + torrent.block_segments(&req);
+                if needed > IOV_MAX {
+                    session.reject(req);
+                    continue;
+                }
+                if send.blocks > 0 && send.iov.len() + needed > MAX_SEND_IOVECS {
+                    session.unpop_request(req);
+                    break;
+                }
                 if !self.bucket.try_take(u64::from(req.length), now) {
                     session.unpop_request(req);
                     throttled = true;
@@ -452,11 +530,12 @@ impl Worker {
                 send.headers
                     .push(wire::piece_header(req.piece, req.offset, req.length));
                 if !torrent.is_resident(&req) {
-                    let covered = conn.prefetched.is_some_and(|(piece, end)| {
-                        piece == req.piece && req.offset + req.length <= end
+                    let covered = conn.prefetched.is_some_and(|(piece, start, end)| {
+                        piece == req.piece && req.offset >= start && req.offset + req.length <= end
                     });
                     if !covered {
-                        conn.prefetched = Some((req.piece, torrent.prefetch(&req)));
+                        let end = torrent.prefetch(&req);
+                        conn.prefetched = Some((req.piece, req.offset, end));
                     }
                     cold = true;
                 }
@@ -496,12 +575,14 @@ impl Worker {
             );
         }
         send.remaining = send.iov.iter().map(|v| v.iov_len).sum();
+        send.cold = cold;
         conn.last_sent = now;
-        self.submit_send(key, cold);
+        self.submit_send(key);
     }
 
-    fn submit_send(&mut self, key: usize, cold: bool) {
+    fn submit_send(&mut self, key: usize) {
         let conn = &mut self.conns[key];
+        let cold = conn.send.cold;
         conn.send.prepare();
         let mut entry = opcode::SendMsg::new(types::Fd(conn.fd.as_raw_fd()), &*conn.send.msg)
             .flags(libc::MSG_NOSIGNAL as u32)
@@ -561,10 +642,10 @@ impl Worker {
             return;
         }
         if sent < conn.send.remaining {
-            // The socket buffer filled up: send the rest. The pages were
-            // resident or are being read; either way the op may wait in io-wq.
+            // The socket buffer filled up: send the rest, still in io-wq if
+            // its pages were cold.
             conn.send.advance(sent);
-            self.submit_send(key, false);
+            self.submit_send(key);
             return;
         }
         let blocks = conn.send.blocks;
@@ -584,6 +665,10 @@ impl Worker {
             }
         }
         self.try_send(key);
+        // Reading may have paused for this send to complete.
+        if !self.conns[key].recv.in_flight {
+            self.resume_recv(key);
+        }
     }
 
     /// Closes a connection: now if no op is in flight, else once they
@@ -692,7 +777,9 @@ impl Worker {
                     to_close.push((key, CloseReason::Idle))
                 }
                 Phase::Active { session, .. } => {
-                    if now.saturating_sub(conn.last_sent) >= KEEPALIVE_AFTER {
+                    if now.saturating_sub(conn.last_sent) >= KEEPALIVE_AFTER
+                        && session.pending_output().is_empty()
+                    {
                         session.keep_alive();
                         to_send.push(key);
                     }
@@ -773,6 +860,53 @@ impl Worker {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.close(key, None);
+        }
+    }
+}
+
+impl Drop for Worker {
+    /// A worker leaves `run` with ops in flight only on an error or a panic;
+    /// those ops point into buffers owned here. Cancel them all and wait for
+    /// their completions before anything is freed; if even that fails, leak
+    /// the buffers rather than let the kernel write into freed memory.
+    fn drop(&mut self) {
+        if self.in_flight == 0 {
+            return;
+        }
+        for (_, conn) in self.conns.iter() {
+            // SAFETY: shutting down sockets we own; nothing is freed here.
+            unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(UserData::Ignore.pack());
+        // SAFETY: a cancellation references no memory of ours.
+        if unsafe { self.ring.submission().push(&cancel) }.is_ok() {
+            self.in_flight += 1;
+        }
+        while self.in_flight > 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(_) => break,
+            }
+            let done = self
+                .ring
+                .completion()
+                .filter(|c| {
+                    !(UserData::unpack(c.user_data()) == UserData::Accept
+                        && cqueue::more(c.flags()))
+                })
+                .count();
+            self.in_flight = self.in_flight.saturating_sub(done);
+        }
+        if self.in_flight > 0 {
+            std::mem::forget(std::mem::take(&mut self.conns));
+            std::mem::forget(std::mem::replace(
+                &mut self.tick_spec,
+                Box::new(types::Timespec::new()),
+            ));
+            std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
         }
     }
 }
