@@ -126,10 +126,15 @@ pub struct SeedArgs {
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// Address and port to listen on; `[::]` is IPv4 and IPv6.
-    #[arg(long, default_value = "[::]:6881", env = "RINGSEED_LISTEN")]
+    #[arg(
+        value_name = "ADDR:PORT",
+        long,
+        default_value = "[::]:6881",
+        env = "RINGSEED_LISTEN"
+    )]
     pub listen: std::net::SocketAddr,
     /// Data-plane worker threads, each pinned to a core [default: one per core].
-    #[arg(long, env = "RINGSEED_WORKERS")]
+    #[arg(value_name = "N", long, env = "RINGSEED_WORKERS")]
     pub workers: Option<NonZeroUsize>,
     /// Where the data of .torrent arguments is: the directory that holds
     /// each torrent's file or top directory.
@@ -146,23 +151,39 @@ pub struct SeedArgs {
     #[command(flatten)]
     pub trackers: TrackerArgs,
     /// Peers served at once, for the whole process; 0 = every interested peer.
-    #[arg(long, default_value_t = 0, env = "RINGSEED_UPLOAD_SLOTS")]
+    #[arg(
+        value_name = "N",
+        long,
+        default_value_t = 0,
+        env = "RINGSEED_UPLOAD_SLOTS"
+    )]
     pub upload_slots: usize,
     /// Upload limit in bytes per second (K/M/G suffixes, powers of 1024); 0 = none.
-    #[arg(long, default_value = "0", value_parser = parse_rate, env = "RINGSEED_MAX_UPLOAD_RATE")]
+    #[arg(value_name = "RATE", long, default_value = "0", value_parser = parse_rate, env = "RINGSEED_MAX_UPLOAD_RATE")]
     pub max_upload_rate: u64,
     /// Connections for the whole process; 0 = no limit (the open-file limit still applies).
-    #[arg(long, default_value_t = 0, env = "RINGSEED_MAX_CONNECTIONS")]
+    #[arg(
+        value_name = "N",
+        long,
+        default_value_t = 0,
+        env = "RINGSEED_MAX_CONNECTIONS"
+    )]
     pub max_connections: usize,
     /// Connections per torrent; 0 = no limit.
     #[arg(
+        value_name = "N",
         long,
         default_value_t = 0,
         env = "RINGSEED_MAX_CONNECTIONS_PER_TORRENT"
     )]
     pub max_connections_per_torrent: usize,
     /// Connections per peer IP address; 0 = no limit.
-    #[arg(long, default_value_t = 8, env = "RINGSEED_MAX_CONNECTIONS_PER_IP")]
+    #[arg(
+        value_name = "N",
+        long,
+        default_value_t = 8,
+        env = "RINGSEED_MAX_CONNECTIONS_PER_IP"
+    )]
     pub max_connections_per_ip: usize,
     #[command(flatten)]
     pub hashing: HashingArgs,
@@ -190,7 +211,8 @@ fn parse_rate(text: &str) -> Result<u64, String> {
 /// Trackers to put in torrents that ringseed makes.
 #[derive(Debug, Args)]
 pub struct TrackerArgs {
-    /// Tracker announce URL; repeat for backups (each becomes its own tier).
+    /// Tracker announce URL to write into the torrents ringseed makes; repeat
+    /// for backups (each becomes its own tier).
     #[arg(
         short = 't',
         long = "tracker",
@@ -212,7 +234,7 @@ impl TrackerArgs {
 #[derive(Debug, Args)]
 pub struct HashingArgs {
     /// Hashing threads [default: one per core].
-    #[arg(long, env = "RINGSEED_THREADS")]
+    #[arg(value_name = "N", long, env = "RINGSEED_THREADS")]
     pub threads: Option<NonZeroUsize>,
 }
 
