@@ -7,4 +7,5 @@ pub mod info_hash;
 pub mod layout;
 pub mod magnet;
 pub mod metainfo;
+pub mod tracker;
 pub mod wire;
