@@ -150,6 +150,14 @@ pub struct SeedArgs {
     pub assume_valid: bool,
     #[command(flatten)]
     pub trackers: TrackerArgs,
+    /// Do not announce to the torrents' trackers (peers must find us
+    /// another way, e.g. `x.pe` in a magnet link).
+    #[arg(long, env = "RINGSEED_NO_ANNOUNCE")]
+    pub no_announce: bool,
+    /// PEM file of root certificates to trust for HTTPS trackers instead of
+    /// the built-in web PKI roots (a tracker with its own CA).
+    #[arg(long, value_name = "FILE", env = "RINGSEED_TRACKER_CA")]
+    pub tracker_ca: Option<PathBuf>,
     /// Peers served at once, for the whole process; 0 = every interested peer.
     #[arg(
         value_name = "N",

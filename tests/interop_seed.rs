@@ -1,6 +1,7 @@
 //! Real clients download real bytes from `ringseed seed`: libtorrent-rasterbar
 //! (one leecher, four at once, and one that starts from a magnet link alone),
-//! aria2c and transmission-cli through opentracker. Every download is
+//! aria2c and transmission-cli through opentracker, where ringseed announces
+//! itself (HTTP), and a libtorrent client that finds it over UDP. Every download is
 //! checked by sha256.
 //!
 //! They need Debian's python3-libtorrent, aria2, transmission-cli and
@@ -8,13 +9,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use ringseed_engine::io::announce::{ClientConfig, TrackerClient};
+use ringseed_engine::proto::tracker::ScrapeStats;
+use ringseed_engine::InfoHash;
 
 /// A file, its torrent, and where both live.
 struct Payload {
@@ -125,8 +128,6 @@ fn free_port() -> u16 {
 /// opentracker on loopback, whitelisting one info-hash; killed on drop.
 struct OpenTracker {
     child: Child,
-    ip: String,
-    port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -143,12 +144,7 @@ impl OpenTracker {
             .stdout(Stdio::null())
             .spawn()
             .expect("start opentracker");
-        let tracker = OpenTracker {
-            child,
-            ip: ip.to_owned(),
-            port,
-            _dir: dir,
-        };
+        let tracker = OpenTracker { child, _dir: dir };
         // Ready when it accepts a connection.
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect((ip, port)).is_err() {
@@ -159,31 +155,6 @@ impl OpenTracker {
             std::thread::yield_now();
         }
         tracker
-    }
-
-    fn announce_url(&self) -> String {
-        format!("http://{}:{}/announce", self.ip, self.port)
-    }
-
-    /// Announces the seeder (ringseed has no tracker client yet): opentracker
-    /// records the request's source address with the given port.
-    fn announce_seeder(&self, info_hash: &[u8; 20], seeder: SocketAddr) {
-        let enc = |b: &[u8]| b.iter().map(|x| format!("%{x:02X}")).collect::<String>();
-        let request = format!(
-            "GET /announce?info_hash={}&peer_id={}&port={}&uploaded=0&downloaded=0&left=0&event=started&compact=1 HTTP/1.0\r\n\r\n",
-            enc(info_hash),
-            enc(b"-RS0100-testannounce"),
-            seeder.port()
-        );
-        let mut s = TcpStream::connect((self.ip.as_str(), self.port)).unwrap();
-        s.write_all(request.as_bytes()).unwrap();
-        let mut reply = Vec::new();
-        s.read_to_end(&mut reply).unwrap();
-        let text = String::from_utf8_lossy(&reply);
-        assert!(
-            text.contains("200") && text.contains("interval"),
-            "announce failed: {text}"
-        );
     }
 }
 
@@ -200,31 +171,54 @@ fn info_hash_of(torrent: &Path) -> ([u8; 20], String) {
     (m.info_hash.0, m.info_hash.to_hex())
 }
 
-/// Makes a payload whose torrent announces to a fresh opentracker on `ip`,
-/// seeds it on `ip` and announces the seeder there.
-fn tracked_payload(ip: &str, len: usize) -> (Payload, OpenTracker, SeedProcess) {
+/// Makes a payload whose torrent names a fresh opentracker on `ip` (over
+/// `scheme`, "http" or "udp"), seeds it on `ip`, and waits until the seeder
+/// has announced itself there: opentracker's scrape counts it as a seed.
+fn tracked_payload(scheme: &str, ip: &str, len: usize) -> (Payload, OpenTracker, SeedProcess) {
     // The tracker URL goes into the torrent, whose hash the whitelist needs:
     // pick the port first, then start the tracker on it.
     require_program("opentracker", "opentracker");
     let port = free_port();
-    let url = format!("http://{ip}:{port}/announce");
+    let url = format!("{scheme}://{ip}:{port}/announce");
     let p = payload(len, &["-t", &url]);
     let (hash, hex) = info_hash_of(&p.torrent);
     let tracker = OpenTracker::start(ip, port, &hex);
-    assert_eq!(tracker.announce_url(), url);
     let seeder = SeedProcess::start_on(
         &format!("{ip}:0"),
         &[&p.torrent, &"--data", &p.data.parent().unwrap()],
     );
-    tracker.announce_seeder(&hash, seeder.addr);
+    wait_until_seeded(&url, hash);
     (p, tracker, seeder)
+}
+
+/// Polls the tracker's scrape (with ringseed's own client) until it counts
+/// one seed: the readiness signal that the seeder's announce went through.
+fn wait_until_seeded(url: &str, hash: [u8; 20]) -> ScrapeStats {
+    let config = ClientConfig {
+        udp_timeout_scale: 0.1,
+        ..ClientConfig::default()
+    };
+    let mut client = TrackerClient::new(config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(stats) = client.scrape(url, &[InfoHash(hash)]) {
+            if let Some(s) = stats.get(&InfoHash(hash)).filter(|s| s.complete >= 1) {
+                return *s;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ringseed never showed up as a seed on {url}"
+        );
+        std::thread::park_timeout(Duration::from_millis(200));
+    }
 }
 
 #[test]
 #[ignore = "needs aria2 and opentracker: run by scripts/test"]
 fn aria2c_downloads_through_opentracker() {
     require_program("aria2c", "aria2");
-    let (p, _tracker, seeder) = tracked_payload("127.0.0.1", 48 << 20);
+    let (p, _tracker, seeder) = tracked_payload("http", "127.0.0.1", 48 << 20);
     let dir = p.leech_dir("aria2");
     let out = Command::new("aria2c")
         .args([
@@ -262,7 +256,7 @@ fn transmission_cli_downloads_through_opentracker() {
     // Transmission ignores peers on 127.0.0.0/8, so it runs in a network
     // namespace of its own and reaches tracker and seeder over a veth link.
     let ns = NetNs::create();
-    let (p, _tracker, seeder) = tracked_payload(&ns.host_ip, 24 << 20);
+    let (p, _tracker, seeder) = tracked_payload("http", &ns.host_ip, 24 << 20);
     let dir = p.leech_dir("transmission");
     let config = p.leech_dir("transmission-config");
     // Nothing may leave the machine: no DHT, LPD, PEX, uTP or port mapping.
@@ -312,4 +306,29 @@ fn transmission_cli_downloads_through_opentracker() {
     let _ = child.wait();
     p.assert_downloaded(&dir);
     assert!(seeder.stop().success());
+}
+
+#[test]
+#[ignore = "needs python3-libtorrent and opentracker: run by scripts/test"]
+fn libtorrent_finds_ringseed_through_a_udp_tracker() {
+    require_libtorrent();
+    let (p, _tracker, seeder) = tracked_payload("udp", "127.0.0.1", 16 << 20);
+    let dir = p.leech_dir("lt-udp");
+    // No --peer: the only way to the seeder is the UDP tracker.
+    wait_leecher(spawn_lt_leecher(&p.torrent, &dir, None, "127.0.0.31"));
+    p.assert_downloaded(&dir);
+    assert!(seeder.stop().success());
+}
+
+#[test]
+#[ignore = "needs opentracker: run by scripts/test"]
+fn ringseed_announces_started_and_stopped_over_udp() {
+    // `tracked_payload` returns once a UDP scrape counts ringseed as a seed.
+    let (p, _tracker, seeder) = tracked_payload("udp", "127.0.0.1", 1 << 20);
+    assert!(seeder.stop().success());
+    // A clean stop sends `stopped`: the tracker no longer counts the seed.
+    let m = ringseed_engine::Metainfo::from_bytes(&std::fs::read(&p.torrent).unwrap()).unwrap();
+    let mut client = TrackerClient::new(ClientConfig::default()).unwrap();
+    let stats = client.scrape(m.tracker_urls()[0], &[m.info_hash]).unwrap();
+    assert_eq!(stats[&m.info_hash].complete, 0, "stopped was announced");
 }

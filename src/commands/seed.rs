@@ -1,18 +1,21 @@
 //! `ringseed seed`: verify, then serve torrents until SIGINT or SIGTERM.
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ringseed_engine::create::{collect_files, create, CreateOptions};
+use ringseed_engine::io::announce::{AnnounceTarget, Announcer, ClientConfig};
 use ringseed_engine::io::files::DataPaths;
 use ringseed_engine::io::hasher::{thread_count, verify};
 use ringseed_engine::io::seeder::{SeedConfig, Seeder};
 use ringseed_engine::io::storage::SeedTorrent;
 use ringseed_engine::proto::layout::Layout;
-use ringseed_engine::{MagnetLink, Metainfo};
+use ringseed_engine::{InfoHash, MagnetLink, Metainfo};
 
 use crate::cli::{Exit, SeedArgs};
 use crate::display::{human_bytes, piece_ranges, HashProgress};
@@ -77,12 +80,16 @@ pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
         );
         println!("  magnet: {}", MagnetLink::from_metainfo(m));
     }
+    let announcer = start_announcer(&args, &seeder, &torrents)?;
     println!("listening on {addr}{family} with {workers} io_uring workers; Ctrl-C stops");
     std::io::stdout().flush()?;
 
-    wait_for_signal(&seeder)?;
-    let stats = seeder.stats();
-    seeder
+    wait_for_signal(&seeder, announcer.as_ref())?;
+    if let Some(announcer) = announcer {
+        // Tell the trackers we leave before we stop answering peers.
+        announcer.stop();
+    }
+    let stats = seeder
         .shutdown()
         .context("a worker failed while stopping")?;
     println!(
@@ -137,6 +144,51 @@ fn load_or_create(
     Ok((created.metainfo, paths))
 }
 
+/// Keeps the torrents that have trackers registered with them, on a thread
+/// of its own (unless `--no-announce`).
+fn start_announcer(
+    args: &SeedArgs,
+    seeder: &Seeder,
+    torrents: &[Arc<SeedTorrent>],
+) -> anyhow::Result<Option<Announcer>> {
+    let targets: Vec<AnnounceTarget> = torrents
+        .iter()
+        .filter(|t| !t.metainfo.trackers.is_empty())
+        .map(|t| AnnounceTarget {
+            info_hash: t.metainfo.info_hash,
+            tiers: t.metainfo.trackers.clone(),
+            left: 0,
+        })
+        .collect();
+    if args.no_announce || targets.is_empty() {
+        return Ok(None);
+    }
+    let roots_pem = match &args.tracker_ca {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
+        }
+        None => None,
+    };
+    let by_hash: HashMap<InfoHash, Arc<SeedTorrent>> = torrents
+        .iter()
+        .map(|t| (t.metainfo.info_hash, Arc::clone(t)))
+        .collect();
+    let uploaded =
+        Arc::new(move |h: &InfoHash| by_hash.get(h).map_or(0, |t| t.stats.snapshot().bytes_sent));
+    let config = ClientConfig {
+        roots_pem,
+        ..ClientConfig::default()
+    };
+    let announcer = Announcer::start(
+        targets,
+        seeder.peer_id(),
+        seeder.local_addr().port(),
+        config,
+        uploaded,
+    )?;
+    Ok(Some(announcer))
+}
+
 /// `--state`, else `$XDG_STATE_HOME/ringseed`, else `~/.local/state/ringseed`.
 fn state_dir(flag: Option<&Path>) -> PathBuf {
     if let Some(dir) = flag {
@@ -153,7 +205,7 @@ fn state_dir(flag: Option<&Path>) -> PathBuf {
 
 /// Shows a live status line on a terminal (a line a minute otherwise) until
 /// SIGINT or SIGTERM.
-fn wait_for_signal(seeder: &Seeder) -> anyhow::Result<()> {
+fn wait_for_signal(seeder: &Seeder, announcer: Option<&Announcer>) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .context("cannot install signal handlers")?;
@@ -186,8 +238,31 @@ fn wait_for_signal(seeder: &Seeder) -> anyhow::Result<()> {
             .iter()
             .filter(|t| t.error.is_some())
             .collect();
+        let trackers = announcer.map(|a| a.status()).unwrap_or_default();
+        let failing = trackers
+            .iter()
+            .filter(|t| matches!(t.last, Some(Err(_))))
+            .count();
+        let tracker_note = if trackers.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " | trackers {} ok, {failing} failing",
+                trackers.len() - failing
+            )
+        };
+        for t in trackers.iter() {
+            if let Some(Err(e)) = &t.last {
+                if !terminal {
+                    eprintln!("tracker {}: {e}", t.url);
+                }
+            }
+            if let Some(w) = &t.warning {
+                eprintln!("tracker {} warns: {w}", t.url);
+            }
+        }
         let line = format!(
-            "peers {} | up {}/s | sent {} | blocks {} | errors {}{}",
+            "peers {} | up {}/s | sent {} | blocks {} | errors {}{}{tracker_note}",
             stats.total.peers,
             human_bytes(rate as u64),
             human_bytes(stats.total.bytes_sent),

@@ -1,6 +1,7 @@
 //! The only layer that touches the kernel: files, hashing threads, mapped
 //! storage and the per-core io_uring data plane.
 
+pub mod announce;
 pub mod files;
 pub mod hasher;
 pub mod seeder;

@@ -328,6 +328,11 @@ impl Seeder {
         self.local_addr
     }
 
+    /// Our peer id, as sent in handshakes and announces.
+    pub fn peer_id(&self) -> [u8; 20] {
+        self.shared.peer_id
+    }
+
     /// The torrents served.
     pub fn torrents(&self) -> impl Iterator<Item = &Arc<SeedTorrent>> {
         self.shared.torrents.values()

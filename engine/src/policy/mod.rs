@@ -5,3 +5,4 @@
 pub mod choker;
 pub mod rate_limit;
 pub mod seed_session;
+pub mod tiers;

@@ -1,0 +1,572 @@
+//! The tracker client: HTTP(S) and UDP announces and scrapes, and the
+//! announcer thread that keeps every seeded torrent registered with its
+//! trackers. It runs on a control thread of its own, so DNS lookups and
+//! slow trackers never touch a data-plane worker.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::io::uring::worker::random_u64;
+use crate::policy::tiers::TrackerTiers;
+use crate::proto::info_hash::InfoHash;
+use crate::proto::tracker::{
+    parse_http_announce, parse_http_scrape, scrape_url, udp_retransmit_timeout, Announce,
+    AnnounceReply, Event, ScrapeStats, TrackerError, UdpReply, UdpRequest,
+};
+
+/// Largest tracker reply we read.
+const MAX_REPLY: u64 = 1 << 20;
+/// BEP 15: a connection id may be used for one minute.
+const CONNECTION_ID_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Why an announce or scrape failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    /// The URL is not http://, https:// or udp://, or has no host.
+    #[error("unsupported tracker URL {0:?}")]
+    BadUrl(String),
+    /// An HTTP tracker could not be reached or answered with an error.
+    #[error("HTTP tracker {url}: {message}")]
+    Http {
+        /// The tracker.
+        url: String,
+        /// What happened.
+        message: String,
+    },
+    /// A UDP tracker could not be reached.
+    #[error("UDP tracker {url}")]
+    Udp {
+        /// The tracker.
+        url: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A UDP tracker did not answer after every retransmission.
+    #[error("UDP tracker {url} did not answer after {attempts} attempts")]
+    Timeout {
+        /// The tracker.
+        url: String,
+        /// How many packets were sent.
+        attempts: u32,
+    },
+    /// The tracker answered, but with a failure or garbage.
+    #[error(transparent)]
+    Tracker(#[from] TrackerError),
+}
+
+/// Settings of the tracker client.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Timeout of one HTTP request.
+    pub http_timeout: Duration,
+    /// Retransmissions of a UDP request (BEP 15 allows 8: over an hour).
+    pub udp_retries: u32,
+    /// Scale of the UDP timeouts: BEP 15 says 15 s * 2^n; tests shorten it.
+    pub udp_timeout_scale: f64,
+    /// Root certificates (PEM) to trust for HTTPS trackers instead of the
+    /// built-in web PKI roots: for a tracker with its own CA, and tests.
+    pub roots_pem: Option<Vec<u8>>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            http_timeout: Duration::from_secs(20),
+            udp_retries: 3,
+            udp_timeout_scale: 1.0,
+            roots_pem: None,
+        }
+    }
+}
+
+/// Talks to trackers, one request at a time (a blocking client for a
+/// control thread).
+pub struct TrackerClient {
+    config: ClientConfig,
+    http: ureq::Agent,
+    connection_ids: HashMap<SocketAddr, (u64, Instant)>,
+}
+
+impl TrackerClient {
+    /// A client with `config`.
+    pub fn new(config: ClientConfig) -> Result<Self, AnnounceError> {
+        let mut builder = ureq::Agent::config_builder()
+            .timeout_global(Some(config.http_timeout))
+            .http_status_as_error(false)
+            .user_agent(concat!("ringseed/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &config.roots_pem {
+            let roots: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
+                    _ => None,
+                })
+                .collect();
+            if roots.is_empty() {
+                return Err(AnnounceError::BadUrl(
+                    "no certificate in the given roots".into(),
+                ));
+            }
+            let tls = ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(Arc::new(roots)))
+                .build();
+            builder = builder.tls_config(tls);
+        }
+        Ok(TrackerClient {
+            config,
+            http: builder.build().into(),
+            connection_ids: HashMap::new(),
+        })
+    }
+
+    /// Announces to the tracker at `url`.
+    pub fn announce(
+        &mut self,
+        url: &str,
+        announce: &Announce,
+    ) -> Result<AnnounceReply, AnnounceError> {
+        if url.starts_with("http://") || url.starts_with("https://") {
+            let body = self.http_get(url, &announce.http_url(url))?;
+            Ok(parse_http_announce(&body)?)
+        } else if url.starts_with("udp://") {
+            let (socket, tracker) = self.udp_socket(url)?;
+            let reply =
+                self.udp_exchange(url, &socket, tracker, |connection_id, transaction_id| {
+                    UdpRequest::Announce {
+                        connection_id,
+                        transaction_id,
+                        announce: announce.clone(),
+                    }
+                })?;
+            match reply {
+                UdpReply::Announce {
+                    interval,
+                    leechers,
+                    seeders,
+                    peers,
+                    ..
+                } => Ok(AnnounceReply {
+                    interval,
+                    complete: Some(seeders),
+                    incomplete: Some(leechers),
+                    peers,
+                    ..Default::default()
+                }),
+                other => Err(unexpected(other)),
+            }
+        } else {
+            Err(AnnounceError::BadUrl(url.to_owned()))
+        }
+    }
+
+    /// Scrapes `info_hashes` from the tracker at `url` (BEP 48, BEP 15).
+    pub fn scrape(
+        &mut self,
+        url: &str,
+        info_hashes: &[InfoHash],
+    ) -> Result<HashMap<InfoHash, ScrapeStats>, AnnounceError> {
+        if url.starts_with("http://") || url.starts_with("https://") {
+            let base = scrape_url(url).ok_or_else(|| AnnounceError::BadUrl(url.to_owned()))?;
+            let mut full = base.clone();
+            for (i, h) in info_hashes.iter().enumerate() {
+                full.push(if i == 0 && !base.contains('?') {
+                    '?'
+                } else {
+                    '&'
+                });
+                full.push_str("info_hash=");
+                full.extend(percent_encoding::percent_encode(
+                    &h.0,
+                    percent_encoding::NON_ALPHANUMERIC,
+                ));
+            }
+            let body = self.http_get(url, &full)?;
+            Ok(parse_http_scrape(&body)?)
+        } else if url.starts_with("udp://") {
+            let (socket, tracker) = self.udp_socket(url)?;
+            let hashes = info_hashes.to_vec();
+            let reply =
+                self.udp_exchange(url, &socket, tracker, |connection_id, transaction_id| {
+                    UdpRequest::Scrape {
+                        connection_id,
+                        transaction_id,
+                        info_hashes: hashes.clone(),
+                    }
+                })?;
+            match reply {
+                UdpReply::Scrape { stats, .. } if stats.len() == info_hashes.len() => {
+                    Ok(info_hashes.iter().copied().zip(stats).collect())
+                }
+                other => Err(unexpected(other)),
+            }
+        } else {
+            Err(AnnounceError::BadUrl(url.to_owned()))
+        }
+    }
+
+    fn http_get(&self, tracker: &str, url: &str) -> Result<Vec<u8>, AnnounceError> {
+        let err = |message: String| AnnounceError::Http {
+            url: tracker.to_owned(),
+            message,
+        };
+        let mut response = self.http.get(url).call().map_err(|e| err(e.to_string()))?;
+        let status = response.status();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_REPLY)
+            .read_to_vec()
+            .map_err(|e| err(e.to_string()))?;
+        if !status.is_success() {
+            // Trackers send `failure reason` with error statuses too.
+            if let Err(TrackerError::Failure(reason)) = parse_http_announce(&body) {
+                return Err(TrackerError::Failure(reason).into());
+            }
+            return Err(err(format!("HTTP status {status}")));
+        }
+        Ok(body)
+    }
+
+    fn udp_socket(&self, url: &str) -> Result<(UdpSocket, SocketAddr), AnnounceError> {
+        let host_port = url
+            .strip_prefix("udp://")
+            .and_then(|rest| rest.split('/').next())
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| AnnounceError::BadUrl(url.to_owned()))?;
+        let udp_err = |source| AnnounceError::Udp {
+            url: url.to_owned(),
+            source,
+        };
+        let tracker = host_port
+            .to_socket_addrs()
+            .map_err(udp_err)?
+            .next()
+            .ok_or_else(|| AnnounceError::BadUrl(url.to_owned()))?;
+        let bind: SocketAddr = if tracker.is_ipv6() {
+            "[::]:0".parse().expect("valid")
+        } else {
+            "0.0.0.0:0".parse().expect("valid")
+        };
+        let socket = UdpSocket::bind(bind).map_err(udp_err)?;
+        socket.connect(tracker).map_err(udp_err)?;
+        Ok((socket, tracker))
+    }
+
+    /// Connects (or reuses a fresh connection id), sends the request built
+    /// by `build(connection_id, transaction_id)` and waits for its reply,
+    /// retransmitting with BEP 15's backoff.
+    fn udp_exchange(
+        &mut self,
+        url: &str,
+        socket: &UdpSocket,
+        tracker: SocketAddr,
+        build: impl Fn(u64, u32) -> UdpRequest,
+    ) -> Result<UdpReply, AnnounceError> {
+        let fresh = self
+            .connection_ids
+            .get(&tracker)
+            .filter(|(_, at)| at.elapsed() < CONNECTION_ID_LIFETIME)
+            .map(|(id, _)| *id);
+        let connection_id = match fresh {
+            Some(id) => id,
+            None => {
+                let reply = self.udp_round_trip(url, socket, tracker, &|_, t| {
+                    UdpRequest::Connect { transaction_id: t }
+                })?;
+                let UdpReply::Connect { connection_id, .. } = reply else {
+                    return Err(unexpected(reply));
+                };
+                self.connection_ids
+                    .insert(tracker, (connection_id, Instant::now()));
+                connection_id
+            }
+        };
+        let reply = self.udp_round_trip(url, socket, tracker, &|_, t| build(connection_id, t));
+        if reply.is_err() {
+            // The id may have expired on the tracker's side.
+            self.connection_ids.remove(&tracker);
+        }
+        reply
+    }
+
+    fn udp_round_trip(
+        &self,
+        url: &str,
+        socket: &UdpSocket,
+        tracker: SocketAddr,
+        build: &dyn Fn(u64, u32) -> UdpRequest,
+    ) -> Result<UdpReply, AnnounceError> {
+        let udp_err = |source| AnnounceError::Udp {
+            url: url.to_owned(),
+            source,
+        };
+        let transaction_id = random_u64() as u32;
+        let mut packet = Vec::with_capacity(128);
+        build(0, transaction_id).encode(&mut packet);
+        let mut buf = vec![0u8; 65536];
+        for attempt in 0..=self.config.udp_retries {
+            socket.send(&packet).map_err(udp_err)?;
+            let wait = udp_retransmit_timeout(attempt).mul_f64(self.config.udp_timeout_scale);
+            let deadline = Instant::now() + wait;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                socket.set_read_timeout(Some(left)).map_err(udp_err)?;
+                let n = match socket.recv(&mut buf) {
+                    Ok(n) => n,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break
+                    }
+                    Err(e) => return Err(udp_err(e)),
+                };
+                let reply = match UdpReply::decode(&buf[..n], tracker.is_ipv6()) {
+                    Ok(r) => r,
+                    Err(_) => continue, // garbage: keep waiting for ours
+                };
+                let id = match &reply {
+                    UdpReply::Connect { transaction_id, .. }
+                    | UdpReply::Announce { transaction_id, .. }
+                    | UdpReply::Scrape { transaction_id, .. }
+                    | UdpReply::Error { transaction_id, .. } => *transaction_id,
+                };
+                if id != transaction_id {
+                    continue;
+                }
+                if let UdpReply::Error { message, .. } = reply {
+                    return Err(TrackerError::Failure(message).into());
+                }
+                return Ok(reply);
+            }
+        }
+        Err(AnnounceError::Timeout {
+            url: url.to_owned(),
+            attempts: self.config.udp_retries + 1,
+        })
+    }
+}
+
+fn unexpected(reply: UdpReply) -> AnnounceError {
+    TrackerError::BadPacket(format!("unexpected reply {reply:?}")).into()
+}
+
+/// What the announcer knows of one tracker of one torrent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackerStatus {
+    /// The torrent.
+    pub info_hash: InfoHash,
+    /// The tracker.
+    pub url: String,
+    /// Outcome of the last announce: peers received, or the error.
+    pub last: Option<Result<usize, String>>,
+    /// The tracker's `warning message`, if any.
+    pub warning: Option<String>,
+    /// Seeds and leechers the tracker reported.
+    pub swarm: Option<(u32, u32)>,
+}
+
+/// A torrent the announcer keeps registered.
+#[derive(Debug, Clone)]
+pub struct AnnounceTarget {
+    /// The torrent.
+    pub info_hash: InfoHash,
+    /// Its tracker tiers.
+    pub tiers: Vec<Vec<String>>,
+    /// Bytes missing (0 for a seed).
+    pub left: u64,
+}
+
+/// Reads how much a torrent has uploaded so far.
+pub type UploadedFn = Arc<dyn Fn(&InfoHash) -> u64 + Send + Sync>;
+
+/// The announcer thread.
+pub struct Announcer {
+    stop: mpsc::Sender<()>,
+    handle: Option<JoinHandle<()>>,
+    status: Arc<Mutex<Vec<TrackerStatus>>>,
+}
+
+struct Registration {
+    target: AnnounceTarget,
+    tiers: TrackerTiers,
+    next: Instant,
+    started: bool,
+    failures: u32,
+    tracker_id: Option<String>,
+}
+
+impl Announcer {
+    /// Starts announcing `targets` as `peer_id` listening on `port`.
+    pub fn start(
+        targets: Vec<AnnounceTarget>,
+        peer_id: [u8; 20],
+        port: u16,
+        config: ClientConfig,
+        uploaded: UploadedFn,
+    ) -> Result<Self, AnnounceError> {
+        let mut client = TrackerClient::new(config)?;
+        let status = Arc::new(Mutex::new(Vec::new()));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let key = random_u64() as u32;
+        let mut rng = random_u64() | 1;
+        let mut pick = move |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        let mut registrations: Vec<Registration> = targets
+            .into_iter()
+            .map(|target| Registration {
+                tiers: TrackerTiers::new(target.tiers.clone(), &mut pick),
+                target,
+                next: Instant::now(),
+                started: false,
+                failures: 0,
+                tracker_id: None,
+            })
+            .filter(|r| !r.tiers.is_empty())
+            .collect();
+        let shared_status = Arc::clone(&status);
+        let handle = std::thread::Builder::new()
+            .name("ringseed-announce".into())
+            .spawn(move || {
+                let mut announce_all =
+                    |regs: &mut Vec<Registration>, only_due: bool, event: Option<Event>| {
+                        for r in regs.iter_mut() {
+                            if only_due && r.next > Instant::now() {
+                                continue;
+                            }
+                            if event == Some(Event::Stopped) && !r.started {
+                                continue;
+                            }
+                            let request = Announce {
+                                info_hash: r.target.info_hash,
+                                peer_id,
+                                port,
+                                uploaded: uploaded(&r.target.info_hash),
+                                downloaded: 0,
+                                left: r.target.left,
+                                event: event.unwrap_or(if r.started {
+                                    Event::None
+                                } else {
+                                    Event::Started
+                                }),
+                                numwant: Some(50),
+                                key,
+                                tracker_id: r.tracker_id.clone(),
+                            };
+                            let mut answered = None;
+                            for (tier, index, url) in r.tiers.in_order() {
+                                let outcome = client.announce(&url, &request);
+                                let mut all =
+                                    shared_status.lock().unwrap_or_else(|e| e.into_inner());
+                                let entry = match all.iter().position(|s: &TrackerStatus| {
+                                    s.info_hash == r.target.info_hash && s.url == url
+                                }) {
+                                    Some(i) => &mut all[i],
+                                    None => {
+                                        all.push(TrackerStatus {
+                                            info_hash: r.target.info_hash,
+                                            url: url.clone(),
+                                            last: None,
+                                            warning: None,
+                                            swarm: None,
+                                        });
+                                        all.last_mut().expect("just pushed")
+                                    }
+                                };
+                                match outcome {
+                                    Ok(reply) => {
+                                        entry.last = Some(Ok(reply.peers.len()));
+                                        entry.warning = reply.warning.clone();
+                                        entry.swarm = reply.complete.zip(reply.incomplete);
+                                        answered = Some((tier, index, reply));
+                                        break;
+                                    }
+                                    Err(e) => entry.last = Some(Err(e.to_string())),
+                                }
+                            }
+                            match answered {
+                                Some((tier, index, reply)) => {
+                                    r.tiers.promote(tier, index);
+                                    r.started = true;
+                                    r.failures = 0;
+                                    if reply.tracker_id.is_some() {
+                                        r.tracker_id = reply.tracker_id;
+                                    }
+                                    let interval =
+                                        reply.interval.max(reply.min_interval.unwrap_or(0)).max(30);
+                                    r.next =
+                                        Instant::now() + Duration::from_secs(u64::from(interval));
+                                }
+                                None => {
+                                    // Back off: 15 s, 30 s, ... up to 30 minutes.
+                                    let wait = 15u64 << r.failures.min(7);
+                                    r.failures += 1;
+                                    r.next = Instant::now() + Duration::from_secs(wait.min(1800));
+                                }
+                            }
+                        }
+                    };
+                loop {
+                    announce_all(&mut registrations, true, None);
+                    let next = registrations.iter().map(|r| r.next).min();
+                    let wait = next.map_or(Duration::from_secs(3600), |n| {
+                        n.saturating_duration_since(Instant::now())
+                    });
+                    match stopped.recv_timeout(wait) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        _ => break,
+                    }
+                }
+                announce_all(&mut registrations, false, Some(Event::Stopped));
+            })
+            .map_err(|source| AnnounceError::Udp {
+                url: "(announcer thread)".into(),
+                source,
+            })?;
+        Ok(Announcer {
+            stop,
+            handle: Some(handle),
+            status,
+        })
+    }
+
+    /// The last outcome of every tracker.
+    pub fn status(&self) -> Vec<TrackerStatus> {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sends `stopped` to the trackers that know us, and ends the thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.send(());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Announcer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
