@@ -121,6 +121,20 @@ impl Peer {
         }
     }
 
+    /// Sends our extension handshake, asking for ut_metadata replies on `id`.
+    fn announce_ut_metadata(&mut self, id: u8) {
+        let mut hs = Vec::new();
+        ExtensionHandshake {
+            extensions: vec![(UT_METADATA.into(), id)],
+            ..Default::default()
+        }
+        .encode(&mut hs);
+        self.send(Message::Extended {
+            id: 0,
+            payload: &hs,
+        });
+    }
+
     /// Whether the seeder closes the connection (reads until EOF).
     fn closed_by_seeder(&mut self) -> bool {
         let mut chunk = [0u8; 65536];
@@ -252,16 +266,7 @@ fn serves_the_info_dictionary_with_ut_metadata() {
         .unwrap()
         .id_of(UT_METADATA)
         .unwrap();
-    let mut hs = Vec::new();
-    ExtensionHandshake {
-        extensions: vec![(UT_METADATA.into(), 5)],
-        ..Default::default()
-    }
-    .encode(&mut hs);
-    peer.send(Message::Extended {
-        id: 0,
-        payload: &hs,
-    });
+    peer.announce_ut_metadata(5);
     let mut info = Vec::new();
     for piece in 0..size.div_ceil(16384) as u32 {
         let mut req = Vec::new();
@@ -614,16 +619,7 @@ fn a_peer_that_never_reads_cannot_make_us_queue_without_bound() {
     );
     let addr = f.seeder.local_addr();
     let (mut peer, _) = Peer::connect(addr, f.metainfo.info_hash.0, Reserved::OURS);
-    let mut hs = Vec::new();
-    ExtensionHandshake {
-        extensions: vec![(UT_METADATA.into(), 5)],
-        ..Default::default()
-    }
-    .encode(&mut hs);
-    peer.send(Message::Extended {
-        id: 0,
-        payload: &hs,
-    });
+    peer.announce_ut_metadata(5);
     // Each 33-byte request asks for up to 16 KiB back; never read anything.
     let mut req = Vec::new();
     MetadataMessage::Request { piece: 0 }.encode(&mut req);
