@@ -51,6 +51,34 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Seed .torrent files, files or directories until stopped (Ctrl-C).
     Seed(SeedArgs),
+    /// Run a BitTorrent tracker (UDP and/or HTTP) until stopped (Ctrl-C).
+    Tracker(TrackerArgs),
+}
+
+/// Arguments of `ringseed tracker`.
+#[derive(Debug, Args)]
+pub struct TrackerArgs {
+    /// UDP (BEP 15) address to serve on.
+    #[arg(long, value_name = "ADDR:PORT", env = "RINGSEED_TRACKER_UDP")]
+    pub udp: Option<std::net::SocketAddr>,
+    /// HTTP address to serve `/announce`, `/scrape` and `/stats` on.
+    #[arg(long, value_name = "ADDR:PORT", env = "RINGSEED_TRACKER_HTTP")]
+    pub http: Option<std::net::SocketAddr>,
+    /// Track only the info-hashes in this file (40 hex digits a line, `#`
+    /// comments); others get a failure reason.
+    #[arg(long, value_name = "FILE", env = "RINGSEED_WHITELIST")]
+    pub whitelist: Option<PathBuf>,
+    /// Threads per protocol, each with its own socket [default: one per core].
+    #[arg(long, value_name = "N", env = "RINGSEED_WORKERS")]
+    pub workers: Option<NonZeroUsize>,
+    /// Announce interval told to clients, in seconds.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 1800,
+        env = "RINGSEED_INTERVAL"
+    )]
+    pub interval: u64,
 }
 
 /// Arguments of `ringseed create`.
@@ -62,7 +90,7 @@ pub struct CreateArgs {
     #[arg(short, long, env = "RINGSEED_OUTPUT")]
     pub output: Option<PathBuf>,
     #[command(flatten)]
-    pub trackers: TrackerArgs,
+    pub trackers: TrackerUrlArgs,
     /// Web seed URL (BEP 19); repeat for several.
     #[arg(
         short,
@@ -149,7 +177,11 @@ pub struct SeedArgs {
     #[arg(long, env = "RINGSEED_ASSUME_VALID")]
     pub assume_valid: bool,
     #[command(flatten)]
-    pub trackers: TrackerArgs,
+    pub trackers: TrackerUrlArgs,
+    /// Also run a tracker (HTTP and UDP on this address) for the torrents
+    /// seeded here, and only for them.
+    #[arg(long, value_name = "ADDR:PORT", env = "RINGSEED_RUN_TRACKER")]
+    pub run_tracker: Option<std::net::SocketAddr>,
     /// Do not announce to the torrents' trackers (peers must find us
     /// another way, e.g. `x.pe` in a magnet link).
     #[arg(long, env = "RINGSEED_NO_ANNOUNCE")]
@@ -218,7 +250,7 @@ fn parse_rate(text: &str) -> Result<u64, String> {
 
 /// Trackers to put in torrents that ringseed makes.
 #[derive(Debug, Args)]
-pub struct TrackerArgs {
+pub struct TrackerUrlArgs {
     /// Tracker announce URL to write into the torrents ringseed makes; repeat
     /// for backups (each becomes its own tier).
     #[arg(
@@ -231,7 +263,7 @@ pub struct TrackerArgs {
     pub urls: Vec<String>,
 }
 
-impl TrackerArgs {
+impl TrackerUrlArgs {
     /// One tier per URL, in the order given.
     pub fn tiers(&self) -> Vec<Vec<String>> {
         self.urls.iter().map(|u| vec![u.clone()]).collect()

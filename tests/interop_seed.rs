@@ -171,24 +171,58 @@ fn info_hash_of(torrent: &Path) -> ([u8; 20], String) {
     (m.info_hash.0, m.info_hash.to_hex())
 }
 
-/// Makes a payload whose torrent names a fresh opentracker on `ip` (over
-/// `scheme`, "http" or "udp"), seeds it on `ip`, and waits until the seeder
-/// has announced itself there: opentracker's scrape counts it as a seed.
-fn tracked_payload(scheme: &str, ip: &str, len: usize) -> (Payload, OpenTracker, SeedProcess) {
+/// Which tracker a test's swarm meets at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tracker {
+    /// Debian's opentracker, in whitelist mode.
+    Open,
+    /// The tracker built into `ringseed seed --run-tracker`.
+    Embedded,
+}
+
+/// Makes a payload whose torrent names a tracker on `ip` (over `scheme`,
+/// "http" or "udp"), seeds it on `ip`, and waits until the seeder has
+/// announced itself there: the tracker's scrape counts it as a seed.
+fn tracked_payload(
+    tracker: Tracker,
+    scheme: &str,
+    ip: &str,
+    len: usize,
+) -> (Payload, Option<OpenTracker>, SeedProcess) {
     // The tracker URL goes into the torrent, whose hash the whitelist needs:
     // pick the port first, then start the tracker on it.
-    require_program("opentracker", "opentracker");
     let port = free_port();
     let url = format!("{scheme}://{ip}:{port}/announce");
     let p = payload(len, &["-t", &url]);
     let (hash, hex) = info_hash_of(&p.torrent);
-    let tracker = OpenTracker::start(ip, port, &hex);
-    let seeder = SeedProcess::start_on(
-        &format!("{ip}:0"),
-        &[&p.torrent, &"--data", &p.data.parent().unwrap()],
-    );
+    let listen = format!("{ip}:0");
+    let data = p.data.parent().unwrap().to_path_buf();
+    let (open, seeder) = match tracker {
+        Tracker::Open => {
+            require_program("opentracker", "opentracker");
+            let open = OpenTracker::start(ip, port, &hex);
+            (
+                Some(open),
+                SeedProcess::start_on(&listen, &[&p.torrent, &"--data", &data]),
+            )
+        }
+        Tracker::Embedded => {
+            let tracker_addr = format!("{ip}:{port}");
+            let seeder = SeedProcess::start_on(
+                &listen,
+                &[
+                    &p.torrent,
+                    &"--data",
+                    &data,
+                    &"--run-tracker",
+                    &tracker_addr,
+                ],
+            );
+            (None, seeder)
+        }
+    };
     wait_until_seeded(&url, hash);
-    (p, tracker, seeder)
+    (p, open, seeder)
 }
 
 /// Polls the tracker's scrape (with ringseed's own client) until it counts
@@ -218,8 +252,79 @@ fn wait_until_seeded(url: &str, hash: [u8; 20]) -> ScrapeStats {
 #[ignore = "needs aria2 and opentracker: run by scripts/test"]
 fn aria2c_downloads_through_opentracker() {
     require_program("aria2c", "aria2");
-    let (p, _tracker, seeder) = tracked_payload("http", "127.0.0.1", 48 << 20);
+    let (p, _tracker, seeder) = tracked_payload(Tracker::Open, "http", "127.0.0.1", 48 << 20);
     let dir = p.leech_dir("aria2");
+    aria2c_download(&p.torrent, &dir);
+    p.assert_downloaded(&dir);
+    assert!(seeder.stop().success());
+}
+
+#[test]
+#[ignore = "needs transmission-cli and opentracker: run by scripts/test"]
+fn transmission_cli_downloads_through_opentracker() {
+    require_program("transmission-cli", "transmission-cli");
+    // Transmission ignores peers on 127.0.0.0/8, so it runs in a network
+    // namespace of its own and reaches tracker and seeder over a veth link.
+    let ns = NetNs::create();
+    let (p, _tracker, seeder) = tracked_payload(Tracker::Open, "http", &ns.host_ip, 24 << 20);
+    transmission_download(&p, &ns);
+    assert!(seeder.stop().success());
+}
+
+#[test]
+#[ignore = "needs python3-libtorrent and opentracker: run by scripts/test"]
+fn libtorrent_finds_ringseed_through_a_udp_tracker() {
+    require_libtorrent();
+    let (p, _tracker, seeder) = tracked_payload(Tracker::Open, "udp", "127.0.0.1", 16 << 20);
+    let dir = p.leech_dir("lt-udp");
+    // No --peer: the only way to the seeder is the UDP tracker.
+    wait_leecher(spawn_lt_leecher(&p.torrent, &dir, None, "127.0.0.31"));
+    p.assert_downloaded(&dir);
+    assert!(seeder.stop().success());
+}
+
+#[test]
+#[ignore = "needs opentracker: run by scripts/test"]
+fn ringseed_announces_started_and_stopped_over_udp() {
+    // `tracked_payload` returns once a UDP scrape counts ringseed as a seed.
+    let (p, _tracker, seeder) = tracked_payload(Tracker::Open, "udp", "127.0.0.1", 1 << 20);
+    assert!(seeder.stop().success());
+    // A clean stop sends `stopped`: the tracker no longer counts the seed.
+    let m = ringseed_engine::Metainfo::from_bytes(&std::fs::read(&p.torrent).unwrap()).unwrap();
+    let mut client = TrackerClient::new(ClientConfig::default()).unwrap();
+    let stats = client.scrape(m.tracker_urls()[0], &[m.info_hash]).unwrap();
+    assert_eq!(stats[&m.info_hash].complete, 0, "stopped was announced");
+}
+
+/// Real clients meet ringseed at ringseed's own tracker: libtorrent over UDP
+/// and over HTTP, aria2c over HTTP (aria2c has no UDP tracker support in
+/// Debian's build), transmission-cli over UDP from its own network namespace.
+#[test]
+#[ignore = "needs python3-libtorrent, aria2, transmission-cli: run by scripts/test"]
+fn real_clients_meet_ringseed_at_its_own_tracker() {
+    require_libtorrent();
+    require_program("aria2c", "aria2");
+    require_program("transmission-cli", "transmission-cli");
+    for scheme in ["udp", "http"] {
+        let (p, _, seeder) = tracked_payload(Tracker::Embedded, scheme, "127.0.0.1", 8 << 20);
+        let dir = p.leech_dir("lt");
+        wait_leecher(spawn_lt_leecher(&p.torrent, &dir, None, "127.0.0.41"));
+        p.assert_downloaded(&dir);
+        if scheme == "http" {
+            let dir = p.leech_dir("aria2");
+            aria2c_download(&p.torrent, &dir);
+            p.assert_downloaded(&dir);
+        }
+        assert!(seeder.stop().success());
+    }
+    let ns = NetNs::create();
+    let (p, _, seeder) = tracked_payload(Tracker::Embedded, "udp", &ns.host_ip, 8 << 20);
+    transmission_download(&p, &ns);
+    assert!(seeder.stop().success());
+}
+
+/// Downloads `torrent` into `dir` with aria2c (DHT, LPD, PEX off).
+fn aria2c_download(torrent: &Path, dir: &Path) {
     let out = Command::new("aria2c")
         .args([
             "--enable-dht=false",
@@ -235,8 +340,8 @@ fn aria2c_downloads_through_opentracker() {
             &free_port().to_string(),
             "--dir",
         ])
-        .arg(&dir)
-        .arg(&p.torrent)
+        .arg(dir)
+        .arg(torrent)
         .output()
         .expect("run aria2c");
     assert!(
@@ -245,18 +350,10 @@ fn aria2c_downloads_through_opentracker() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    p.assert_downloaded(&dir);
-    assert!(seeder.stop().success());
 }
 
-#[test]
-#[ignore = "needs transmission-cli and opentracker: run by scripts/test"]
-fn transmission_cli_downloads_through_opentracker() {
-    require_program("transmission-cli", "transmission-cli");
-    // Transmission ignores peers on 127.0.0.0/8, so it runs in a network
-    // namespace of its own and reaches tracker and seeder over a veth link.
-    let ns = NetNs::create();
-    let (p, _tracker, seeder) = tracked_payload("http", &ns.host_ip, 24 << 20);
+/// Downloads the payload with transmission-cli running in `ns`, and checks it.
+fn transmission_download(p: &Payload, ns: &NetNs) {
     let dir = p.leech_dir("transmission");
     let config = p.leech_dir("transmission-config");
     // Nothing may leave the machine: no DHT, LPD, PEX, uTP or port mapping.
@@ -305,30 +402,4 @@ fn transmission_cli_downloads_through_opentracker() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
     p.assert_downloaded(&dir);
-    assert!(seeder.stop().success());
-}
-
-#[test]
-#[ignore = "needs python3-libtorrent and opentracker: run by scripts/test"]
-fn libtorrent_finds_ringseed_through_a_udp_tracker() {
-    require_libtorrent();
-    let (p, _tracker, seeder) = tracked_payload("udp", "127.0.0.1", 16 << 20);
-    let dir = p.leech_dir("lt-udp");
-    // No --peer: the only way to the seeder is the UDP tracker.
-    wait_leecher(spawn_lt_leecher(&p.torrent, &dir, None, "127.0.0.31"));
-    p.assert_downloaded(&dir);
-    assert!(seeder.stop().success());
-}
-
-#[test]
-#[ignore = "needs opentracker: run by scripts/test"]
-fn ringseed_announces_started_and_stopped_over_udp() {
-    // `tracked_payload` returns once a UDP scrape counts ringseed as a seed.
-    let (p, _tracker, seeder) = tracked_payload("udp", "127.0.0.1", 1 << 20);
-    assert!(seeder.stop().success());
-    // A clean stop sends `stopped`: the tracker no longer counts the seed.
-    let m = ringseed_engine::Metainfo::from_bytes(&std::fs::read(&p.torrent).unwrap()).unwrap();
-    let mut client = TrackerClient::new(ClientConfig::default()).unwrap();
-    let stats = client.scrape(m.tracker_urls()[0], &[m.info_hash]).unwrap();
-    assert_eq!(stats[&m.info_hash].complete, 0, "stopped was announced");
 }

@@ -3,6 +3,7 @@
 mod create;
 mod info;
 mod seed;
+mod tracker;
 mod verify;
 
 use crate::cli::{Cli, Command, Exit};
@@ -14,6 +15,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Info(args) => info::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Seed(args) => seed::run(args),
+        Command::Tracker(args) => tracker::run(args),
     }
 }
 

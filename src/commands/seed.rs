@@ -14,6 +14,7 @@ use ringseed_engine::io::files::DataPaths;
 use ringseed_engine::io::hasher::{thread_count, verify};
 use ringseed_engine::io::seeder::{SeedConfig, Seeder};
 use ringseed_engine::io::storage::SeedTorrent;
+use ringseed_engine::io::tracker_server::TrackerConfig;
 use ringseed_engine::proto::layout::Layout;
 use ringseed_engine::{InfoHash, MagnetLink, Metainfo};
 
@@ -80,6 +81,16 @@ pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
         );
         println!("  magnet: {}", MagnetLink::from_metainfo(m));
     }
+    // The embedded tracker, if asked for, tracks exactly what we seed.
+    let _tracker = match args.run_tracker {
+        Some(addr) => Some(super::tracker::start(TrackerConfig {
+            udp: Some(addr),
+            http: Some(addr),
+            whitelist: Some(torrents.iter().map(|t| t.metainfo.info_hash).collect()),
+            ..TrackerConfig::default()
+        })?),
+        None => None,
+    };
     let announcer = start_announcer(&args, &seeder, &torrents)?;
     println!("listening on {addr}{family} with {workers} io_uring workers; Ctrl-C stops");
     std::io::stdout().flush()?;
@@ -201,6 +212,15 @@ fn state_dir(flag: Option<&Path>) -> PathBuf {
         Some(home) => PathBuf::from(home).join(".local/state/ringseed"),
         None => PathBuf::from(".ringseed-state"),
     }
+}
+
+/// Blocks until SIGINT or SIGTERM.
+pub fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("cannot install signal handlers")?;
+    signals.forever().next();
+    Ok(())
 }
 
 /// Shows a live status line on a terminal (a line a minute otherwise) until

@@ -249,12 +249,15 @@ pub struct NetNs {
 
 impl NetNs {
     pub fn create() -> NetNs {
+        // Unique per test process and per call: tests run in parallel.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = std::process::id();
-        let name = format!("rs-test-{id}");
-        let subnet = format!("10.231.{}", id % 250 + 1);
+        let name = format!("rs-test-{id}-{n}");
+        let subnet = format!("10.231.{}", (id * 7 + n) % 250 + 1);
         let (host_if, ns_if) = (
-            format!("rsh{}", id % 100_000),
-            format!("rsn{}", id % 100_000),
+            format!("rsh{}x{n}", id % 10_000),
+            format!("rsn{}x{n}", id % 10_000),
         );
         let ns = NetNs {
             name: name.clone(),

@@ -6,4 +6,5 @@ pub mod files;
 pub mod hasher;
 pub mod seeder;
 pub mod storage;
+pub mod tracker_server;
 pub mod uring;

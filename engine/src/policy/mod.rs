@@ -5,4 +5,5 @@
 pub mod choker;
 pub mod rate_limit;
 pub mod seed_session;
+pub mod swarm;
 pub mod tiers;
