@@ -90,7 +90,9 @@ impl Default for ClientConfig {
 pub struct TrackerClient {
     config: ClientConfig,
     http: ureq::Agent,
-    connection_ids: HashMap<SocketAddr, (u64, Instant)>,
+    /// Per UDP tracker: our socket (one source port, as trackers may tie
+    /// connection ids to it) and the last connection id with its time.
+    udp: HashMap<SocketAddr, (Arc<UdpSocket>, Option<(u64, Instant)>)>,
 }
 
 impl TrackerClient {
@@ -120,7 +122,7 @@ impl TrackerClient {
         Ok(TrackerClient {
             config,
             http: builder.build().into(),
-            connection_ids: HashMap::new(),
+            udp: HashMap::new(),
         })
     }
 
@@ -232,7 +234,7 @@ impl TrackerClient {
         Ok(body)
     }
 
-    fn udp_socket(&self, url: &str) -> Result<(UdpSocket, SocketAddr), AnnounceError> {
+    fn udp_socket(&mut self, url: &str) -> Result<(Arc<UdpSocket>, SocketAddr), AnnounceError> {
         let host_port = url
             .strip_prefix("udp://")
             .and_then(|rest| rest.split('/').next())
@@ -247,6 +249,9 @@ impl TrackerClient {
             .map_err(udp_err)?
             .next()
             .ok_or_else(|| AnnounceError::BadUrl(url.to_owned()))?;
+        if let Some((socket, _)) = self.udp.get(&tracker) {
+            return Ok((Arc::clone(socket), tracker));
+        }
         let bind: SocketAddr = if tracker.is_ipv6() {
             "[::]:0".parse().expect("valid")
         } else {
@@ -254,6 +259,8 @@ impl TrackerClient {
         };
         let socket = UdpSocket::bind(bind).map_err(udp_err)?;
         socket.connect(tracker).map_err(udp_err)?;
+        let socket = Arc::new(socket);
+        self.udp.insert(tracker, (Arc::clone(&socket), None));
         Ok((socket, tracker))
     }
 
@@ -268,10 +275,11 @@ impl TrackerClient {
         build: impl Fn(u64, u32) -> UdpRequest,
     ) -> Result<UdpReply, AnnounceError> {
         let fresh = self
-            .connection_ids
+            .udp
             .get(&tracker)
+            .and_then(|(_, id)| *id)
             .filter(|(_, at)| at.elapsed() < CONNECTION_ID_LIFETIME)
-            .map(|(id, _)| *id);
+            .map(|(id, _)| id);
         let connection_id = match fresh {
             Some(id) => id,
             None => {
@@ -281,15 +289,18 @@ impl TrackerClient {
                 let UdpReply::Connect { connection_id, .. } = reply else {
                     return Err(unexpected(reply));
                 };
-                self.connection_ids
-                    .insert(tracker, (connection_id, Instant::now()));
+                if let Some((_, id)) = self.udp.get_mut(&tracker) {
+                    *id = Some((connection_id, Instant::now()));
+                }
                 connection_id
             }
         };
         let reply = self.udp_round_trip(url, socket, tracker, &|_, t| build(connection_id, t));
         if reply.is_err() {
             // The id may have expired on the tracker's side.
-            self.connection_ids.remove(&tracker);
+            if let Some((_, id)) = self.udp.get_mut(&tracker) {
+                *id = None;
+            }
         }
         reply
     }

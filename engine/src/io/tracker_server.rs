@@ -3,9 +3,10 @@
 //! sharded by info-hash so announces of different torrents never wait for
 //! each other.
 //!
-//! UDP connection ids are a keyed SipHash of the client's address, port and
-//! the current minute, so a spoofed source cannot forge one and the server
-//! keeps no per-client state; an id stays valid for two minutes.
+//! UDP connection ids are a keyed SipHash of the client's IP address and the
+//! current minute, so a spoofed source (which never sees our reply) cannot
+//! forge one and the server keeps no per-client state; an id stays valid
+//! for two minutes, from any port of that address (NATs change ports).
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
@@ -90,7 +91,7 @@ impl State {
     }
 
     fn connection_id(&self, from: SocketAddr, minute: u64) -> u64 {
-        self.id_key.hash_one((from.ip(), from.port(), minute))
+        self.id_key.hash_one((from.ip(), minute))
     }
 
     fn connection_id_valid(&self, from: SocketAddr, id: u64) -> bool {
