@@ -90,9 +90,14 @@ impl Default for ClientConfig {
 pub struct TrackerClient {
     config: ClientConfig,
     http: ureq::Agent,
-    /// Per UDP tracker: our socket (one source port, as trackers may tie
-    /// connection ids to it) and the last connection id with its time.
-    udp: HashMap<SocketAddr, (Arc<UdpSocket>, Option<(u64, Instant)>)>,
+    udp: HashMap<SocketAddr, UdpTracker>,
+}
+
+/// Per UDP tracker: our socket (one source port, as trackers may tie
+/// connection ids to it) and the last connection id with when we got it.
+struct UdpTracker {
+    socket: Arc<UdpSocket>,
+    connection: Option<(u64, Instant)>,
 }
 
 impl TrackerClient {
@@ -249,8 +254,8 @@ impl TrackerClient {
             .map_err(udp_err)?
             .next()
             .ok_or_else(|| AnnounceError::BadUrl(url.to_owned()))?;
-        if let Some((socket, _)) = self.udp.get(&tracker) {
-            return Ok((Arc::clone(socket), tracker));
+        if let Some(known) = self.udp.get(&tracker) {
+            return Ok((Arc::clone(&known.socket), tracker));
         }
         let bind: SocketAddr = if tracker.is_ipv6() {
             "[::]:0".parse().expect("valid")
@@ -260,7 +265,13 @@ impl TrackerClient {
         let socket = UdpSocket::bind(bind).map_err(udp_err)?;
         socket.connect(tracker).map_err(udp_err)?;
         let socket = Arc::new(socket);
-        self.udp.insert(tracker, (Arc::clone(&socket), None));
+        self.udp.insert(
+            tracker,
+            UdpTracker {
+                socket: Arc::clone(&socket),
+                connection: None,
+            },
+        );
         Ok((socket, tracker))
     }
 
@@ -277,7 +288,7 @@ impl TrackerClient {
         let fresh = self
             .udp
             .get(&tracker)
-            .and_then(|(_, id)| *id)
+            .and_then(|t| t.connection)
             .filter(|(_, at)| at.elapsed() < CONNECTION_ID_LIFETIME)
             .map(|(id, _)| id);
         let connection_id = match fresh {
@@ -289,8 +300,8 @@ impl TrackerClient {
                 let UdpReply::Connect { connection_id, .. } = reply else {
                     return Err(unexpected(reply));
                 };
-                if let Some((_, id)) = self.udp.get_mut(&tracker) {
-                    *id = Some((connection_id, Instant::now()));
+                if let Some(t) = self.udp.get_mut(&tracker) {
+                    t.connection = Some((connection_id, Instant::now()));
                 }
                 connection_id
             }
@@ -298,8 +309,8 @@ impl TrackerClient {
         let reply = self.udp_round_trip(url, socket, tracker, &|_, t| build(connection_id, t));
         if reply.is_err() {
             // The id may have expired on the tracker's side.
-            if let Some((_, id)) = self.udp.get_mut(&tracker) {
-                *id = None;
+            if let Some(t) = self.udp.get_mut(&tracker) {
+                t.connection = None;
             }
         }
         reply
