@@ -664,3 +664,73 @@ fn a_peer_that_never_reads_cannot_make_us_queue_without_bound() {
     }));
     assert!(matches!(other.next(), Owned::Piece { .. }));
 }
+
+/// Reads the handshake a peer that dialed us sends first.
+fn accept_dialer(listener: &std::net::TcpListener) -> (Peer, Handshake) {
+    let (stream, _) = listener.accept().unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut peer = Peer {
+        stream,
+        buf: Vec::new(),
+    };
+    let theirs = loop {
+        if let Some(h) = Handshake::decode(&peer.buf).unwrap() {
+            peer.buf.drain(..wire::HANDSHAKE_LEN);
+            break h;
+        }
+        assert!(peer.fill() > 0, "the seeder hung up before its handshake");
+    };
+    (peer, theirs)
+}
+
+#[test]
+fn dials_the_peers_it_is_given_and_serves_them() {
+    let f = start(200_000, 32768, loopback_config());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    f.seeder
+        .dialer()
+        .dial(f.metainfo.info_hash, &[listener.local_addr().unwrap()]);
+    let (mut peer, theirs) = accept_dialer(&listener);
+    assert_eq!(
+        theirs.info_hash, f.metainfo.info_hash,
+        "the seeder speaks first"
+    );
+    let mut hs = Vec::new();
+    Handshake {
+        reserved: Reserved::OURS,
+        info_hash: f.metainfo.info_hash,
+        peer_id: [8; 20],
+    }
+    .encode(&mut hs);
+    peer.stream.write_all(&hs).unwrap();
+    assert!(matches!(peer.next(), Owned::Extended { id: 0, .. }));
+    assert_eq!(peer.next(), Owned::HaveAll);
+    peer.send(Message::Interested);
+    assert_eq!(peer.next(), Owned::Unchoke);
+    peer.send(Message::Request(BlockRequest {
+        piece: 3,
+        offset: 0,
+        length: 16384,
+    }));
+    let Owned::Piece { data, .. } = peer.next() else {
+        panic!("a block")
+    };
+    assert_eq!(data, f.data[3 * 32768..3 * 32768 + 16384]);
+
+    // A peer that answers with another torrent's handshake is dropped.
+    f.seeder
+        .dialer()
+        .dial(f.metainfo.info_hash, &[listener.local_addr().unwrap()]);
+    let (mut wrong, _) = accept_dialer(&listener);
+    let mut hs = Vec::new();
+    Handshake {
+        reserved: Reserved::OURS,
+        info_hash: ringseed_engine::InfoHash([0; 20]),
+        peer_id: [8; 20],
+    }
+    .encode(&mut hs);
+    wrong.stream.write_all(&hs).unwrap();
+    assert!(wrong.closed_by_seeder());
+}

@@ -274,3 +274,50 @@ fn bad_http_requests_get_an_error_status_or_failure_reason() {
     ));
     assert!(ok.contains("8:intervali60e"), "{ok}");
 }
+
+/// A leecher that only the tracker knows about (it never connects to the
+/// seeder itself) gets a connection from the seeder, which dials the peers
+/// its announce returns.
+#[test]
+fn seed_dials_the_peers_its_tracker_returns() {
+    let s = TrackerServer::start(TrackerConfig {
+        http: Some("127.0.0.1:0".parse().unwrap()),
+        workers: 1,
+        ..TrackerConfig::default()
+    })
+    .unwrap();
+    let url = format!("http://{}/announce", s.http_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("f.iso");
+    common::write_data(&data, 1 << 20, 5);
+    let torrent = dir.path().join("f.torrent");
+    common::run_ok(
+        common::ringseed()
+            .arg("create")
+            .arg(&data)
+            .arg("-o")
+            .arg(&torrent)
+            .args(["-t", &url]),
+    );
+    let m = ringseed_engine::Metainfo::from_bytes(&std::fs::read(&torrent).unwrap()).unwrap();
+
+    let leecher = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = leecher.local_addr().unwrap().port();
+    client()
+        .announce(&url, &announce(port, 100, Event::Started, m.info_hash))
+        .unwrap();
+
+    let _seeder = common::SeedProcess::start(&[&torrent, &"--data", &dir.path()]);
+    leecher.set_nonblocking(false).unwrap();
+    let (mut stream, _) = leecher.accept().unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut hs = [0u8; 68];
+    stream.read_exact(&mut hs).unwrap();
+    assert_eq!(
+        &hs[28..48],
+        &m.info_hash.0,
+        "the seeder dialed us for its torrent"
+    );
+}

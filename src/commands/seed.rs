@@ -190,12 +190,18 @@ fn start_announcer(
         roots_pem,
         ..ClientConfig::default()
     };
+    // Peers the trackers return are dialed: leechers behind a NAT or
+    // firewall can only be reached that way.
+    let dialer = seeder.dialer();
+    let on_peers =
+        Arc::new(move |h: &InfoHash, peers: &[std::net::SocketAddr]| dialer.dial(*h, peers));
     let announcer = Announcer::start(
         targets,
         seeder.peer_id(),
         seeder.local_addr().port(),
         config,
         uploaded,
+        Some(on_peers),
     )?;
     Ok(Some(announcer))
 }

@@ -412,6 +412,9 @@ pub struct AnnounceTarget {
 /// Reads how much a torrent has uploaded so far.
 pub type UploadedFn = Arc<dyn Fn(&InfoHash) -> u64 + Send + Sync>;
 
+/// Receives the peers a tracker returned for a torrent (e.g. to dial them).
+pub type PeersFn = Arc<dyn Fn(&InfoHash, &[SocketAddr]) + Send + Sync>;
+
 /// The announcer thread.
 pub struct Announcer {
     stop: mpsc::Sender<()>,
@@ -429,13 +432,15 @@ struct Registration {
 }
 
 impl Announcer {
-    /// Starts announcing `targets` as `peer_id` listening on `port`.
+    /// Starts announcing `targets` as `peer_id` listening on `port`; the
+    /// peers trackers return go to `on_peers`.
     pub fn start(
         targets: Vec<AnnounceTarget>,
         peer_id: [u8; 20],
         port: u16,
         config: ClientConfig,
         uploaded: UploadedFn,
+        on_peers: Option<PeersFn>,
     ) -> Result<Self, AnnounceError> {
         let mut client = TrackerClient::new(config)?;
         let status = Arc::new(Mutex::new(Vec::new()));
@@ -522,6 +527,9 @@ impl Announcer {
                             }
                             match answered {
                                 Some((tier, index, reply)) => {
+                                    if let Some(f) = on_peers.as_ref().filter(|_| event.is_none()) {
+                                        f(&r.target.info_hash, &reply.peers);
+                                    }
                                     r.tiers.promote(tier, index);
                                     r.started = true;
                                     r.failures = 0;

@@ -194,6 +194,54 @@ pub struct Shared {
     pub limits: Limits,
     /// Our peer id.
     pub peer_id: [u8; 20],
+    /// Wake-up eventfd of worker *i* (shutdown, peers to dial).
+    pub wake_fds: Vec<OwnedFd>,
+    /// Peers worker *i* should connect to (control path, never per block).
+    pub dial_queues: Vec<Mutex<Vec<(InfoHash, SocketAddr)>>>,
+}
+
+impl Shared {
+    /// Wakes worker `index` (its eventfd read completes).
+    pub fn wake(&self, index: usize) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a live u64 to an eventfd we own,
+        // which lives as long as `self`.
+        unsafe {
+            libc::write(
+                self.wake_fds[index].as_raw_fd(),
+                (&one as *const u64).cast(),
+                8,
+            )
+        };
+    }
+}
+
+/// Hands peers to the workers to connect to; cheap to clone, usable from
+/// any thread (the tracker announcer uses it).
+#[derive(Clone)]
+pub struct Dialer {
+    shared: Arc<Shared>,
+}
+
+impl Dialer {
+    /// Asks the workers to connect to `peers` for torrent `info_hash`,
+    /// spread over the workers; unknown torrents are ignored.
+    pub fn dial(&self, info_hash: InfoHash, peers: &[SocketAddr]) {
+        if !self.shared.torrents.contains_key(&info_hash) || peers.is_empty() {
+            return;
+        }
+        let workers = self.shared.dial_queues.len();
+        for (i, peer) in peers.iter().enumerate() {
+            let w = i % workers;
+            self.shared.dial_queues[w]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((info_hash, *peer));
+        }
+        for w in 0..workers.min(peers.len()) {
+            self.shared.wake(w);
+        }
+    }
 }
 
 /// Counters of the whole data plane at one moment.
@@ -224,7 +272,6 @@ pub struct TorrentStats {
 pub struct Seeder {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<io::Result<()>>>,
-    wake_fds: Vec<OwnedFd>,
     local_addr: SocketAddr,
 }
 
@@ -240,6 +287,9 @@ impl Seeder {
             *b = b"0123456789abcdefghijklmnopqrstuvwxyz"[(random % 36) as usize];
             random = (random / 36) ^ random.rotate_left(17);
         }
+        let wake_fds = (0..workers)
+            .map(|index| eventfd().map_err(|source| SeedError::Worker { index, source }))
+            .collect::<Result<Vec<_>, _>>()?;
         let shared = Arc::new(Shared {
             torrents: torrents
                 .into_iter()
@@ -249,6 +299,8 @@ impl Seeder {
             worker_stats: (0..workers).map(|_| Counters::default()).collect(),
             limits: Limits::default(),
             peer_id,
+            wake_fds,
+            dial_queues: (0..workers).map(|_| Mutex::default()).collect(),
         });
 
         // Bind worker 0 first: with port 0 it picks the port the others share.
@@ -272,13 +324,10 @@ impl Seeder {
         let mut seeder = Seeder {
             shared: Arc::clone(&shared),
             workers: Vec::with_capacity(workers),
-            wake_fds: Vec::with_capacity(workers),
             local_addr: addr,
         };
         for (index, listener) in listeners.into_iter().enumerate() {
-            let wake = eventfd().map_err(|source| SeedError::Worker { index, source })?;
-            let wake_raw = wake.as_raw_fd();
-            seeder.wake_fds.push(wake);
+            let wake_raw = shared.wake_fds[index].as_raw_fd();
             let shared = Arc::clone(&shared);
             let config = Arc::clone(&config);
             let core = config
@@ -328,6 +377,13 @@ impl Seeder {
         self.local_addr
     }
 
+    /// A handle to hand peers to the workers (for the tracker announcer).
+    pub fn dialer(&self) -> Dialer {
+        Dialer {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// Our peer id, as sent in handshakes and announces.
     pub fn peer_id(&self) -> [u8; 20] {
         self.shared.peer_id
@@ -371,10 +427,8 @@ impl Seeder {
 
     fn stop_workers(&mut self) -> io::Result<()> {
         self.shared.stop.store(true, Ordering::Release);
-        for fd in &self.wake_fds {
-            let one: u64 = 1;
-            // SAFETY: writing 8 bytes from a live u64 to our own eventfd.
-            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        for index in 0..self.shared.wake_fds.len() {
+            self.shared.wake(index);
         }
         let mut result = Ok(());
         for handle in self.workers.drain(..) {

@@ -8,7 +8,8 @@
 //! bytes they point to, and the torrent's mapping. The rule, checked by the
 //! `*_in_flight` flags: none of these is moved, resized or freed while its
 //! operation is in flight, and a connection is only dropped when neither
-//! operation is (see `Worker::close`). Heap buffers (`Vec`, `Box`) keep their
+//! operation is (see `Worker::close`). An outgoing connect reads
+//! `connect_to` until it completes. Heap buffers (`Vec`, `Box`) keep their
 //! address when the `Conn` itself moves inside the slab.
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use crate::io::storage::SeedTorrent;
 use crate::policy::seed_session::SeedSession;
+use crate::proto::info_hash::InfoHash;
 use crate::proto::wire::PIECE_HEADER_LEN;
 
 /// Receive buffer size of a new connection: a handshake and a burst of
@@ -157,6 +159,12 @@ pub struct Conn {
     pub served_since_unchoke: u64,
     /// Last choke or unchoke.
     pub choke_changed: Duration,
+    /// For a connection we opened: the torrent we dialed the peer for.
+    pub outgoing: Option<InfoHash>,
+    /// For a connection we are opening: the address the connect op reads.
+    pub connect_to: Option<Box<socket2::SockAddr>>,
+    /// A connect op is in flight.
+    pub connect_in_flight: bool,
     /// (piece, start, end) of the last read-ahead started for this peer, so
     /// the following blocks of that range do not start it again.
     pub prefetched: Option<(u32, u32, u32)>,
@@ -182,12 +190,15 @@ impl Conn {
             served_since_unchoke: 0,
             choke_changed: now,
             prefetched: None,
+            outgoing: None,
+            connect_to: None,
+            connect_in_flight: false,
         }
     }
 
     /// Whether an op of this connection is still with the kernel.
     pub fn has_ops_in_flight(&self) -> bool {
-        self.recv.in_flight || self.send.in_flight
+        self.recv.in_flight || self.send.in_flight || self.connect_in_flight
     }
 
     /// The torrent served, once past the handshake.

@@ -26,6 +26,13 @@ pub enum UserData {
         /// Connection generation.
         generation: u32,
     },
+    /// An outgoing connection of connection `key`.
+    Connect {
+        /// Slab key.
+        key: u32,
+        /// Connection generation.
+        generation: u32,
+    },
     /// The periodic timer.
     Tick,
     /// The wake-up eventfd (shutdown).
@@ -47,6 +54,7 @@ impl UserData {
             UserData::Tick => 4 << 56,
             UserData::Wake => 5 << 56,
             UserData::Ignore => 6 << 56,
+            UserData::Connect { key, generation } => conn(7, key, generation),
         }
     }
 
@@ -60,6 +68,7 @@ impl UserData {
             3 => UserData::Send { key, generation },
             4 => UserData::Tick,
             5 => UserData::Wake,
+            7 => UserData::Connect { key, generation },
             _ => UserData::Ignore,
         }
     }

@@ -290,11 +290,13 @@ impl Worker {
             UserData::Recv { key, generation } => self.on_recv(key, generation, result),
             UserData::Send { key, generation } => self.on_send(key, generation, result),
             UserData::Tick => self.on_tick(),
+            UserData::Connect { key, generation } => self.on_connect(key, generation, result),
             UserData::Wake => {
                 if self.shared.stop.load(Ordering::Acquire) {
                     self.begin_shutdown();
                 } else {
                     self.arm_wake();
+                    self.dial_queued();
                 }
             }
             UserData::Ignore => {}
@@ -327,6 +329,85 @@ impl Worker {
         let now = self.now();
         let key = self.conns.insert(Conn::new(fd, generation, addr, now));
         self.arm_recv(key);
+    }
+
+    /// Opens the connections the dial queue asks for (peers from trackers).
+    fn dial_queued(&mut self) {
+        let queued = std::mem::take(
+            &mut *self.shared.dial_queues[self.index]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for (info_hash, addr) in queued {
+            if self.shutting_down {
+                return;
+            }
+            if !self.shared.limits.try_admit(addr.ip(), &self.config) {
+                self.delta.dropped_connections += 1;
+                continue;
+            }
+            let socket = match socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM.cloexec(),
+                Some(socket2::Protocol::TCP),
+            ) {
+                Ok(s) => s,
+                Err(_) => {
+                    self.shared.limits.leave(addr.ip());
+                    continue;
+                }
+            };
+            let _ = socket.set_tcp_nodelay(true);
+            let generation = self.next_generation;
+            self.next_generation = self.next_generation.wrapping_add(1) & 0x00ff_ffff;
+            let now = self.now();
+            let mut conn = Conn::new(socket.into(), generation, addr, now);
+            conn.outgoing = Some(info_hash);
+            let target = Box::new(socket2::SockAddr::from(addr));
+            let entry = opcode::Connect::new(
+                types::Fd(conn.fd.as_raw_fd()),
+                target.as_ptr().cast(),
+                target.len(),
+            );
+            conn.connect_to = Some(target);
+            conn.connect_in_flight = true;
+            let key = self.conns.insert(conn);
+            self.push(
+                entry.build().user_data(
+                    UserData::Connect {
+                        key: key as u32,
+                        generation,
+                    }
+                    .pack(),
+                ),
+            );
+        }
+    }
+
+    fn on_connect(&mut self, key: u32, generation: u32, result: i32) {
+        let peer_id = self.peer_id;
+        let Some(conn) = self.conn_mut(key, generation) else {
+            return;
+        };
+        conn.connect_in_flight = false;
+        conn.connect_to = None;
+        let key = key as usize;
+        if result < 0 || conn.closing {
+            self.close(key, None);
+            return;
+        }
+        // We speak first: our handshake names the torrent we dialed for.
+        let info_hash = conn
+            .outgoing
+            .expect("a connect op belongs to an outgoing connection");
+        Handshake {
+            reserved: Reserved::OURS,
+            info_hash,
+            peer_id,
+        }
+        .encode(&mut conn.send.control);
+        self.arm_recv(key);
+        self.try_send(key);
     }
 
     fn arm_recv(&mut self, key: usize) {
@@ -413,6 +494,9 @@ impl Worker {
                 Ok(Some(hs)) => hs,
                 Err(_) => return Err(CloseReason::Violation),
             };
+            if conn.outgoing.is_some_and(|h| h != hs.info_hash) {
+                return Err(CloseReason::UnknownTorrent);
+            }
             let torrent = shared
                 .torrents
                 .get(&hs.info_hash)
@@ -421,12 +505,15 @@ impl Worker {
             if !shared.limits.try_join_torrent(torrent, &config) {
                 return Err(CloseReason::Limit);
             }
-            let ours = Handshake {
-                reserved: Reserved::OURS,
-                info_hash: hs.info_hash,
-                peer_id: self.peer_id,
-            };
-            ours.encode(&mut conn.send.control);
+            if conn.outgoing.is_none() {
+                // Incoming: answer with ours (an outgoing one sent it first).
+                let ours = Handshake {
+                    reserved: Reserved::OURS,
+                    info_hash: hs.info_hash,
+                    peer_id: self.peer_id,
+                };
+                ours.encode(&mut conn.send.control);
+            }
             let session = SeedSession::new(
                 &hs,
                 Some(conn.addr.ip()),
