@@ -101,6 +101,14 @@ impl Peer {
         assert!(self.try_send(msg), "write to seeder failed");
     }
 
+    /// Connects, says it is interested and waits for the unchoke.
+    fn unchoked(addr: SocketAddr, info_hash: [u8; 20]) -> Peer {
+        let (mut peer, _) = Peer::connect(addr, info_hash, Reserved::OURS);
+        peer.send(Message::Interested);
+        while peer.next() != Owned::Unchoke {}
+        peer
+    }
+
     /// Sends, reporting whether the write succeeded (the seeder may have
     /// closed the connection).
     fn try_send(&mut self, msg: Message<'_>) -> bool {
@@ -391,9 +399,7 @@ fn a_file_truncated_during_a_transfer_errors_its_torrent_and_the_other_keeps_ser
     let addr = seeder.local_addr();
     let survivor_data = std::fs::read(dir.path().join("survivor.bin")).unwrap();
 
-    let (mut victim, _) = Peer::connect(addr, metas[0].info_hash.0, Reserved::OURS);
-    victim.send(Message::Interested);
-    while victim.next() != Owned::Unchoke {}
+    let mut victim = Peer::unchoked(addr, metas[0].info_hash.0);
     // A transfer in progress: one block arrives.
     victim.send(Message::Request(BlockRequest {
         piece: 0,
@@ -462,9 +468,7 @@ fn a_file_truncated_during_a_transfer_errors_its_torrent_and_the_other_keeps_ser
     .closed_by_seeder());
 
     // ...and the other torrent is served, byte-exact, by the same process.
-    let (mut peer, _) = Peer::connect(addr, metas[1].info_hash.0, Reserved::OURS);
-    peer.send(Message::Interested);
-    while peer.next() != Owned::Unchoke {}
+    let mut peer = Peer::unchoked(addr, metas[1].info_hash.0);
     for piece in [0u32, 15] {
         peer.send(Message::Request(BlockRequest {
             piece,
@@ -600,9 +604,7 @@ fn an_oversized_length_prefix_is_refused_without_allocating_it() {
         "peak RSS stayed under 1 GiB: {} KiB",
         rss_kib()
     );
-    let (mut peer, _) = Peer::connect(addr, f.metainfo.info_hash.0, Reserved::OURS);
-    peer.send(Message::Interested);
-    while peer.next() != Owned::Unchoke {}
+    let mut peer = Peer::unchoked(addr, f.metainfo.info_hash.0);
 }
 
 /// A peer that floods metadata requests without reading the replies stops
@@ -654,9 +656,7 @@ fn a_peer_that_never_reads_cannot_make_us_queue_without_bound() {
         "the seeder kept reading a peer that never reads"
     );
     // The seeder is fine and serves others.
-    let (mut other, _) = Peer::connect(addr, f.metainfo.info_hash.0, Reserved::OURS);
-    other.send(Message::Interested);
-    while other.next() != Owned::Unchoke {}
+    let mut other = Peer::unchoked(addr, f.metainfo.info_hash.0);
     other.send(Message::Request(BlockRequest {
         piece: 0,
         offset: 0,
