@@ -604,7 +604,8 @@ fn an_oversized_length_prefix_is_refused_without_allocating_it() {
         "peak RSS stayed under 1 GiB: {} KiB",
         rss_kib()
     );
-    let mut peer = Peer::unchoked(addr, f.metainfo.info_hash.0);
+    // Still serving.
+    Peer::unchoked(addr, f.metainfo.info_hash.0);
 }
 
 /// A peer that floods metadata requests without reading the replies stops
