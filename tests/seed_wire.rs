@@ -720,11 +720,14 @@ fn dials_the_peers_it_is_given_and_serves_them() {
     };
     assert_eq!(data, f.data[3 * 32768..3 * 32768 + 16384]);
 
-    // A peer that answers with another torrent's handshake is dropped.
-    f.seeder
-        .dialer()
-        .dial(f.metainfo.info_hash, &[listener.local_addr().unwrap()]);
-    let (mut wrong, _) = accept_dialer(&listener);
+    // Dialing it again while connected does nothing (no duplicate); a peer
+    // that answers with another torrent's handshake is dropped.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    f.seeder.dialer().dial(
+        f.metainfo.info_hash,
+        &[listener.local_addr().unwrap(), other.local_addr().unwrap()],
+    );
+    let (mut wrong, _) = accept_dialer(&other);
     let mut hs = Vec::new();
     Handshake {
         reserved: Reserved::OURS,
@@ -733,5 +736,10 @@ fn dials_the_peers_it_is_given_and_serves_them() {
     }
     .encode(&mut hs);
     wrong.stream.write_all(&hs).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    assert!(
+        listener.accept().is_err(),
+        "no second connection to a connected peer"
+    );
     assert!(wrong.closed_by_seeder());
 }

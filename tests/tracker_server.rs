@@ -170,34 +170,28 @@ fn udp_exchange(server: SocketAddr, packet: &[u8]) -> Option<UdpReply> {
 }
 
 #[test]
-fn bad_udp_packets_get_an_error_or_are_dropped_and_are_counted() {
+fn bad_udp_packets_are_dropped_and_counted() {
     let s = server();
     let addr = s.udp_addr().unwrap();
-    // Too short to carry a transaction id: dropped.
-    assert_eq!(udp_exchange(addr, b"garbage"), None);
-    // Connect with a wrong protocol id, an unknown action, a short announce:
-    // an error reply with the transaction id.
+    // Garbage, a connect with a wrong protocol id, an unknown action, a
+    // short announce: all dropped without a reply (an error reply to an
+    // unverified source would let a spoofed packet start an endless
+    // error exchange between two servers), and counted.
     let mut wrong_magic = vec![0u8; 16];
     wrong_magic[12..].copy_from_slice(&7u32.to_be_bytes());
     let mut unknown_action = vec![0u8; 16];
     unknown_action[8..12].copy_from_slice(&9u32.to_be_bytes());
-    unknown_action[12..].copy_from_slice(&8u32.to_be_bytes());
     let mut short_announce = vec![0u8; 40];
     short_announce[8..12].copy_from_slice(&1u32.to_be_bytes());
-    short_announce[12..16].copy_from_slice(&9u32.to_be_bytes());
-    for (packet, tid) in [(wrong_magic, 7), (unknown_action, 8), (short_announce, 9)] {
-        match udp_exchange(addr, &packet) {
-            Some(UdpReply::Error {
-                transaction_id,
-                message,
-            }) => {
-                assert_eq!(transaction_id, tid);
-                assert_eq!(message, "malformed request");
-            }
-            other => panic!("{other:?}"),
-        }
+    for packet in [
+        b"garbage".to_vec(),
+        wrong_magic,
+        unknown_action,
+        short_announce,
+    ] {
+        assert_eq!(udp_exchange(addr, &packet), None);
     }
-    // An announce with a connection id we never gave out.
+    // An announce with a connection id we never gave out: dropped too.
     let mut forged = Vec::new();
     UdpRequest::Announce {
         connection_id: 0xdead_beef,
@@ -205,13 +199,7 @@ fn bad_udp_packets_get_an_error_or_are_dropped_and_are_counted() {
         announce: announce(1, 0, Event::Started, TRACKED),
     }
     .encode(&mut forged);
-    assert_eq!(
-        udp_exchange(addr, &forged),
-        Some(UdpReply::Error {
-            transaction_id: 10,
-            message: "invalid connection id".into()
-        })
-    );
+    assert_eq!(udp_exchange(addr, &forged), None);
     assert_eq!(s.counters().malformed.load(Relaxed), 4);
     assert_eq!(s.counters().refused.load(Relaxed), 1);
     // Still serving.

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -72,6 +73,8 @@ pub struct ClientConfig {
     /// Root certificates (PEM) to trust for HTTPS trackers instead of the
     /// built-in web PKI roots: for a tracker with its own CA, and tests.
     pub roots_pem: Option<Vec<u8>>,
+    /// When set, UDP waits give up within a second (shutdown).
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for ClientConfig {
@@ -81,6 +84,7 @@ impl Default for ClientConfig {
             udp_retries: 3,
             udp_timeout_scale: 1.0,
             roots_pem: None,
+            cancel: None,
         }
     }
 }
@@ -216,6 +220,13 @@ impl TrackerClient {
         }
     }
 
+    fn cancelled(&self) -> bool {
+        self.config
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
     fn http_get(&self, tracker: &str, url: &str) -> Result<Vec<u8>, AnnounceError> {
         let err = |message: String| AnnounceError::Http {
             url: tracker.to_owned(),
@@ -332,15 +343,20 @@ impl TrackerClient {
         build(0, transaction_id).encode(&mut packet);
         let mut buf = vec![0u8; 65536];
         for attempt in 0..=self.config.udp_retries {
+            if self.cancelled() {
+                break;
+            }
             socket.send(&packet).map_err(udp_err)?;
             let wait = udp_retransmit_timeout(attempt).mul_f64(self.config.udp_timeout_scale);
             let deadline = Instant::now() + wait;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
+                if left.is_zero() || self.cancelled() {
                     break;
                 }
-                socket.set_read_timeout(Some(left)).map_err(udp_err)?;
+                // Wake at least once a second to notice a cancellation.
+                let wait = left.min(Duration::from_secs(1));
+                socket.set_read_timeout(Some(wait)).map_err(udp_err)?;
                 let n = match socket.recv(&mut buf) {
                     Ok(n) => n,
                     Err(e)
@@ -349,7 +365,7 @@ impl TrackerClient {
                             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                         ) =>
                     {
-                        break
+                        continue
                     }
                     Err(e) => return Err(udp_err(e)),
                 };
@@ -418,6 +434,7 @@ pub type PeersFn = Arc<dyn Fn(&InfoHash, &[SocketAddr]) + Send + Sync>;
 /// The announcer thread.
 pub struct Announcer {
     stop: mpsc::Sender<()>,
+    cancel: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
     status: Arc<Mutex<Vec<TrackerStatus>>>,
 }
@@ -442,7 +459,21 @@ impl Announcer {
         uploaded: UploadedFn,
         on_peers: Option<PeersFn>,
     ) -> Result<Self, AnnounceError> {
-        let mut client = TrackerClient::new(config)?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        // Regular announces give up at once on shutdown; `stopped` goes out
+        // with one short attempt per tracker, so exiting takes seconds.
+        let quick = ClientConfig {
+            http_timeout: Duration::from_secs(5),
+            udp_retries: 0,
+            udp_timeout_scale: 1.0 / 15.0,
+            cancel: None,
+            ..config.clone()
+        };
+        let mut client = TrackerClient::new(ClientConfig {
+            cancel: Some(Arc::clone(&cancel)),
+            ..config
+        })?;
+        let mut quick_client = TrackerClient::new(quick)?;
         let status = Arc::new(Mutex::new(Vec::new()));
         let (stop, stopped) = mpsc::channel::<()>();
         let key = random_u64() as u32;
@@ -466,6 +497,7 @@ impl Announcer {
             .filter(|r| !r.tiers.is_empty())
             .collect();
         let shared_status = Arc::clone(&status);
+        let thread_cancel = Arc::clone(&cancel);
         let handle = std::thread::Builder::new()
             .name("ringseed-announce".into())
             .spawn(move || {
@@ -496,7 +528,15 @@ impl Announcer {
                             };
                             let mut answered = None;
                             for (tier, index, url) in r.tiers.in_order() {
-                                let outcome = client.announce(&url, &request);
+                                let stopping = event == Some(Event::Stopped);
+                                if !stopping && thread_cancel.load(Ordering::Relaxed) {
+                                    return;
+                                }
+                                let outcome = if stopping {
+                                    quick_client.announce(&url, &request)
+                                } else {
+                                    client.announce(&url, &request)
+                                };
                                 let mut all =
                                     shared_status.lock().unwrap_or_else(|e| e.into_inner());
                                 let entry = match all.iter().position(|s: &TrackerStatus| {
@@ -569,6 +609,7 @@ impl Announcer {
             })?;
         Ok(Announcer {
             stop,
+            cancel,
             handle: Some(handle),
             status,
         })
@@ -588,6 +629,7 @@ impl Announcer {
     }
 
     fn shutdown(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
         let _ = self.stop.send(());
         if let Some(h) = self.handle.take() {
             let _ = h.join();

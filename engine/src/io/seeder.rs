@@ -216,6 +216,21 @@ impl Shared {
     }
 }
 
+/// Peers taken from one tracker reply.
+pub const MAX_DIALS_PER_CALL: usize = 50;
+/// Peers waiting to be dialed, per worker.
+pub const MAX_DIAL_QUEUE: usize = 500;
+
+/// Whether a peer address could be a peer at all: not unspecified,
+/// multicast or broadcast, and not port 0.
+fn dialable(addr: &SocketAddr) -> bool {
+    let ip_ok = match addr.ip() {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()),
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
+    };
+    ip_ok && addr.port() != 0
+}
+
 /// Hands peers to the workers to connect to; cheap to clone, usable from
 /// any thread (the tracker announcer uses it).
 #[derive(Clone)]
@@ -226,17 +241,27 @@ pub struct Dialer {
 impl Dialer {
     /// Asks the workers to connect to `peers` for torrent `info_hash`,
     /// spread over the workers; unknown torrents are ignored.
+    /// At most [`MAX_DIALS_PER_CALL`] peers are taken, addresses nobody can
+    /// be reached at are skipped, and each worker queues at most
+    /// [`MAX_DIAL_QUEUE`]: a tracker reply cannot make us open thousands of
+    /// connections.
     pub fn dial(&self, info_hash: InfoHash, peers: &[SocketAddr]) {
         if !self.shared.torrents.contains_key(&info_hash) || peers.is_empty() {
             return;
         }
         let workers = self.shared.dial_queues.len();
-        for (i, peer) in peers.iter().enumerate() {
+        let usable = peers
+            .iter()
+            .filter(|p| dialable(p))
+            .take(MAX_DIALS_PER_CALL);
+        for (i, peer) in usable.enumerate() {
             let w = i % workers;
-            self.shared.dial_queues[w]
+            let mut queue = self.shared.dial_queues[w]
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((info_hash, *peer));
+                .unwrap_or_else(|e| e.into_inner());
+            if queue.len() < MAX_DIAL_QUEUE {
+                queue.push((info_hash, *peer));
+            }
         }
         for w in 0..workers.min(peers.len()) {
             self.shared.wake(w);

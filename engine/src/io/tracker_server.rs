@@ -19,15 +19,18 @@ use std::time::{Duration, Instant};
 use percent_encoding::percent_decode_str;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::policy::swarm::SwarmTable;
+use crate::policy::swarm::{PeerRequest, SwarmTable, DEFAULT_NUMWANT};
 use crate::proto::bencode::OwnedValue;
 use crate::proto::info_hash::InfoHash;
 use crate::proto::tracker::{write_compact_peers, Event, ScrapeStats, UdpReply, UdpRequest};
 
 /// Largest HTTP request we read.
 const MAX_HTTP_REQUEST: usize = 8192;
-/// Time a client has to send its HTTP request.
+/// Time a client has to send its whole HTTP request.
 const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Swarms tracked at most (over all shards): bounds memory whatever
+/// clients announce.
+const MAX_SWARMS: usize = 1_000_000;
 
 /// Settings of the tracker.
 #[derive(Debug, Clone)]
@@ -100,6 +103,12 @@ impl State {
             || (minute > 0 && id == self.connection_id(from, minute - 1))
     }
 
+    /// A different place in the swarm for each announce.
+    fn random_start(&self, from: SocketAddr) -> usize {
+        self.id_key
+            .hash_one((from, self.started.elapsed().as_nanos())) as usize
+    }
+
     fn tracked(&self, h: &InfoHash) -> bool {
         self.whitelist.as_ref().is_none_or(|w| w.contains(h))
     }
@@ -122,7 +131,9 @@ impl TrackerServer {
     pub fn start(config: TrackerConfig) -> io::Result<Self> {
         let workers = config.workers.max(1);
         let state = Arc::new(State {
-            shards: (0..workers * 16).map(|_| Mutex::default()).collect(),
+            shards: (0..workers * 16)
+                .map(|_| Mutex::new(SwarmTable::with_max_swarms(MAX_SWARMS / (workers * 16))))
+                .collect(),
             started: Instant::now(),
             id_key: std::hash::RandomState::new(),
             whitelist: config.whitelist,
@@ -224,6 +235,7 @@ fn udp_loop(socket: &UdpSocket, state: &State) {
     let mut out = Vec::with_capacity(1500);
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf) else {
+            std::thread::sleep(Duration::from_millis(10));
             continue;
         };
         let from = canonical(from);
@@ -242,13 +254,11 @@ fn udp_answer(packet: &[u8], from: SocketAddr, state: &State) -> Option<UdpReply
     let request = match UdpRequest::decode(packet) {
         Ok(r) => r,
         Err(_) => {
+            // Dropped, not answered: the source is unverified, and answering
+            // garbage lets a spoofed packet start an endless error exchange
+            // between two servers.
             c.malformed.fetch_add(1, Ordering::Relaxed);
-            // Answer with an error when the packet at least carries a
-            // transaction id; garbage shorter than that is dropped.
-            return (packet.len() >= 16).then(|| UdpReply::Error {
-                transaction_id: u32::from_be_bytes(packet[12..16].try_into().expect("4 bytes")),
-                message: "malformed request".into(),
-            });
+            return None;
         }
     };
     let refuse = |transaction_id, message: &str| {
@@ -273,7 +283,9 @@ fn udp_answer(packet: &[u8], from: SocketAddr, state: &State) -> Option<UdpReply
             announce,
         } => {
             if !state.connection_id_valid(from, connection_id) {
-                return refuse(transaction_id, "invalid connection id");
+                // Unverified source: drop (see above).
+                c.refused.fetch_add(1, Ordering::Relaxed);
+                return None;
             }
             if !state.tracked(&announce.info_hash) {
                 return refuse(transaction_id, "torrent not tracked here");
@@ -285,7 +297,17 @@ fn udp_answer(packet: &[u8], from: SocketAddr, state: &State) -> Option<UdpReply
                 peer,
                 announce.event,
                 announce.left,
-                announce.numwant.map(|n| n as usize),
+                PeerRequest {
+                    // One UDP datagram of peers of the client's family.
+                    numwant: Some(
+                        announce
+                            .numwant
+                            .map_or(DEFAULT_NUMWANT, |n| n as usize)
+                            .min(if from.is_ipv6() { 66 } else { 200 }),
+                    ),
+                    ipv6: Some(from.is_ipv6()),
+                    start: state.random_start(from),
+                },
                 state.now(),
             );
             Some(UdpReply::Announce {
@@ -302,7 +324,8 @@ fn udp_answer(packet: &[u8], from: SocketAddr, state: &State) -> Option<UdpReply
             info_hashes,
         } => {
             if !state.connection_id_valid(from, connection_id) {
-                return refuse(transaction_id, "invalid connection id");
+                c.refused.fetch_add(1, Ordering::Relaxed);
+                return None;
             }
             c.scrapes.fetch_add(1, Ordering::Relaxed);
             let stats = info_hashes
@@ -320,13 +343,18 @@ fn udp_answer(packet: &[u8], from: SocketAddr, state: &State) -> Option<UdpReply
 
 fn http_loop(listener: &TcpListener, state: &State) {
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        let _ = serve_http(stream, state);
+        match stream {
+            Ok(stream) => {
+                let _ = serve_http(stream, state);
+            }
+            // Out of descriptors or memory: back off instead of spinning.
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
     }
 }
 
 fn serve_http(mut stream: TcpStream, state: &State) -> io::Result<()> {
-    stream.set_read_timeout(Some(HTTP_READ_TIMEOUT))?;
+    let deadline = Instant::now() + HTTP_READ_TIMEOUT;
     stream.set_write_timeout(Some(HTTP_READ_TIMEOUT))?;
     let from = canonical(stream.peer_addr()?);
     let mut buf = vec![0u8; MAX_HTTP_REQUEST];
@@ -336,6 +364,13 @@ fn serve_http(mut stream: TcpStream, state: &State) -> io::Result<()> {
             state.counters.malformed.fetch_add(1, Ordering::Relaxed);
             return respond(&mut stream, "431 Request Header Fields Too Large", b"");
         }
+        // One deadline for the whole request, not per read: a client that
+        // trickles bytes cannot hold the worker longer than that.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut buf[len..])?;
         if n == 0 {
             return Ok(());
@@ -441,7 +476,11 @@ fn http_announce(query: &str, from: SocketAddr, state: &State) -> Vec<u8> {
         peer,
         event,
         left,
-        number("numwant").map(|n| n as usize),
+        PeerRequest {
+            numwant: number("numwant").map(|n| n as usize),
+            ipv6: None,
+            start: state.random_start(from),
+        },
         state.now(),
     );
     let mut reply = OwnedValue::dict();

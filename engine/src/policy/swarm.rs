@@ -13,6 +13,9 @@ use crate::proto::tracker::{Event, ScrapeStats};
 pub const MAX_NUMWANT: usize = 200;
 /// Peers returned when the client does not say.
 pub const DEFAULT_NUMWANT: usize = 50;
+/// Peers kept per swarm: beyond this new peers are not recorded (they
+/// still get an answer), so no client can grow a swarm without bound.
+pub const MAX_PEERS_PER_SWARM: usize = 50_000;
 
 #[derive(Debug, Clone, Copy)]
 struct PeerEntry {
@@ -38,50 +41,90 @@ pub struct AnnounceOutcome {
 }
 
 /// The swarms of one shard.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SwarmTable {
     swarms: HashMap<InfoHash, Swarm>,
+    max_swarms: usize,
+}
+
+impl Default for SwarmTable {
+    fn default() -> Self {
+        SwarmTable::with_max_swarms(usize::MAX)
+    }
+}
+
+/// Which peers an announce wants back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerRequest {
+    /// How many; `None` lets the tracker choose.
+    pub numwant: Option<usize>,
+    /// Only peers of this family (`Some(true)`: IPv6), as a UDP reply can
+    /// carry one family only; `None` for both.
+    pub ipv6: Option<bool>,
+    /// Where to start in the swarm, so that different announces see
+    /// different peers (a random number).
+    pub start: usize,
 }
 
 impl SwarmTable {
+    /// A table that keeps at most `max_swarms` swarms.
+    pub fn with_max_swarms(max_swarms: usize) -> Self {
+        SwarmTable {
+            swarms: HashMap::new(),
+            max_swarms,
+        }
+    }
+
     /// Records an announce by the peer at `addr` at time `now` and returns
-    /// the swarm as the peer should see it.
+    /// the swarm as the peer should see it: other peers (leechers only, for
+    /// a seed), from a varying place in the swarm.
     pub fn announce(
         &mut self,
         info_hash: InfoHash,
         addr: SocketAddr,
         event: Event,
         left: u64,
-        numwant: Option<usize>,
+        request: PeerRequest,
         now: Duration,
     ) -> AnnounceOutcome {
+        if !self.swarms.contains_key(&info_hash) && self.swarms.len() >= self.max_swarms {
+            // Full: answer, but remember nothing.
+            return AnnounceOutcome::default();
+        }
         let swarm = self.swarms.entry(info_hash).or_default();
+        let seed = left == 0;
         if event == Event::Stopped {
             swarm.peers.remove(&addr);
         } else {
-            let seed = left == 0;
-            let was_seed = swarm.peers.get(&addr).is_some_and(|p| p.seed);
-            if event == Event::Completed && !was_seed {
+            // A download completes once: a known leecher that now has it all.
+            if swarm.peers.get(&addr).is_some_and(|p| !p.seed) && seed {
                 swarm.downloaded = swarm.downloaded.saturating_add(1);
             }
-            swarm.peers.insert(
-                addr,
-                PeerEntry {
-                    seed,
-                    last_seen: now,
-                },
-            );
+            if swarm.peers.contains_key(&addr) || swarm.peers.len() < MAX_PEERS_PER_SWARM {
+                swarm.peers.insert(
+                    addr,
+                    PeerEntry {
+                        seed,
+                        last_seen: now,
+                    },
+                );
+            }
         }
-        let want = numwant.unwrap_or(DEFAULT_NUMWANT).min(MAX_NUMWANT);
-        let peers = if event == Event::Stopped {
+        let want = request.numwant.unwrap_or(DEFAULT_NUMWANT).min(MAX_NUMWANT);
+        let peers = if event == Event::Stopped || swarm.peers.is_empty() {
             Vec::new()
         } else {
+            let skip = request.start % swarm.peers.len();
             swarm
                 .peers
-                .keys()
-                .filter(|a| **a != addr)
+                .iter()
+                .cycle()
+                .skip(skip)
+                .take(swarm.peers.len())
+                .filter(|(a, p)| **a != addr && !(seed && p.seed))
+                .filter(|(a, _)| request.ipv6.is_none_or(|v6| a.is_ipv6() == v6))
                 .take(want)
-                .copied()
+                .map(|(a, _)| *a)
                 .collect()
         };
         let complete = swarm.peers.values().filter(|p| p.seed).count() as u32;
@@ -90,7 +133,7 @@ impl SwarmTable {
             complete,
             incomplete: swarm.peers.len() as u32 - complete,
         };
-        if swarm.peers.is_empty() && swarm.downloaded == 0 {
+        if swarm.peers.is_empty() {
             self.swarms.remove(&info_hash);
         }
         outcome
@@ -117,8 +160,9 @@ impl SwarmTable {
                 .peers
                 .retain(|_, p| now.saturating_sub(p.last_seen) < ttl);
         }
-        self.swarms
-            .retain(|_, s| !s.peers.is_empty() || s.downloaded > 0);
+        // A swarm without peers is forgotten, download count and all: an
+        // empty swarm must cost nothing, or anyone could fill the table.
+        self.swarms.retain(|_, s| !s.peers.is_empty());
     }
 
     /// Number of swarms and of peers in them.
@@ -141,10 +185,18 @@ mod tests {
     const H: InfoHash = InfoHash([1; 20]);
     const T0: Duration = Duration::ZERO;
 
+    fn want(numwant: Option<usize>) -> PeerRequest {
+        PeerRequest {
+            numwant,
+            ipv6: None,
+            start: 0,
+        }
+    }
+
     #[test]
     fn peers_meet_and_counts_follow_events() {
         let mut t = SwarmTable::default();
-        let first = t.announce(H, addr(1), Event::Started, 0, None, T0);
+        let first = t.announce(H, addr(1), Event::Started, 0, want(None), T0);
         assert_eq!(
             first,
             AnnounceOutcome {
@@ -153,10 +205,10 @@ mod tests {
                 incomplete: 0
             }
         );
-        let second = t.announce(H, addr(2), Event::Started, 100, None, T0);
+        let second = t.announce(H, addr(2), Event::Started, 100, want(None), T0);
         assert_eq!(second.peers, [addr(1)]);
         assert_eq!((second.complete, second.incomplete), (1, 1));
-        t.announce(H, addr(2), Event::Completed, 0, None, T0);
+        t.announce(H, addr(2), Event::Completed, 0, want(None), T0);
         assert_eq!(
             t.scrape(&H),
             ScrapeStats {
@@ -166,9 +218,9 @@ mod tests {
             }
         );
         // A repeated `completed` from a seed is not another download.
-        t.announce(H, addr(2), Event::Completed, 0, None, T0);
+        t.announce(H, addr(2), Event::Completed, 0, want(None), T0);
         assert_eq!(t.scrape(&H).downloaded, 1);
-        let gone = t.announce(H, addr(1), Event::Stopped, 0, None, T0);
+        let gone = t.announce(H, addr(1), Event::Stopped, 0, want(None), T0);
         assert!(gone.peers.is_empty());
         assert_eq!(
             t.scrape(&H),
@@ -184,20 +236,22 @@ mod tests {
     fn numwant_is_capped() {
         let mut t = SwarmTable::default();
         for n in 1..=250u8 {
-            t.announce(H, addr(n), Event::Started, 1, None, T0);
+            t.announce(H, addr(n), Event::Started, 1, want(None), T0);
         }
         assert_eq!(
-            t.announce(H, addr(1), Event::None, 1, Some(10), T0)
+            t.announce(H, addr(1), Event::None, 1, want(Some(10)), T0)
                 .peers
                 .len(),
             10
         );
         assert_eq!(
-            t.announce(H, addr(1), Event::None, 1, None, T0).peers.len(),
+            t.announce(H, addr(1), Event::None, 1, want(None), T0)
+                .peers
+                .len(),
             DEFAULT_NUMWANT
         );
         assert_eq!(
-            t.announce(H, addr(1), Event::None, 1, Some(100_000), T0)
+            t.announce(H, addr(1), Event::None, 1, want(Some(100_000)), T0)
                 .peers
                 .len(),
             MAX_NUMWANT
@@ -207,13 +261,13 @@ mod tests {
     #[test]
     fn silent_peers_expire() {
         let mut t = SwarmTable::default();
-        t.announce(H, addr(1), Event::Started, 0, None, T0);
+        t.announce(H, addr(1), Event::Started, 0, want(None), T0);
         t.announce(
             H,
             addr(2),
             Event::Started,
             5,
-            None,
+            want(None),
             Duration::from_secs(100),
         );
         t.expire(Duration::from_secs(150), Duration::from_secs(120));
@@ -227,5 +281,92 @@ mod tests {
         );
         t.expire(Duration::from_secs(1000), Duration::from_secs(120));
         assert_eq!(t.size(), (0, 0));
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+
+    #[test]
+    fn a_full_table_answers_but_remembers_nothing_new() {
+        let mut t = SwarmTable::with_max_swarms(1);
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        let req = PeerRequest {
+            numwant: None,
+            ipv6: None,
+            start: 0,
+        };
+        t.announce(InfoHash([1; 20]), a, Event::Started, 0, req, Duration::ZERO);
+        t.announce(InfoHash([2; 20]), a, Event::Started, 0, req, Duration::ZERO);
+        assert_eq!(t.size(), (1, 1));
+        // Emptied swarms are dropped at once, download counts and all.
+        t.announce(InfoHash([1; 20]), a, Event::Stopped, 0, req, Duration::ZERO);
+        assert_eq!(t.size(), (0, 0));
+    }
+}
+
+#[cfg(test)]
+mod fairness {
+    use super::*;
+
+    fn addr(n: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], n))
+    }
+
+    const H: InfoHash = InfoHash([3; 20]);
+
+    fn req(numwant: usize, start: usize) -> PeerRequest {
+        PeerRequest {
+            numwant: Some(numwant),
+            ipv6: None,
+            start,
+        }
+    }
+
+    #[test]
+    fn seeds_are_told_only_about_leechers() {
+        let mut t = SwarmTable::default();
+        t.announce(H, addr(1), Event::Started, 0, req(50, 0), Duration::ZERO);
+        t.announce(H, addr(2), Event::Started, 9, req(50, 0), Duration::ZERO);
+        let seed = t.announce(H, addr(3), Event::Started, 0, req(50, 0), Duration::ZERO);
+        assert_eq!(seed.peers, [addr(2)]);
+        let leech = t.announce(H, addr(4), Event::Started, 9, req(50, 0), Duration::ZERO);
+        assert_eq!(leech.peers.len(), 3);
+    }
+
+    #[test]
+    fn different_announces_see_different_peers() {
+        let mut t = SwarmTable::default();
+        for n in 1..=100 {
+            t.announce(H, addr(n), Event::Started, 9, req(0, 0), Duration::ZERO);
+        }
+        let a = t.announce(H, addr(1), Event::None, 9, req(5, 0), Duration::ZERO);
+        let b = t.announce(H, addr(1), Event::None, 9, req(5, 50), Duration::ZERO);
+        assert_ne!(a.peers, b.peers);
+        let v6 = PeerRequest {
+            numwant: None,
+            ipv6: Some(true),
+            start: 0,
+        };
+        assert!(t
+            .announce(H, addr(1), Event::None, 9, v6, Duration::ZERO)
+            .peers
+            .is_empty());
+    }
+
+    #[test]
+    fn completed_counts_once_and_only_with_the_data() {
+        let mut t = SwarmTable::default();
+        t.announce(H, addr(1), Event::Started, 9, req(0, 0), Duration::ZERO);
+        t.announce(H, addr(2), Event::Started, 9, req(0, 0), Duration::ZERO);
+        // Claiming completion without the data, repeatedly: no download.
+        for _ in 0..3 {
+            t.announce(H, addr(2), Event::Completed, 9, req(0, 0), Duration::ZERO);
+        }
+        assert_eq!(t.scrape(&H).downloaded, 0);
+        t.announce(H, addr(1), Event::Completed, 0, req(0, 0), Duration::ZERO);
+        t.announce(H, addr(1), Event::Completed, 0, req(0, 0), Duration::ZERO);
+        assert_eq!(t.scrape(&H).downloaded, 1);
     }
 }

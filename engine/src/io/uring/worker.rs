@@ -342,6 +342,10 @@ impl Worker {
             if self.shutting_down {
                 return;
             }
+            // Already connected to it (either way): once is enough.
+            if self.conns.iter().any(|(_, c)| c.addr == addr) {
+                continue;
+            }
             if !self.shared.limits.try_admit(addr.ip(), &self.config) {
                 self.delta.dropped_connections += 1;
                 continue;
@@ -386,11 +390,14 @@ impl Worker {
 
     fn on_connect(&mut self, key: u32, generation: u32, result: i32) {
         let peer_id = self.peer_id;
+        let now = self.now();
         let Some(conn) = self.conn_mut(key, generation) else {
             return;
         };
         conn.connect_in_flight = false;
         conn.connect_to = None;
+        // The handshake timeout counts from here, not from the dial.
+        conn.last_heard = now;
         let key = key as usize;
         if result < 0 || conn.closing {
             self.close(key, None);
@@ -495,6 +502,10 @@ impl Worker {
                 Err(_) => return Err(CloseReason::Violation),
             };
             if conn.outgoing.is_some_and(|h| h != hs.info_hash) {
+                return Err(CloseReason::UnknownTorrent);
+            }
+            if hs.peer_id == self.peer_id {
+                // We dialed ourselves (our own address from a tracker).
                 return Err(CloseReason::UnknownTorrent);
             }
             let torrent = shared
@@ -786,6 +797,17 @@ impl Worker {
             // SAFETY: shutting down a socket we own; in-flight ops complete
             // with an error or 0 and the buffers stay alive until then.
             unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
+            if conn.connect_in_flight {
+                // A connect in SYN_SENT may not notice the shutdown.
+                let target = UserData::Connect {
+                    key: key as u32,
+                    generation: conn.generation,
+                };
+                let cancel = opcode::AsyncCancel::new(target.pack())
+                    .build()
+                    .user_data(UserData::Ignore.pack());
+                self.push(cancel);
+            }
             return;
         }
         let conn = self.conns.remove(key);
