@@ -26,7 +26,16 @@ struct PeerEntry {
 #[derive(Debug, Default)]
 struct Swarm {
     peers: HashMap<SocketAddr, PeerEntry>,
+    /// How many of `peers` are seeds, kept up to date so counting costs
+    /// nothing per announce.
+    seeds: u32,
     downloaded: u32,
+}
+
+impl Swarm {
+    fn counts(&self) -> (u32, u32) {
+        (self.seeds, self.peers.len() as u32 - self.seeds)
+    }
 }
 
 /// What an announce gets back.
@@ -94,20 +103,25 @@ impl SwarmTable {
         let swarm = self.swarms.entry(info_hash).or_default();
         let seed = left == 0;
         if event == Event::Stopped {
-            swarm.peers.remove(&addr);
+            if swarm.peers.remove(&addr).is_some_and(|p| p.seed) {
+                swarm.seeds -= 1;
+            }
         } else {
             // A download completes once: a known leecher that now has it all.
             if swarm.peers.get(&addr).is_some_and(|p| !p.seed) && seed {
                 swarm.downloaded = swarm.downloaded.saturating_add(1);
             }
             if swarm.peers.contains_key(&addr) || swarm.peers.len() < MAX_PEERS_PER_SWARM {
-                swarm.peers.insert(
-                    addr,
-                    PeerEntry {
-                        seed,
-                        last_seen: now,
-                    },
-                );
+                let entry = PeerEntry {
+                    seed,
+                    last_seen: now,
+                };
+                if swarm.peers.insert(addr, entry).is_some_and(|p| p.seed) {
+                    swarm.seeds -= 1;
+                }
+                if seed {
+                    swarm.seeds += 1;
+                }
             }
         }
         let want = request.numwant.unwrap_or(DEFAULT_NUMWANT).min(MAX_NUMWANT);
@@ -127,11 +141,11 @@ impl SwarmTable {
                 .map(|(a, _)| *a)
                 .collect()
         };
-        let complete = swarm.peers.values().filter(|p| p.seed).count() as u32;
+        let (complete, incomplete) = swarm.counts();
         let outcome = AnnounceOutcome {
             peers,
             complete,
-            incomplete: swarm.peers.len() as u32 - complete,
+            incomplete,
         };
         if swarm.peers.is_empty() {
             self.swarms.remove(&info_hash);
@@ -144,11 +158,11 @@ impl SwarmTable {
         self.swarms
             .get(info_hash)
             .map_or_else(ScrapeStats::default, |s| {
-                let complete = s.peers.values().filter(|p| p.seed).count() as u32;
+                let (complete, incomplete) = s.counts();
                 ScrapeStats {
                     complete,
                     downloaded: s.downloaded,
-                    incomplete: s.peers.len() as u32 - complete,
+                    incomplete,
                 }
             })
     }
@@ -156,9 +170,15 @@ impl SwarmTable {
     /// Forgets peers not heard from within `ttl` of `now`.
     pub fn expire(&mut self, now: Duration, ttl: Duration) {
         for swarm in self.swarms.values_mut() {
-            swarm
-                .peers
-                .retain(|_, p| now.saturating_sub(p.last_seen) < ttl);
+            let mut expired_seeds = 0;
+            swarm.peers.retain(|_, p| {
+                let keep = now.saturating_sub(p.last_seen) < ttl;
+                if !keep && p.seed {
+                    expired_seeds += 1;
+                }
+                keep
+            });
+            swarm.seeds -= expired_seeds;
         }
         // A swarm without peers is forgotten, download count and all: an
         // empty swarm must cost nothing, or anyone could fill the table.
@@ -368,5 +388,39 @@ mod fairness {
         t.announce(H, addr(1), Event::Completed, 0, req(0, 0), Duration::ZERO);
         t.announce(H, addr(1), Event::Completed, 0, req(0, 0), Duration::ZERO);
         assert_eq!(t.scrape(&H).downloaded, 1);
+    }
+}
+
+#[cfg(test)]
+mod counters {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// The kept seed count always equals a recount, whatever the order
+        /// of announces, stops, completions and expiries.
+        #[test]
+        fn seed_count_matches_a_recount(
+            ops in proptest::collection::vec((0u16..12, 0u8..4, any::<bool>(), 0u64..100), 1..200)
+        ) {
+            let mut t = SwarmTable::default();
+            let h = InfoHash([5; 20]);
+            let req = PeerRequest { numwant: None, ipv6: None, start: 0 };
+            for (i, (port, event, seed, _)) in ops.iter().enumerate() {
+                let now = Duration::from_secs(i as u64);
+                if *event == 3 && i % 7 == 0 {
+                    t.expire(now, Duration::from_secs(20));
+                    continue;
+                }
+                let event = [Event::Started, Event::None, Event::Completed, Event::Stopped][*event as usize];
+                let addr = SocketAddr::from(([127, 0, 0, 1], *port));
+                t.announce(h, addr, event, if *seed { 0 } else { 9 }, req, now);
+                if let Some(s) = t.swarms.get(&h) {
+                    let recount = s.peers.values().filter(|p| p.seed).count() as u32;
+                    prop_assert_eq!(s.seeds, recount);
+                }
+            }
+        }
     }
 }
