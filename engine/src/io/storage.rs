@@ -156,10 +156,16 @@ impl SeedTorrent {
     }
 
     /// Marks the torrent failed; its peers are dropped by their workers. The
-    /// first reason is kept.
+    /// first reason is kept and reported once on stderr, whichever worker
+    /// noticed first.
     pub fn set_errored(&self, reason: String) {
-        if let Ok(mut e) = self.error.lock() {
-            e.get_or_insert(reason);
+        let mut error = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        if error.is_none() {
+            eprintln!(
+                "ringseed: torrent {} ({}) errored: {reason}",
+                self.metainfo.info_hash, self.metainfo.info.name
+            );
+            *error = Some(reason);
         }
         self.errored.store(true, Ordering::Release);
     }

@@ -712,14 +712,7 @@ impl Worker {
             if result == -libc::EFAULT {
                 // The kernel could not read the mapping: a file shrank.
                 if let Some(t) = conn.send.torrent.clone() {
-                    if !t.check_files() {
-                        eprintln!(
-                            "ringseed: torrent {} ({}) errored: {}",
-                            t.metainfo.info_hash,
-                            t.metainfo.info.name,
-                            t.error().unwrap_or_default()
-                        );
-                    } else {
+                    if t.check_files() {
                         t.set_errored("a file could not be read while sending".into());
                     }
                 }
@@ -857,14 +850,7 @@ impl Worker {
         if self.index == 0 {
             // One worker checks file sizes for everyone.
             for t in self.shared.torrents.values() {
-                if !t.is_errored() && !t.check_files() {
-                    eprintln!(
-                        "ringseed: torrent {} ({}) errored: {}",
-                        t.metainfo.info_hash,
-                        t.metainfo.info.name,
-                        t.error().unwrap_or_default()
-                    );
-                }
+                t.check_files();
             }
         }
         let mut to_close = Vec::new();
