@@ -140,33 +140,26 @@ impl TrackerServer {
             interval: config.interval,
             counters: TrackerCounters::default(),
         });
-        let mut udp_addr = None;
-        if let Some(mut addr) = config.udp {
-            for i in 0..workers {
-                let socket = reuseport_socket(addr, Type::DGRAM)?;
-                addr = socket.local_addr()?.as_socket().unwrap_or(addr);
-                let socket: UdpSocket = socket.into();
-                let state = Arc::clone(&state);
-                std::thread::Builder::new()
-                    .name(format!("ringseed-udp-tracker-{i}"))
-                    .spawn(move || udp_loop(&socket, &state))?;
-            }
-            udp_addr = Some(addr);
-        }
-        let mut http_addr = None;
-        if let Some(mut addr) = config.http {
-            for i in 0..workers {
-                let socket = reuseport_socket(addr, Type::STREAM)?;
-                socket.listen(1024)?;
-                addr = socket.local_addr()?.as_socket().unwrap_or(addr);
-                let listener: TcpListener = socket.into();
-                let state = Arc::clone(&state);
-                std::thread::Builder::new()
-                    .name(format!("ringseed-http-tracker-{i}"))
-                    .spawn(move || http_loop(&listener, &state))?;
-            }
-            http_addr = Some(addr);
-        }
+        let udp_addr = match config.udp {
+            Some(addr) => Some(spawn_workers(
+                addr,
+                Type::DGRAM,
+                workers,
+                &state,
+                |socket, state| udp_loop(&socket.into(), &state),
+            )?),
+            None => None,
+        };
+        let http_addr = match config.http {
+            Some(addr) => Some(spawn_workers(
+                addr,
+                Type::STREAM,
+                workers,
+                &state,
+                |socket, state| http_loop(&socket.into(), &state),
+            )?),
+            None => None,
+        };
         let expiring = Arc::clone(&state);
         std::thread::Builder::new()
             .name("ringseed-tracker-expiry".into())
@@ -201,6 +194,32 @@ impl TrackerServer {
     pub fn counters(&self) -> &TrackerCounters {
         &self.state.counters
     }
+}
+
+/// Binds `workers` SO_REUSEPORT sockets of `kind` to `addr` (listening, for
+/// TCP) and serves each on a thread of its own; returns the address bound
+/// (with its real port if 0 was asked).
+fn spawn_workers(
+    mut addr: SocketAddr,
+    kind: Type,
+    workers: usize,
+    state: &Arc<State>,
+    serve: fn(Socket, Arc<State>),
+) -> io::Result<SocketAddr> {
+    let protocol = if kind == Type::DGRAM { "udp" } else { "http" };
+    for i in 0..workers {
+        let socket = reuseport_socket(addr, kind)?;
+        if kind == Type::STREAM {
+            socket.listen(1024)?;
+        }
+        // Worker 0 picks the port (if 0) that the others share.
+        addr = socket.local_addr()?.as_socket().unwrap_or(addr);
+        let state = Arc::clone(state);
+        std::thread::Builder::new()
+            .name(format!("ringseed-{protocol}-tracker-{i}"))
+            .spawn(move || serve(socket, state))?;
+    }
+    Ok(addr)
 }
 
 fn reuseport_socket(addr: SocketAddr, kind: Type) -> io::Result<Socket> {
