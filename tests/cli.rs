@@ -11,25 +11,20 @@ fn create_info_verify_single_file() {
     let data = dir.path().join("image.iso");
     write_data(&data, 5_000_000, 7);
     let torrent = dir.path().join("image.torrent");
-    let out = run_ok(
-        ringseed()
-            .arg("create")
-            .arg(&data)
-            .arg("-o")
-            .arg(&torrent)
-            .args([
-                "-t",
-                "http://127.0.0.1:1/announce",
-                "-t",
-                "udp://127.0.0.1:2",
-            ])
-            .args([
-                "-w",
-                "http://127.0.0.1:3/image.iso",
-                "--comment",
-                "hi",
-                "--private",
-            ]),
+    let out = create_torrent(
+        &data,
+        &torrent,
+        &[
+            "-t",
+            "http://127.0.0.1:1/announce",
+            "-t",
+            "udp://127.0.0.1:2",
+            "-w",
+            "http://127.0.0.1:3/image.iso",
+            "--comment",
+            "hi",
+            "--private",
+        ],
     );
     assert!(out.contains("magnet:?xt=urn:btih:"), "{out}");
 
@@ -72,14 +67,7 @@ fn verify_reports_bad_pieces_and_damaged_files_with_exit_3() {
     let dir = tempfile::tempdir().unwrap();
     let tree = write_tree(dir.path());
     let torrent = dir.path().join("tree.torrent");
-    run_ok(
-        ringseed()
-            .arg("create")
-            .arg(&tree)
-            .arg("-o")
-            .arg(&torrent)
-            .args(["-l", "64K"]),
-    );
+    create_torrent(&tree, &torrent, &["-l", "64K"]);
     let info = info_json(&torrent);
     let paths: Vec<_> = info["files"]
         .as_array()
@@ -166,14 +154,7 @@ fn create_refuses_to_overwrite_and_bad_piece_sizes() {
     let out = run(ringseed().arg("create").arg(&data).arg("-o").arg(&torrent));
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(std::fs::read(&torrent).unwrap(), b"keep me");
-    run_ok(
-        ringseed()
-            .arg("create")
-            .arg(&data)
-            .arg("-o")
-            .arg(&torrent)
-            .arg("--force"),
-    );
+    create_torrent(&data, &torrent, &["--force"]);
     assert_eq!(info_json(&torrent)["total_size"], 100_000);
 
     let out = run(ringseed()
@@ -222,14 +203,7 @@ fn created_torrents_are_reproducible_without_a_date() {
     let tree = write_tree(dir.path());
     let make = |out: &str| {
         let path = dir.path().join(out);
-        run_ok(
-            ringseed()
-                .arg("create")
-                .arg(&tree)
-                .arg("-o")
-                .arg(&path)
-                .arg("--no-date"),
-        );
+        create_torrent(&tree, &path, &["--no-date"]);
         std::fs::read(path).unwrap()
     };
     assert_eq!(make("1.torrent"), make("2.torrent"));
@@ -241,14 +215,7 @@ fn seed_refuses_data_that_does_not_match_and_names_the_bad_pieces() {
     let data = dir.path().join("f.iso");
     write_data(&data, 1 << 20, 3);
     let torrent = dir.path().join("f.torrent");
-    run_ok(
-        ringseed()
-            .arg("create")
-            .arg(&data)
-            .arg("-o")
-            .arg(&torrent)
-            .args(["-l", "64K"]),
-    );
+    create_torrent(&data, &torrent, &["-l", "64K"]);
     let mut bytes = std::fs::read(&data).unwrap();
     bytes[5 * 65536 + 10] ^= 1;
     bytes[9 * 65536] ^= 1;

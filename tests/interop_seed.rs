@@ -32,15 +32,8 @@ fn payload(len: usize, extra_create_args: &[&str]) -> Payload {
     let data = seed_dir.join("payload.iso");
     write_data(&data, len, 99);
     let torrent = dir.path().join("payload.torrent");
-    run_ok(
-        ringseed()
-            .arg("create")
-            .arg(&data)
-            .arg("-o")
-            .arg(&torrent)
-            .args(["--piece-size", "1M"])
-            .args(extra_create_args),
-    );
+    let args = [&["--piece-size", "1M"][..], extra_create_args].concat();
+    create_torrent(&data, &torrent, &args);
     Payload { dir, data, torrent }
 }
 

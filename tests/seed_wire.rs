@@ -109,6 +109,19 @@ impl Peer {
         peer
     }
 
+    /// Requests one block and returns it.
+    fn fetch(&mut self, piece: u32, offset: u32, length: u32) -> Vec<u8> {
+        self.send(Message::Request(BlockRequest {
+            piece,
+            offset,
+            length,
+        }));
+        match self.next() {
+            Owned::Piece { data, .. } => data,
+            other => panic!("expected a block, got {other:?}"),
+        }
+    }
+
     /// Sends, reporting whether the write succeeded (the seeder may have
     /// closed the connection).
     fn try_send(&mut self, msg: Message<'_>) -> bool {
@@ -352,14 +365,7 @@ fn bad_peers_are_dropped_and_counted_and_the_worker_keeps_serving() {
     );
     peer.send(Message::Interested);
     assert_eq!(peer.next(), Owned::Unchoke);
-    peer.send(Message::Request(BlockRequest {
-        piece: 0,
-        offset: 0,
-        length: 16384,
-    }));
-    let Owned::Piece { data, .. } = peer.next() else {
-        panic!()
-    };
+    let data = peer.fetch(0, 0, 16384);
     assert_eq!(data, f.data[..16384]);
 
     // The counters reach the stats within a second or two.
@@ -401,12 +407,7 @@ fn a_file_truncated_during_a_transfer_errors_its_torrent_and_the_other_keeps_ser
 
     let mut victim = Peer::unchoked(addr, metas[0].info_hash.0);
     // A transfer in progress: one block arrives.
-    victim.send(Message::Request(BlockRequest {
-        piece: 0,
-        offset: 0,
-        length: 16384,
-    }));
-    assert!(matches!(victim.next(), Owned::Piece { .. }));
+    victim.fetch(0, 0, 16384);
 
     // Cut the file to 100 KB under the running seeder, then ask for blocks
     // beyond the cut.
@@ -658,12 +659,7 @@ fn a_peer_that_never_reads_cannot_make_us_queue_without_bound() {
     );
     // The seeder is fine and serves others.
     let mut other = Peer::unchoked(addr, f.metainfo.info_hash.0);
-    other.send(Message::Request(BlockRequest {
-        piece: 0,
-        offset: 0,
-        length: 16384,
-    }));
-    assert!(matches!(other.next(), Owned::Piece { .. }));
+    other.fetch(0, 0, 16384);
 }
 
 /// Reads the handshake a peer that dialed us sends first.
@@ -710,14 +706,7 @@ fn dials_the_peers_it_is_given_and_serves_them() {
     assert_eq!(peer.next(), Owned::HaveAll);
     peer.send(Message::Interested);
     assert_eq!(peer.next(), Owned::Unchoke);
-    peer.send(Message::Request(BlockRequest {
-        piece: 3,
-        offset: 0,
-        length: 16384,
-    }));
-    let Owned::Piece { data, .. } = peer.next() else {
-        panic!("a block")
-    };
+    let data = peer.fetch(3, 0, 16384);
     assert_eq!(data, f.data[3 * 32768..3 * 32768 + 16384]);
 
     // Dialing it again while connected does nothing (no duplicate); a peer

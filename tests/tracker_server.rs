@@ -279,14 +279,7 @@ fn seed_dials_the_peers_its_tracker_returns() {
     let data = dir.path().join("f.iso");
     common::write_data(&data, 1 << 20, 5);
     let torrent = dir.path().join("f.torrent");
-    common::run_ok(
-        common::ringseed()
-            .arg("create")
-            .arg(&data)
-            .arg("-o")
-            .arg(&torrent)
-            .args(["-t", &url]),
-    );
+    common::create_torrent(&data, &torrent, &["-t", &url]);
     let m = ringseed_engine::Metainfo::from_bytes(&std::fs::read(&torrent).unwrap()).unwrap();
 
     let leecher = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

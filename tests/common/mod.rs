@@ -102,6 +102,19 @@ pub fn write_tree(root: &Path) -> PathBuf {
     top
 }
 
+/// Runs `ringseed create DATA -o TORRENT EXTRA...`, which must succeed;
+/// returns its stdout.
+pub fn create_torrent(data: &Path, torrent: &Path, extra: &[&str]) -> String {
+    run_ok(
+        ringseed()
+            .arg("create")
+            .arg(data)
+            .arg("-o")
+            .arg(torrent)
+            .args(extra),
+    )
+}
+
 /// Parses `ringseed info --json` output.
 pub fn info_json(torrent: &Path) -> serde_json::Value {
     let out = run_ok(ringseed().arg("info").arg("--json").arg(torrent));
