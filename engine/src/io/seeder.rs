@@ -16,7 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::io::storage::SeedTorrent;
 use crate::io::uring::worker::{random_u64, Worker};
 use crate::policy::choker::ChokerConfig;
-use crate::policy::seed_session::SessionConfig;
+use crate::policy::peer_session::SessionConfig;
 use crate::proto::info_hash::InfoHash;
 use crate::stats::{Counters, StatsSnapshot};
 

@@ -1,9 +1,13 @@
-//! Pure, deterministic policy: per-connection protocol state, the seeding
-//! choker, the upload rate limiter. Time and randomness come in as
-//! arguments, so tests are exact.
+//! Pure, deterministic policy: per-connection protocol state, the piece
+//! picker and download bookkeeping, the chokers, the upload rate limiter,
+//! the tracker's swarm tables. Time and randomness come in as arguments, so
+//! tests are exact.
 
+pub mod bitfield;
 pub mod choker;
+pub mod download;
+pub mod peer_session;
+pub mod picker;
 pub mod rate_limit;
-pub mod seed_session;
 pub mod swarm;
 pub mod tiers;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::io::storage::SeedTorrent;
-use crate::policy::seed_session::SeedSession;
+use crate::policy::peer_session::PeerSession;
 use crate::proto::info_hash::InfoHash;
 use crate::proto::wire::PIECE_HEADER_LEN;
 
@@ -35,7 +35,7 @@ pub enum Phase {
         /// The torrent, kept alive by this connection.
         torrent: Arc<SeedTorrent>,
         /// The protocol state.
-        session: Box<SeedSession>,
+        session: Box<PeerSession>,
     },
 }
 

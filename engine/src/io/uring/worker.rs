@@ -6,7 +6,7 @@
 //! 1. a multishot accept yields a socket; a receive is armed on it;
 //! 2. the handshake names a torrent; we answer with ours, the extension
 //!    handshake and `have_all` (or a bitfield);
-//! 3. `request` messages are validated by the `SeedSession` and queued;
+//! 3. `request` messages are validated by the `PeerSession` and queued;
 //! 4. `try_send` pops queued requests (within the rate limit), builds for
 //!    each a 13-byte header iovec and iovecs into the file mapping, and
 //!    submits them with control messages as one `sendmsg`: adjacent requests
@@ -35,8 +35,8 @@ use super::UserData;
 use crate::io::seeder::{SeedConfig, Shared};
 use crate::io::storage::SeedTorrent;
 use crate::policy::choker::{Candidate, Choker};
+use crate::policy::peer_session::{PeerSession, SessionEnd, TorrentView};
 use crate::policy::rate_limit::TokenBucket;
-use crate::policy::seed_session::{SeedSession, SessionEnd, TorrentView};
 use crate::proto::info_hash::InfoHash;
 use crate::proto::wire::{self, Handshake, Reserved, PIECE_HEADER_LEN};
 use crate::stats::StatsDelta;
@@ -525,7 +525,7 @@ impl Worker {
                 };
                 ours.encode(&mut conn.send.control);
             }
-            let session = SeedSession::new(
+            let session = PeerSession::new(
                 &hs,
                 Some(conn.addr.ip()),
                 &View(torrent),

@@ -53,7 +53,7 @@ fn config() -> SessionConfig {
 }
 
 /// Decodes everything the session queued for sending.
-fn sent(s: &mut SeedSession) -> Vec<Message<'static>> {
+fn sent(s: &mut PeerSession) -> Vec<Message<'static>> {
     let mut buf = Vec::new();
     s.drain_output_into(&mut buf);
     let buf: &'static [u8] = Box::leak(buf.into_boxed_slice());
@@ -78,12 +78,12 @@ fn req(piece: u32, offset: u32, length: u32) -> BlockRequest {
 #[test]
 fn greets_fast_peers_with_have_all_and_others_with_a_bitfield() {
     let t = torrent();
-    let mut fast = SeedSession::new(&handshake(true, true), None, &t, config());
+    let mut fast = PeerSession::new(&handshake(true, true), None, &t, config());
     let greeting = sent(&mut fast);
     assert!(matches!(greeting[0], Message::Extended { id: 0, .. }));
     assert_eq!(greeting[1], Message::HaveAll);
 
-    let mut plain = SeedSession::new(&handshake(false, false), None, &t, config());
+    let mut plain = PeerSession::new(&handshake(false, false), None, &t, config());
     assert_eq!(sent(&mut plain), [Message::Bitfield(&[0xe0])]);
 }
 
@@ -91,7 +91,7 @@ fn greets_fast_peers_with_have_all_and_others_with_a_bitfield() {
 fn extension_handshake_advertises_reqq_metadata_size_and_yourip() {
     let t = torrent();
     let ip: IpAddr = "127.0.0.11".parse().unwrap();
-    let mut s = SeedSession::new(&handshake(true, true), Some(ip), &t, config());
+    let mut s = PeerSession::new(&handshake(true, true), Some(ip), &t, config());
     let Message::Extended { payload, .. } = sent(&mut s)[0] else {
         panic!()
     };
@@ -106,7 +106,7 @@ fn extension_handshake_advertises_reqq_metadata_size_and_yourip() {
 #[test]
 fn serves_requests_only_while_unchoked_and_rejects_the_rest() {
     let t = torrent();
-    let mut s = SeedSession::new(&handshake(true, false), None, &t, config());
+    let mut s = PeerSession::new(&handshake(true, false), None, &t, config());
     sent(&mut s);
     s.on_message(Message::Interested, &t).unwrap();
     assert!(s.is_interested());
@@ -153,7 +153,7 @@ fn serves_requests_only_while_unchoked_and_rejects_the_rest() {
 #[test]
 fn peers_without_fast_extension_get_silence_not_rejects() {
     let t = torrent();
-    let mut s = SeedSession::new(&handshake(false, false), None, &t, config());
+    let mut s = PeerSession::new(&handshake(false, false), None, &t, config());
     sent(&mut s);
     s.on_message(Message::Request(req(0, 0, 16384)), &t)
         .unwrap();
@@ -184,7 +184,7 @@ fn peers_without_fast_extension_get_silence_not_rejects() {
 #[test]
 fn invalid_requests_are_violations() {
     let t = torrent();
-    let mut s = SeedSession::new(&handshake(true, false), None, &t, config());
+    let mut s = PeerSession::new(&handshake(true, false), None, &t, config());
     s.set_choking(false);
     for bad in [
         req(3, 0, 16384),          // piece out of range
@@ -209,7 +209,7 @@ fn invalid_requests_are_violations() {
 #[test]
 fn state_messages_and_bad_ones() {
     let t = torrent();
-    let mut s = SeedSession::new(&handshake(true, true), None, &t, config());
+    let mut s = PeerSession::new(&handshake(true, true), None, &t, config());
     for ok in [
         Message::KeepAlive,
         Message::Choke,
@@ -277,7 +277,7 @@ fn state_messages_and_bad_ones() {
 #[test]
 fn serves_metadata_pieces_and_rejects_beyond_the_end() {
     let t = torrent();
-    let mut s = SeedSession::new(&handshake(true, true), None, &t, config());
+    let mut s = PeerSession::new(&handshake(true, true), None, &t, config());
     sent(&mut s);
     // The peer's extension handshake names its id for ut_metadata: 3.
     s.on_message(
@@ -288,7 +288,7 @@ fn serves_metadata_pieces_and_rejects_beyond_the_end() {
         &t,
     )
     .unwrap();
-    let request = |piece: u32, s: &mut SeedSession| {
+    let request = |piece: u32, s: &mut PeerSession| {
         let mut payload = Vec::new();
         MetadataMessage::Request { piece }.encode(&mut payload);
         s.on_message(
@@ -320,4 +320,148 @@ fn serves_metadata_pieces_and_rejects_beyond_the_end() {
     assert_eq!(data, &t.info[16384..]);
     assert_eq!(request(2, &mut s), MetadataMessage::Reject { piece: 2 });
     assert_eq!(s.counters().metadata_pieces_served, 2);
+}
+
+/// The same torrent, of which we have piece 1 only.
+struct PartialTorrent(FakeTorrent);
+
+impl TorrentView for PartialTorrent {
+    fn num_pieces(&self) -> u32 {
+        self.0.num_pieces()
+    }
+    fn piece_len(&self, piece: u32) -> u32 {
+        self.0.piece_len(piece)
+    }
+    fn info_bytes(&self) -> &[u8] {
+        self.0.info_bytes()
+    }
+    fn have_piece(&self, piece: u32) -> bool {
+        piece == 1
+    }
+    fn have_pieces(&self) -> Option<Bitfield> {
+        let mut b = Bitfield::new(3);
+        b.set(1);
+        Some(b)
+    }
+}
+
+fn leeching(fast: bool) -> (PartialTorrent, PeerSession) {
+    let t = PartialTorrent(torrent());
+    let mut s = PeerSession::new(&handshake(fast, false), None, &t, config());
+    assert_eq!(sent(&mut s), [Message::Bitfield(&[0x40])], "what we have");
+    assert!(s.is_leeching());
+    (t, s)
+}
+
+#[test]
+fn a_leeching_session_welcomes_seeds_and_reports_their_pieces() {
+    let (t, mut s) = leeching(true);
+    assert_eq!(
+        s.on_message(Message::HaveAll, &t),
+        Ok(Event::HasPieces(Bitfield::full(3)))
+    );
+    assert!(s.peer_is_seed());
+    assert_eq!(
+        s.on_message(Message::HaveAll, &t),
+        Err(SessionEnd::Violation(Violation::LateBitfield))
+    );
+    // We serve only what we have.
+    s.set_choking(false);
+    sent(&mut s);
+    s.on_message(Message::Request(req(0, 0, 16384)), &t)
+        .unwrap();
+    assert_eq!(sent(&mut s), [Message::RejectRequest(req(0, 0, 16384))]);
+    s.on_message(Message::Request(req(1, 0, 16384)), &t)
+        .unwrap();
+    assert_eq!(s.queued(), 1);
+}
+
+#[test]
+fn requests_flow_only_when_interested_and_unchoked_and_blocks_are_matched() {
+    let (t, mut s) = leeching(false);
+    s.on_message(Message::Have(0), &t).unwrap();
+    assert_eq!(s.request_room(), None, "not interested yet");
+    s.set_interested(true);
+    assert_eq!(sent(&mut s), [Message::Interested]);
+    assert_eq!(s.request_room(), None, "choked");
+    assert_eq!(s.on_message(Message::Unchoke, &t), Ok(Event::MayRequest));
+    let (room, has) = s.request_room().unwrap();
+    assert_eq!(room, MIN_QUEUE_DEPTH);
+    assert!(has.get(0) && !has.get(2));
+    let r = req(0, 0, 16384);
+    s.request(&[r, req(0, 16384, 16384)], Duration::from_secs(1));
+    assert_eq!(sent(&mut s).len(), 2);
+    let data = [7u8; 16384];
+    let block = Message::Piece {
+        piece: 0,
+        offset: 0,
+        data: &data,
+    };
+    assert_eq!(
+        s.on_message(block.clone(), &t),
+        Ok(Event::Block {
+            req: r,
+            data: &data
+        })
+    );
+    // The same block again was not asked for (any more): ignored, counted.
+    assert_eq!(s.on_message(block, &t), Ok(Event::None));
+    assert_eq!(s.counters().unrequested_bytes, 16384);
+    // A plain peer's choke drops what we asked.
+    assert_eq!(
+        s.on_message(Message::Choke, &t),
+        Ok(Event::Lost(vec![req(0, 16384, 16384)]))
+    );
+}
+
+#[test]
+fn fast_peers_reject_one_by_one_and_allow_pieces_while_choking() {
+    let (t, mut s) = leeching(true);
+    s.on_message(Message::HaveAll, &t).unwrap();
+    s.set_interested(true);
+    assert_eq!(
+        s.on_message(Message::AllowedFast(2), &t),
+        Ok(Event::MayRequest)
+    );
+    let (_, allowed) = s.request_room().unwrap();
+    assert_eq!(allowed.ones().collect::<Vec<_>>(), vec![2]);
+    s.request(&[req(2, 0, 16384)], Duration::ZERO);
+    assert_eq!(
+        s.on_message(Message::Choke, &t),
+        Ok(Event::None),
+        "BEP 6: no implicit drop"
+    );
+    assert_eq!(
+        s.on_message(Message::RejectRequest(req(2, 0, 16384)), &t),
+        Ok(Event::Lost(vec![req(2, 0, 16384)]))
+    );
+}
+
+#[test]
+fn a_silent_peer_is_snubbed_and_its_requests_withdrawn() {
+    let (t, mut s) = leeching(false);
+    s.on_message(Message::Bitfield(&[0xe0]), &t).unwrap();
+    s.set_interested(true);
+    s.on_message(Message::Unchoke, &t).unwrap();
+    s.request(&[req(0, 0, 16384)], Duration::from_secs(10));
+    sent(&mut s);
+    let timeout = Duration::from_secs(30);
+    assert!(s.check_snub(Duration::from_secs(39), timeout).is_empty());
+    assert_eq!(
+        s.check_snub(Duration::from_secs(40), timeout),
+        vec![req(0, 0, 16384)]
+    );
+    assert_eq!(sent(&mut s), [Message::Cancel(req(0, 0, 16384))]);
+    assert_eq!(s.request_room().unwrap().0, 1, "one block at a time");
+}
+
+#[test]
+fn queue_depth_follows_the_rate_within_limits() {
+    assert_eq!(queue_depth(0.0, 250), MIN_QUEUE_DEPTH);
+    // 100 MB/s for 2 s is ~12 200 blocks: capped by our maximum...
+    assert_eq!(queue_depth(100e6, 5000), MAX_QUEUE_DEPTH);
+    // ...and by the peer's reqq.
+    assert_eq!(queue_depth(100e6, 250), 250);
+    // 1 MB/s: 2 s of it.
+    assert_eq!(queue_depth(1e6, 500), 122);
 }
