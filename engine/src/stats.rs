@@ -15,6 +15,8 @@ pub struct Counters {
     protocol_errors: AtomicU64,
     metadata_pieces_served: AtomicU64,
     dropped_connections: AtomicU64,
+    bytes_received: AtomicU64,
+    blocks_received: AtomicU64,
 }
 
 /// A copy of [`Counters`] at one moment.
@@ -36,6 +38,10 @@ pub struct StatsSnapshot {
     pub metadata_pieces_served: u64,
     /// Connections refused by a limit or dropped with their torrent.
     pub dropped_connections: u64,
+    /// Bytes of blocks received that we had asked for.
+    pub bytes_received: u64,
+    /// Blocks received that we had asked for.
+    pub blocks_received: u64,
 }
 
 impl std::ops::AddAssign for StatsSnapshot {
@@ -48,6 +54,8 @@ impl std::ops::AddAssign for StatsSnapshot {
         self.protocol_errors += o.protocol_errors;
         self.metadata_pieces_served += o.metadata_pieces_served;
         self.dropped_connections += o.dropped_connections;
+        self.bytes_received += o.bytes_received;
+        self.blocks_received += o.blocks_received;
     }
 }
 
@@ -65,6 +73,8 @@ impl Counters {
         self.metadata_pieces_served
             .fetch_add(d.metadata_pieces_served, r);
         self.dropped_connections.fetch_add(d.dropped_connections, r);
+        self.bytes_received.fetch_add(d.bytes_received, r);
+        self.blocks_received.fetch_add(d.blocks_received, r);
     }
 
     /// The counters now.
@@ -79,6 +89,8 @@ impl Counters {
             protocol_errors: self.protocol_errors.load(r),
             metadata_pieces_served: self.metadata_pieces_served.load(r),
             dropped_connections: self.dropped_connections.load(r),
+            bytes_received: self.bytes_received.load(r),
+            blocks_received: self.blocks_received.load(r),
         }
     }
 }
@@ -102,6 +114,10 @@ pub struct StatsDelta {
     pub metadata_pieces_served: u64,
     /// See [`StatsSnapshot::dropped_connections`].
     pub dropped_connections: u64,
+    /// See [`StatsSnapshot::bytes_received`].
+    pub bytes_received: u64,
+    /// See [`StatsSnapshot::blocks_received`].
+    pub blocks_received: u64,
 }
 
 impl StatsDelta {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ringseed_engine::create::{collect_files, create, CreateOptions};
-use ringseed_engine::io::announce::{AnnounceTarget, Announcer, ClientConfig};
+use ringseed_engine::io::announce::{AnnounceTarget, Announcer, ClientConfig, Transfer};
 use ringseed_engine::io::files::DataPaths;
 use ringseed_engine::io::hasher::{thread_count, verify};
 use ringseed_engine::io::seeder::{SeedConfig, Seeder};
@@ -168,7 +168,6 @@ fn start_announcer(
         .map(|t| AnnounceTarget {
             info_hash: t.metainfo.info_hash,
             tiers: t.metainfo.trackers.clone(),
-            left: 0,
         })
         .collect();
     if args.no_announce || targets.is_empty() {
@@ -184,8 +183,10 @@ fn start_announcer(
         .iter()
         .map(|t| (t.metainfo.info_hash, Arc::clone(t)))
         .collect();
-    let uploaded =
-        Arc::new(move |h: &InfoHash| by_hash.get(h).map_or(0, |t| t.stats.snapshot().bytes_sent));
+    let transfer = Arc::new(move |h: &InfoHash| Transfer {
+        uploaded: by_hash.get(h).map_or(0, |t| t.stats.snapshot().bytes_sent),
+        ..Transfer::default()
+    });
     let config = ClientConfig {
         roots_pem,
         ..ClientConfig::default()
@@ -200,7 +201,7 @@ fn start_announcer(
         seeder.peer_id(),
         seeder.local_addr().port(),
         config,
-        uploaded,
+        transfer,
         Some(on_peers),
     )?;
     Ok(Some(announcer))

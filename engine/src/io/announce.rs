@@ -421,22 +421,39 @@ pub struct AnnounceTarget {
     pub info_hash: InfoHash,
     /// Its tracker tiers.
     pub tiers: Vec<Vec<String>>,
+}
+
+/// A torrent's transfer figures, as announced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfer {
+    /// Bytes uploaded so far.
+    pub uploaded: u64,
+    /// Bytes downloaded so far.
+    pub downloaded: u64,
     /// Bytes missing (0 for a seed).
     pub left: u64,
 }
 
-/// Reads how much a torrent has uploaded so far.
-pub type UploadedFn = Arc<dyn Fn(&InfoHash) -> u64 + Send + Sync>;
+/// Reads a torrent's transfer figures at announce time.
+pub type TransferFn = Arc<dyn Fn(&InfoHash) -> Transfer + Send + Sync>;
 
 /// Receives the peers a tracker returned for a torrent (e.g. to dial them).
 pub type PeersFn = Arc<dyn Fn(&InfoHash, &[SocketAddr]) + Send + Sync>;
 
 /// The announcer thread.
 pub struct Announcer {
-    stop: mpsc::Sender<()>,
+    stop: mpsc::Sender<Command>,
     cancel: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
     status: Arc<Mutex<Vec<TrackerStatus>>>,
+}
+
+/// What the announcer thread is told.
+enum Command {
+    /// A download completed: announce `completed` now.
+    Completed(InfoHash),
+    /// Send `stopped` and end.
+    Stop,
 }
 
 struct Registration {
@@ -456,7 +473,7 @@ impl Announcer {
         peer_id: [u8; 20],
         port: u16,
         config: ClientConfig,
-        uploaded: UploadedFn,
+        transfer: TransferFn,
         on_peers: Option<PeersFn>,
     ) -> Result<Self, AnnounceError> {
         let cancel = Arc::new(AtomicBool::new(false));
@@ -475,7 +492,7 @@ impl Announcer {
         })?;
         let mut quick_client = TrackerClient::new(quick)?;
         let status = Arc::new(Mutex::new(Vec::new()));
-        let (stop, stopped) = mpsc::channel::<()>();
+        let (stop, commands) = mpsc::channel::<Command>();
         let key = random_u64() as u32;
         let mut rng = random_u64() | 1;
         let mut pick = move |n: usize| {
@@ -501,22 +518,30 @@ impl Announcer {
         let handle = std::thread::Builder::new()
             .name("ringseed-announce".into())
             .spawn(move || {
+                // `only`: announce this torrent only, whether due or not.
                 let mut announce_all =
-                    |regs: &mut Vec<Registration>, only_due: bool, event: Option<Event>| {
+                    |regs: &mut Vec<Registration>,
+                     only_due: bool,
+                     only: Option<InfoHash>,
+                     event: Option<Event>| {
                         for r in regs.iter_mut() {
                             if only_due && r.next > Instant::now() {
+                                continue;
+                            }
+                            if only.is_some_and(|h| h != r.target.info_hash) {
                                 continue;
                             }
                             if event == Some(Event::Stopped) && !r.started {
                                 continue;
                             }
+                            let figures = transfer(&r.target.info_hash);
                             let request = Announce {
                                 info_hash: r.target.info_hash,
                                 peer_id,
                                 port,
-                                uploaded: uploaded(&r.target.info_hash),
-                                downloaded: 0,
-                                left: r.target.left,
+                                uploaded: figures.uploaded,
+                                downloaded: figures.downloaded,
+                                left: figures.left,
                                 event: event.unwrap_or(if r.started {
                                     Event::None
                                 } else {
@@ -567,7 +592,8 @@ impl Announcer {
                             }
                             match answered {
                                 Some((tier, index, reply)) => {
-                                    if let Some(f) = on_peers.as_ref().filter(|_| event.is_none()) {
+                                    let wants_peers = event != Some(Event::Stopped);
+                                    if let Some(f) = on_peers.as_ref().filter(|_| wants_peers) {
                                         f(&r.target.info_hash, &reply.peers);
                                     }
                                     r.tiers.promote(tier, index);
@@ -591,17 +617,20 @@ impl Announcer {
                         }
                     };
                 loop {
-                    announce_all(&mut registrations, true, None);
+                    announce_all(&mut registrations, true, None, None);
                     let next = registrations.iter().map(|r| r.next).min();
                     let wait = next.map_or(Duration::from_secs(3600), |n| {
                         n.saturating_duration_since(Instant::now())
                     });
-                    match stopped.recv_timeout(wait) {
+                    match commands.recv_timeout(wait) {
                         Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                        _ => break,
+                        Ok(Command::Completed(h)) => {
+                            announce_all(&mut registrations, false, Some(h), Some(Event::Completed))
+                        }
+                        Ok(Command::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
                 }
-                announce_all(&mut registrations, false, Some(Event::Stopped));
+                announce_all(&mut registrations, false, None, Some(Event::Stopped));
             })
             .map_err(|source| AnnounceError::Udp {
                 url: "(announcer thread)".into(),
@@ -623,6 +652,11 @@ impl Announcer {
             .clone()
     }
 
+    /// Announces `completed` for `info_hash` now (its download finished).
+    pub fn completed(&self, info_hash: InfoHash) {
+        let _ = self.stop.send(Command::Completed(info_hash));
+    }
+
     /// Sends `stopped` to the trackers that know us, and ends the thread.
     pub fn stop(mut self) {
         self.shutdown();
@@ -630,7 +664,7 @@ impl Announcer {
 
     fn shutdown(&mut self) {
         self.cancel.store(true, Ordering::Relaxed);
-        let _ = self.stop.send(());
+        let _ = self.stop.send(Command::Stop);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }

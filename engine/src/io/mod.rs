@@ -4,6 +4,7 @@
 pub mod announce;
 pub mod files;
 pub mod hasher;
+pub mod piece_check;
 pub mod seeder;
 pub mod storage;
 pub mod tracker_server;

@@ -1,6 +1,6 @@
-//! Starting, observing and stopping the seeding data plane: one pinned
-//! worker thread per core, each with its own io_uring and SO_REUSEPORT
-//! listener, sharing the torrents read-only.
+//! Starting, observing and stopping the data plane: one pinned worker
+//! thread per core, each with its own io_uring and SO_REUSEPORT listener,
+//! sharing the torrents, and the pool that checks downloaded pieces.
 
 use std::collections::HashMap;
 use std::io;
@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::io::piece_check::{self, CheckJob, Checked};
 use crate::io::storage::SeedTorrent;
 use crate::io::uring::worker::{random_u64, Worker};
 use crate::policy::choker::ChokerConfig;
+use crate::policy::download::DownloadCounters;
 use crate::policy::peer_session::SessionConfig;
 use crate::proto::info_hash::InfoHash;
 use crate::stats::{Counters, StatsSnapshot};
@@ -57,6 +59,16 @@ pub struct SeedConfig {
     pub session: SessionConfig,
     /// Submission queue entries per ring.
     pub ring_entries: u32,
+    /// Upload slots for peers of torrents being downloaded (tit-for-tat),
+    /// for the whole process; 0 for unlimited.
+    pub leech_upload_slots: usize,
+    /// A peer that sends no block for this long while we wait for some is
+    /// snubbed: its requests go to other peers.
+    pub request_timeout: Duration,
+    /// Outgoing connections not yet established, per worker.
+    pub max_half_open: usize,
+    /// How long an outgoing connection may take to be established.
+    pub connect_timeout: Duration,
 }
 
 impl Default for SeedConfig {
@@ -74,6 +86,10 @@ impl Default for SeedConfig {
             choker: ChokerConfig::default(),
             session: SessionConfig::default(),
             ring_entries: 4096,
+            leech_upload_slots: 8,
+            request_timeout: Duration::from_secs(20),
+            max_half_open: 32,
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -91,6 +107,18 @@ impl SeedConfig {
             upload_slots,
             ..self.choker
         }
+    }
+}
+
+impl SeedConfig {
+    /// The tit-for-tat slots of worker `index` (0: unlimited).
+    pub fn leech_slots_share(&self, index: usize) -> usize {
+        let workers = self.workers.max(1);
+        if self.leech_upload_slots == 0 {
+            return 0;
+        }
+        (self.leech_upload_slots / workers + usize::from(index < self.leech_upload_slots % workers))
+            .max(1)
     }
 }
 
@@ -198,6 +226,8 @@ pub struct Shared {
     pub wake_fds: Vec<OwnedFd>,
     /// Peers worker *i* should connect to (control path, never per block).
     pub dial_queues: Vec<Mutex<Vec<(InfoHash, SocketAddr)>>>,
+    /// Pieces checked for worker *i* (once per piece, never per block).
+    pub checked: Vec<Mutex<Vec<Checked>>>,
 }
 
 impl Shared {
@@ -254,8 +284,10 @@ impl Dialer {
             .iter()
             .filter(|p| dialable(p))
             .take(MAX_DIALS_PER_CALL);
-        for (i, peer) in usable.enumerate() {
-            let w = i % workers;
+        for peer in usable {
+            // One worker per address, so that it can tell whether it is
+            // connected to it already.
+            let w = worker_for(peer, workers);
             let mut queue = self.shared.dial_queues[w]
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
@@ -267,6 +299,13 @@ impl Dialer {
             self.shared.wake(w);
         }
     }
+}
+
+fn worker_for(addr: &SocketAddr, workers: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    addr.hash(&mut h);
+    (h.finish() % workers as u64) as usize
 }
 
 /// Counters of the whole data plane at one moment.
@@ -291,12 +330,49 @@ pub struct TorrentStats {
     pub stats: StatsSnapshot,
     /// Why it stopped being served, if it did.
     pub error: Option<String>,
+    /// Progress, for a torrent opened for download.
+    pub download: Option<DownloadProgress>,
+}
+
+/// Where a download stands.
+#[derive(Debug, Clone)]
+pub struct DownloadProgress {
+    /// Pieces verified.
+    pub pieces_have: u32,
+    /// Selected pieces still missing.
+    pub pieces_missing: u32,
+    /// Bytes of selected pieces still missing.
+    pub bytes_missing: u64,
+    /// Every selected piece is verified.
+    pub complete: bool,
+    /// Counters.
+    pub counters: DownloadCounters,
+    /// Addresses banned for sending bad data.
+    pub banned: Vec<IpAddr>,
+}
+
+impl DownloadProgress {
+    /// The progress of `torrent`, if it was opened for download.
+    pub fn of(torrent: &SeedTorrent) -> Option<Self> {
+        let d = torrent.download()?;
+        let mut banned: Vec<IpAddr> = d.banned().copied().collect();
+        banned.sort();
+        Some(DownloadProgress {
+            pieces_have: d.picker.have().count(),
+            pieces_missing: d.picker.missing(),
+            bytes_missing: d.picker.bytes_missing(),
+            complete: d.picker.is_done(),
+            counters: d.counters,
+            banned,
+        })
+    }
 }
 
 /// The running data plane.
 pub struct Seeder {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<io::Result<()>>>,
+    checkers: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
 }
 
@@ -326,7 +402,9 @@ impl Seeder {
             peer_id,
             wake_fds,
             dial_queues: (0..workers).map(|_| Mutex::default()).collect(),
+            checked: (0..workers).map(|_| Mutex::default()).collect(),
         });
+        let (check_tx, check_rx) = crossbeam_channel::unbounded::<CheckJob>();
 
         // Bind worker 0 first: with port 0 it picks the port the others share.
         let mut listeners = Vec::with_capacity(workers);
@@ -349,6 +427,8 @@ impl Seeder {
         let mut seeder = Seeder {
             shared: Arc::clone(&shared),
             workers: Vec::with_capacity(workers),
+            // The checkers end when the workers, which hold the senders, do.
+            checkers: piece_check::spawn(workers, check_rx, Arc::clone(&shared)),
             local_addr: addr,
         };
         for (index, listener) in listeners.into_iter().enumerate() {
@@ -360,13 +440,14 @@ impl Seeder {
                 .then(|| cores.get(index % cores.len().max(1)).copied())
                 .flatten();
             let ready = ready_tx.clone();
+            let check_tx = check_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("ringseed-w{index}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    let worker = Worker::new(index, listener, wake_raw, shared, config)
+                    let worker = Worker::new(index, listener, wake_raw, shared, config, check_tx)
                         .and_then(|mut w| w.check_accept().map(|()| w));
                     match worker {
                         Ok(worker) => {
@@ -384,6 +465,7 @@ impl Seeder {
             seeder.workers.push(handle);
         }
         drop(ready_tx);
+        drop(check_tx);
         for _ in 0..workers {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -440,6 +522,7 @@ impl Seeder {
                 name: t.metainfo.info.name.clone(),
                 stats: t.stats.snapshot(),
                 error: t.error(),
+                download: DownloadProgress::of(t),
             })
             .collect();
         torrents.sort_by(|a, b| a.name.cmp(&b.name));
@@ -462,6 +545,9 @@ impl Seeder {
                 Ok(Err(e)) => result = Err(e),
                 Err(_) => result = Err(io::Error::other("a worker panicked")),
             }
+        }
+        for handle in self.checkers.drain(..) {
+            let _ = handle.join();
         }
         result
     }

@@ -1,5 +1,7 @@
-//! A seeded torrent's files, mapped read-only, and how a block becomes the
-//! addresses the kernel sends from.
+//! A torrent's files, mapped read-only, and how a block becomes the
+//! addresses the kernel sends from; for a torrent being downloaded, also
+//! the files' creation, where a verified piece is written, and the shared
+//! download state.
 //!
 //! # Why the mappings never raise SIGBUS
 //!
@@ -12,16 +14,18 @@
 //! through a mapping. The mappings are `MmapRaw`, which offers raw pointers
 //! only, so no `&[u8]` over them can be made by accident.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Range;
-use std::os::unix::io::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::io::files::DataPaths;
+use crate::policy::bitfield::Bitfield;
+use crate::policy::download::{Download, DownloadConfig};
 use crate::proto::layout::Layout;
 use crate::proto::metainfo::Metainfo;
 use crate::proto::wire::{BlockRequest, MAX_REQUEST_LEN};
@@ -45,6 +49,23 @@ pub enum StorageError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// A file to download into could not be created.
+    #[error("cannot create {path}")]
+    Create {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The disk has no room for a file of the download.
+    #[error("not enough disk space for {path}: it needs {needed} bytes")]
+    NoSpace {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its size.
+        needed: u64,
     },
     /// A file is shorter than the torrent says.
     #[error("{path} has {actual} bytes, the torrent needs {expected}")]
@@ -80,6 +101,22 @@ pub struct SeedTorrent {
     pub stats: Counters,
     /// Connections past the handshake now (for the per-torrent limit).
     pub(crate) connections: AtomicUsize,
+    /// Set while the torrent is being downloaded.
+    download: Option<DownloadState>,
+}
+
+/// What a torrent being downloaded adds: the shared download state (locked
+/// per received block or batch of requests, never on the seeding path) and
+/// lock-free views of it for the serving path.
+struct DownloadState {
+    state: Mutex<Download>,
+    /// Verified pieces, readable without the lock.
+    have: Vec<AtomicU64>,
+    complete: AtomicBool,
+    /// Every piece is verified (not only the selected ones): a seed.
+    all: AtomicBool,
+    /// Bumped when an address is banned, so workers look for its peers.
+    ban_epoch: AtomicU64,
 }
 
 impl std::fmt::Debug for SeedTorrent {
@@ -142,7 +179,211 @@ impl SeedTorrent {
             error: Mutex::new(None),
             stats: Counters::default(),
             connections: AtomicUsize::new(0),
+            download: None,
         }))
+    }
+
+    /// Opens a torrent to download into `paths`: creates the directories
+    /// and the files that hold any wanted piece (files selected for
+    /// download get their space reserved now, so a full disk shows here and
+    /// not in the middle; others are sparse and only receive the edges of
+    /// wanted pieces), and maps them. `have` are the pieces already
+    /// verified (from resume data or a check), `wanted` those to fetch.
+    pub fn open_for_download(
+        metainfo: Metainfo,
+        paths: &DataPaths,
+        selected: &[bool],
+        have: Bitfield,
+        wanted: Bitfield,
+        config: DownloadConfig,
+    ) -> Result<Arc<Self>, StorageError> {
+        let layout = Layout::new(&metainfo.info);
+        let mut files = Vec::with_capacity(paths.files.len());
+        for (index, path) in paths.files.iter().enumerate() {
+            let range = layout.file_range(index);
+            let expected = range.end - range.start;
+            let touched = layout.pieces_of_file(index).any(|p| wanted.get(p));
+            let is_selected = selected.get(index).copied().unwrap_or(true);
+            if layout.is_pad(index) || !(touched || (is_selected && expected == 0)) {
+                files.push(None);
+                continue;
+            }
+            let create_err = |source| StorageError::Create {
+                path: path.clone(),
+                source,
+            };
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(create_err)?;
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(create_err)?;
+            if expected == 0 {
+                files.push(None);
+                continue;
+            }
+            let actual = file.metadata().map_err(create_err)?.len();
+            if is_selected {
+                reserve(&file, expected).map_err(|e| match e.raw_os_error() {
+                    Some(libc::ENOSPC) | Some(libc::EDQUOT) => StorageError::NoSpace {
+                        path: path.clone(),
+                        needed: expected,
+                    },
+                    _ => create_err(e),
+                })?;
+            }
+            if actual < expected {
+                file.set_len(expected).map_err(create_err)?;
+            }
+            let map = MmapOptions::new()
+                .len(expected as usize)
+                .map_raw_read_only(&file)
+                .map_err(create_err)?;
+            let _ = map.advise(memmap2::Advice::Random);
+            files.push(Some(MappedFile {
+                path: path.clone(),
+                file,
+                map,
+                len: expected,
+            }));
+        }
+        let words = (layout.num_pieces() as usize).div_ceil(64);
+        let have_words = have.words().to_vec();
+        let download = Download::new(
+            layout.piece_length(),
+            layout.total_length(),
+            have,
+            wanted,
+            config,
+        );
+        let complete = download.picker.is_done();
+        let all = download.picker.have().is_full();
+        Ok(Arc::new(SeedTorrent {
+            metainfo,
+            layout,
+            files,
+            errored: AtomicBool::new(false),
+            error: Mutex::new(None),
+            stats: Counters::default(),
+            connections: AtomicUsize::new(0),
+            download: Some(DownloadState {
+                state: Mutex::new(download),
+                have: (0..words)
+                    .map(|i| AtomicU64::new(have_words.get(i).copied().unwrap_or(0)))
+                    .collect(),
+                complete: AtomicBool::new(complete),
+                all: AtomicBool::new(all),
+                ban_epoch: AtomicU64::new(0),
+            }),
+        }))
+    }
+
+    /// Whether every selected piece is verified (true for a seed).
+    pub fn is_complete(&self) -> bool {
+        !self.is_downloading()
+    }
+
+    /// Whether the torrent is being downloaded (and not yet complete).
+    pub fn is_downloading(&self) -> bool {
+        self.download
+            .as_ref()
+            .is_some_and(|d| !d.complete.load(Ordering::Acquire))
+    }
+
+    /// The shared download state, if this torrent was opened for download.
+    /// Locked per received block or batch of requests.
+    pub fn download(&self) -> Option<MutexGuard<'_, Download>> {
+        self.download
+            .as_ref()
+            .map(|d| d.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Whether piece `piece` is verified, so it may be served (lock-free).
+    pub fn have_piece(&self, piece: u32) -> bool {
+        match &self.download {
+            None => true,
+            Some(d) if d.all.load(Ordering::Acquire) => true,
+            Some(d) => {
+                d.have[piece as usize / 64].load(Ordering::Acquire) & (1 << (piece % 64)) != 0
+            }
+        }
+    }
+
+    /// The verified pieces, or `None` when we have them all.
+    pub fn have_pieces(&self) -> Option<Bitfield> {
+        let d = self.download.as_ref()?;
+        if d.all.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut b = Bitfield::new(self.layout.num_pieces());
+        for piece in 0..self.layout.num_pieces() {
+            if self.have_piece(piece) {
+                b.set(piece);
+            }
+        }
+        Some(b)
+    }
+
+    /// Records that `piece` is verified and written; returns true if that
+    /// completed the download. Call with the download state locked (`state`).
+    pub fn mark_verified(&self, state: &mut Download, piece: u32) -> bool {
+        let Some(d) = &self.download else {
+            return false;
+        };
+        state.on_written(piece);
+        d.have[piece as usize / 64].fetch_or(1 << (piece % 64), Ordering::AcqRel);
+        if state.picker.have().is_full() {
+            d.all.store(true, Ordering::Release);
+        }
+        if state.picker.is_done() && !d.complete.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        false
+    }
+
+    /// Counts a ban, so that every worker drops the banned peers.
+    pub fn note_ban(&self) {
+        if let Some(d) = &self.download {
+            d.ban_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Changes whenever an address is banned.
+    pub fn ban_epoch(&self) -> u64 {
+        self.download
+            .as_ref()
+            .map_or(0, |d| d.ban_epoch.load(Ordering::Acquire))
+    }
+
+    /// Where the bytes of `piece` go: (file descriptor, file offset, offset
+    /// in the piece, length) for each file it spans, pad files skipped.
+    /// `None` if a file it needs was not created.
+    pub fn piece_writes(&self, piece: u32) -> Option<Vec<(RawFd, u64, usize, usize)>> {
+        let range = self.layout.piece_range(piece);
+        let mut at = 0usize;
+        let mut out = Vec::new();
+        for seg in self.layout.segments(range) {
+            let len = seg.len as usize;
+            if !seg.pad {
+                let f = self.files[seg.file].as_ref()?;
+                out.push((f.file.as_raw_fd(), seg.file_offset, at, len));
+            }
+            at += len;
+        }
+        Some(out)
+    }
+
+    /// Flushes written data of every file to disk (before resume data that
+    /// counts it as verified is saved).
+    pub fn sync_data(&self) -> io::Result<()> {
+        for f in self.files.iter().flatten() {
+            f.file.sync_data()?;
+        }
+        Ok(())
     }
 
     /// Whether the torrent has failed (a file shrank or vanished).
@@ -279,6 +520,17 @@ impl SeedTorrent {
             .flatten()
             .map(|f| f.file.as_raw_fd())
             .collect()
+    }
+}
+
+/// Reserves `len` bytes of disk for `file`, so later writes cannot fail for
+/// lack of space. Filesystems without `fallocate` get nothing reserved.
+fn reserve(file: &File, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+    match rc {
+        0 | libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
     }
 }
 

@@ -1,8 +1,14 @@
-//! The seeding choker: who gets upload slots. A seed has nothing to gain
-//! from tit-for-tat, so slots rotate round-robin: a peer that has been
-//! served its quota (bytes or time) while others wait gives its slot to the
-//! peer that has waited longest, and one optimistic slot goes to a random
-//! waiting peer, so every interested peer is served in turn.
+//! The chokers: who gets upload slots.
+//!
+//! A seed has nothing to gain from tit-for-tat, so its slots rotate
+//! round-robin ([`Choker`]): a peer that has been served its quota (bytes or
+//! time) while others wait gives its slot to the peer that has waited
+//! longest, and one optimistic slot goes to a random waiting peer, so every
+//! interested peer is served in turn.
+//!
+//! While downloading, slots go to the peers that give us the most
+//! ([`LeechChoker`], BEP 3's tit-for-tat), plus one optimistic slot that
+//! moves every 30 s so that newcomers get a chance to prove themselves.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -45,6 +51,8 @@ pub struct Candidate {
     pub served_since_unchoke: u64,
     /// When it was last choked or unchoked (time since an arbitrary origin).
     pub since: Duration,
+    /// Bytes of blocks it sent us since the last round.
+    pub received: u64,
 }
 
 /// The choker's memory between rounds.
@@ -161,6 +169,71 @@ impl Choker {
     }
 }
 
+/// The tit-for-tat choker of torrents being downloaded.
+#[derive(Debug, Clone, Default)]
+pub struct LeechChoker {
+    slots: usize,
+    optimistic: Option<u64>,
+    optimistic_since: Option<Duration>,
+}
+
+/// How often the optimistic unchoke moves while downloading.
+const LEECH_OPTIMISTIC_EVERY: Duration = Duration::from_secs(30);
+
+impl LeechChoker {
+    /// A choker with `slots` regular slots; 0 means no peer is ever choked.
+    pub fn new(slots: usize) -> Self {
+        LeechChoker {
+            slots,
+            ..Default::default()
+        }
+    }
+
+    /// One round: the interested peers that sent us the most since the last
+    /// round keep or get the regular slots, one other gets the optimistic
+    /// slot. Returns `(key, unchoke)` for each change.
+    pub fn rechoke(
+        &mut self,
+        now: Duration,
+        peers: &[Candidate],
+        pick: &mut dyn FnMut(usize) -> usize,
+    ) -> Vec<(u64, bool)> {
+        let mut unchoke: HashSet<u64> = HashSet::new();
+        if self.slots == 0 {
+            unchoke.extend(peers.iter().map(|p| p.key));
+        } else {
+            let mut interested: Vec<&Candidate> = peers.iter().filter(|p| p.interested).collect();
+            // Best givers first; on equal terms, those unchoked already keep
+            // their slot (no flapping).
+            interested.sort_by_key(|p| (std::cmp::Reverse(p.received), !p.unchoked, p.key));
+            unchoke.extend(interested.iter().take(self.slots).map(|p| p.key));
+            let still_there = self
+                .optimistic
+                .is_some_and(|k| interested.iter().any(|p| p.key == k) && !unchoke.contains(&k));
+            let period_over = self
+                .optimistic_since
+                .is_none_or(|t| now.saturating_sub(t) >= LEECH_OPTIMISTIC_EVERY);
+            if !still_there || period_over {
+                let choices: Vec<u64> = interested
+                    .iter()
+                    .filter(|p| !unchoke.contains(&p.key))
+                    .map(|p| p.key)
+                    .collect();
+                self.optimistic = (!choices.is_empty()).then(|| choices[pick(choices.len())]);
+                self.optimistic_since = Some(now);
+            }
+            unchoke.extend(self.optimistic);
+        }
+        peers
+            .iter()
+            .filter_map(|p| {
+                let want = unchoke.contains(&p.key);
+                (want != p.unchoked).then_some((p.key, want))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,7 +245,43 @@ mod tests {
             unchoked,
             served_since_unchoke: served,
             since: Duration::from_secs(since_s),
+            received: 0,
         }
+    }
+
+    #[test]
+    fn tit_for_tat_unchokes_the_best_givers_plus_one_optimistic() {
+        let mut c = LeechChoker::new(2);
+        let mut peers: Vec<Candidate> = (1..=5).map(|k| peer(k, false, 0, 0)).collect();
+        for (p, received) in peers.iter_mut().zip([10, 500, 300, 0, 20]) {
+            p.received = received;
+        }
+        let mut first = |_: usize| 0;
+        let mut got = c.rechoke(Duration::ZERO, &peers, &mut first);
+        got.sort();
+        // Peers 2 and 3 gave most; the optimistic slot goes to 1 (first of
+        // the others).
+        assert_eq!(got, vec![(1, true), (2, true), (3, true)]);
+        for p in peers.iter_mut() {
+            p.unchoked = matches!(p.key, 1..=3);
+        }
+        // Peer 5 now gives most: it gets a regular slot, 3 loses its one,
+        // and the optimistic peer keeps its slot within its period.
+        peers[4].received = 1000;
+        peers[2].received = 0;
+        let mut got = c.rechoke(Duration::from_secs(10), &peers, &mut first);
+        got.sort();
+        assert_eq!(got, vec![(3, false), (5, true)]);
+    }
+
+    #[test]
+    fn tit_for_tat_without_slot_limit_chokes_nobody() {
+        let mut c = LeechChoker::new(0);
+        let peers = [peer(1, false, 0, 0), peer(2, true, 0, 0)];
+        assert_eq!(
+            c.rechoke(Duration::ZERO, &peers, &mut never),
+            vec![(1, true)]
+        );
     }
 
     fn never(_: usize) -> usize {

@@ -1,5 +1,6 @@
 //! The io_uring data plane: one worker per core (see `worker` for the
-//! anatomy of seeding a block) and the tags that route completions back.
+//! anatomy of seeding a block and of receiving one) and the tags that route
+//! completions back.
 
 pub mod conn;
 pub mod worker;
@@ -33,6 +34,13 @@ pub enum UserData {
         /// Connection generation.
         generation: u32,
     },
+    /// One file segment of a verified piece being written.
+    Write {
+        /// Key in the worker's table of writes.
+        key: u32,
+        /// Which segment of the piece (a piece may span files).
+        segment: u32,
+    },
     /// The periodic timer.
     Tick,
     /// The wake-up eventfd (shutdown).
@@ -55,6 +63,7 @@ impl UserData {
             UserData::Wake => 5 << 56,
             UserData::Ignore => 6 << 56,
             UserData::Connect { key, generation } => conn(7, key, generation),
+            UserData::Write { key, segment } => conn(8, key, segment),
         }
     }
 
@@ -69,6 +78,10 @@ impl UserData {
             4 => UserData::Tick,
             5 => UserData::Wake,
             7 => UserData::Connect { key, generation },
+            8 => UserData::Write {
+                key,
+                segment: generation,
+            },
             _ => UserData::Ignore,
         }
     }
@@ -89,6 +102,10 @@ mod tests {
             UserData::Send {
                 key: 7,
                 generation: 1,
+            },
+            UserData::Write {
+                key: 3,
+                segment: 0x00ff_ffff,
             },
             UserData::Tick,
             UserData::Wake,

@@ -18,6 +18,17 @@
 //! 6. a short send is resumed where it stopped; `EFAULT` means a file was
 //!    truncated under us: the torrent is marked errored and its peers
 //!    dropped, and the worker goes on.
+//!
+//! Anatomy of receiving a block (a torrent being downloaded):
+//! 1. the picker, shared by the workers and locked per batch, gives each
+//!    unchoking peer as many requests as its measured rate calls for;
+//! 2. a `piece` message is matched to its request by the session, and its
+//!    bytes are copied into the piece's buffer (the only copy);
+//! 3. a complete piece goes to the checking pool, off this thread;
+//! 4. a good piece comes back and is written with one `Write` op per file
+//!    it spans; once written it counts as verified, and every worker sends
+//!    `have` to its peers at its next tick. A bad piece is fetched again
+//!    and its senders are remembered (see `policy::download`).
 
 use std::collections::HashMap;
 use std::io;
@@ -32,10 +43,14 @@ use slab::Slab;
 
 use super::conn::{Conn, Phase};
 use super::UserData;
+use crate::io::piece_check::CheckJob;
 use crate::io::seeder::{SeedConfig, Shared};
 use crate::io::storage::SeedTorrent;
-use crate::policy::choker::{Candidate, Choker};
-use crate::policy::peer_session::{PeerSession, SessionEnd, TorrentView};
+use crate::policy::bitfield::Bitfield;
+use crate::policy::choker::{Candidate, Choker, LeechChoker};
+use crate::policy::download::CompletePiece;
+use crate::policy::peer_session::{Event, PeerSession, SessionEnd, TorrentView};
+use crate::policy::picker::PeerKey;
 use crate::policy::rate_limit::TokenBucket;
 use crate::proto::info_hash::InfoHash;
 use crate::proto::wire::{self, Handshake, Reserved, PIECE_HEADER_LEN};
@@ -65,6 +80,9 @@ const KEEPALIVE_AFTER: Duration = Duration::from_secs(90);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(240);
 /// How long a peer has to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Receive buffer of a connection of a torrent being downloaded: room for
+/// many blocks per receive.
+const DOWNLOAD_RECV_BUF: usize = 256 << 10;
 
 /// Views a seeded torrent as what a session needs.
 struct View<'a>(&'a SeedTorrent);
@@ -79,6 +97,35 @@ impl TorrentView for View<'_> {
     fn info_bytes(&self) -> &[u8] {
         &self.0.metainfo.info_bytes
     }
+    fn have_piece(&self, piece: u32) -> bool {
+        self.0.have_piece(piece)
+    }
+    fn have_pieces(&self) -> Option<Bitfield> {
+        self.0.have_pieces()
+    }
+}
+
+/// A verified piece being written: its buffer is read by the kernel until
+/// every segment's write has completed.
+struct PieceWrite {
+    torrent: Arc<SeedTorrent>,
+    piece: CompletePiece,
+    /// (fd, file offset, offset in the piece, length) still to write.
+    segments: Vec<(RawFd, u64, usize, usize)>,
+    /// Segments whose write is in flight.
+    in_flight: usize,
+    error: Option<io::Error>,
+}
+
+/// What a worker remembers of a torrent being downloaded.
+#[derive(Default)]
+struct LeechProgress {
+    /// Verified pieces already announced to our peers.
+    announced: usize,
+    /// The ban epoch last acted on.
+    ban_epoch: u64,
+    /// The download was complete when last seen.
+    complete: bool,
 }
 
 /// A worker and everything it owns.
@@ -91,6 +138,7 @@ pub struct Worker {
     shared: Arc<Shared>,
     config: Arc<SeedConfig>,
     choker: Choker,
+    leech_choker: LeechChoker,
     bucket: TokenBucket,
     /// The timer's timespec: read by the kernel while the timeout is armed.
     tick_spec: Box<types::Timespec>,
@@ -112,6 +160,15 @@ pub struct Worker {
     peer_id: [u8; 20],
     /// Completions reaped while the submission queue was full (see `push`).
     backlog: Vec<(u64, i32, u32)>,
+    /// Complete pieces go here to be checked.
+    check_tx: crossbeam_channel::Sender<CheckJob>,
+    /// Verified pieces being written.
+    writes: Slab<PieceWrite>,
+    /// Torrents being downloaded that this worker has peers of.
+    leeching: HashMap<InfoHash, LeechProgress>,
+    last_rate_tick: Duration,
+    /// Outgoing connections not yet established.
+    half_open: usize,
 }
 
 impl Worker {
@@ -123,6 +180,7 @@ impl Worker {
         wake_fd: RawFd,
         shared: Arc<Shared>,
         config: Arc<SeedConfig>,
+        check_tx: crossbeam_channel::Sender<CheckJob>,
     ) -> io::Result<Self> {
         let ring = build_ring(config.ring_entries)?;
         let now = Duration::ZERO;
@@ -135,6 +193,7 @@ impl Worker {
             conns: Slab::with_capacity(1024),
             next_generation: 1,
             choker: Choker::new(config.choker_share(index)),
+            leech_choker: LeechChoker::new(config.leech_slots_share(index)),
             bucket: TokenBucket::new(rate_share, now),
             tick_spec: Box::new(types::Timespec::from(TICK)),
             wake_buf: Box::new(0),
@@ -150,6 +209,11 @@ impl Worker {
             torrent_deltas: HashMap::new(),
             rng: random_u64() | 1,
             backlog: Vec::new(),
+            check_tx,
+            writes: Slab::new(),
+            leeching: HashMap::new(),
+            last_rate_tick: now,
+            half_open: 0,
             peer_id: shared.peer_id,
             shared,
             config,
@@ -291,11 +355,15 @@ impl Worker {
             UserData::Send { key, generation } => self.on_send(key, generation, result),
             UserData::Tick => self.on_tick(),
             UserData::Connect { key, generation } => self.on_connect(key, generation, result),
+            UserData::Write { key, segment } => {
+                self.on_write(key as usize, segment as usize, result)
+            }
             UserData::Wake => {
                 if self.shared.stop.load(Ordering::Acquire) {
                     self.begin_shutdown();
                 } else {
                     self.arm_wake();
+                    self.take_checked();
                     self.dial_queued();
                 }
             }
@@ -333,14 +401,26 @@ impl Worker {
 
     /// Opens the connections the dial queue asks for (peers from trackers).
     fn dial_queued(&mut self) {
-        let queued = std::mem::take(
-            &mut *self.shared.dial_queues[self.index]
+        let room = self.config.max_half_open.saturating_sub(self.half_open);
+        let queued: Vec<(InfoHash, SocketAddr)> = {
+            let mut queue = self.shared.dial_queues[self.index]
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+                .unwrap_or_else(|e| e.into_inner());
+            // The rest waits for connects to finish (see `on_tick`).
+            let n = room.min(queue.len());
+            queue.drain(..n).collect()
+        };
         for (info_hash, addr) in queued {
             if self.shutting_down {
                 return;
+            }
+            let banned = self
+                .shared
+                .torrents
+                .get(&info_hash)
+                .is_some_and(|t| t.download().is_some_and(|d| d.is_banned(&addr.ip())));
+            if banned {
+                continue;
             }
             // Already connected to it (either way): once is enough.
             if self.conns.iter().any(|(_, c)| c.addr == addr) {
@@ -375,6 +455,7 @@ impl Worker {
             );
             conn.connect_to = Some(target);
             conn.connect_in_flight = true;
+            self.half_open += 1;
             let key = self.conns.insert(conn);
             self.push(
                 entry.build().user_data(
@@ -391,13 +472,18 @@ impl Worker {
     fn on_connect(&mut self, key: u32, generation: u32, result: i32) {
         let peer_id = self.peer_id;
         let now = self.now();
-        let Some(conn) = self.conn_mut(key, generation) else {
+        let Some(conn) = self
+            .conns
+            .get_mut(key as usize)
+            .filter(|c| c.generation == generation)
+        else {
             return;
         };
         conn.connect_in_flight = false;
         conn.connect_to = None;
         // The handshake timeout counts from here, not from the dial.
         conn.last_heard = now;
+        self.half_open -= 1;
         let key = key as usize;
         if result < 0 || conn.closing {
             self.close(key, None);
@@ -513,6 +599,12 @@ impl Worker {
                 .get(&hs.info_hash)
                 .filter(|t| !t.is_errored())
                 .ok_or(CloseReason::UnknownTorrent)?;
+            if torrent
+                .download()
+                .is_some_and(|d| d.is_banned(&conn.addr.ip()))
+            {
+                return Err(CloseReason::Banned);
+            }
             if !shared.limits.try_join_torrent(torrent, &config) {
                 return Err(CloseReason::Limit);
             }
@@ -531,6 +623,12 @@ impl Worker {
                 &View(torrent),
                 config.session.clone(),
             );
+            if session.is_leeching() {
+                self.leeching.entry(hs.info_hash).or_default();
+                if conn.recv.buf.len() < DOWNLOAD_RECV_BUF {
+                    conn.recv.buf.resize(DOWNLOAD_RECV_BUF, 0);
+                }
+            }
             conn.phase = Phase::Active {
                 torrent: Arc::clone(torrent),
                 session: Box::new(session),
@@ -542,7 +640,12 @@ impl Worker {
                 .peers += 1;
             self.delta.peers += 1;
             consumed = wire::HANDSHAKE_LEN;
-            if config.upload_slots == 0 {
+            let slots = if torrent.is_downloading() {
+                config.leech_upload_slots
+            } else {
+                config.upload_slots
+            };
+            if slots == 0 {
                 // Without slot limits there is nothing to wait for: unchoke
                 // now instead of at the next choker round.
                 if let Phase::Active { session, .. } = &mut conn.phase {
@@ -551,18 +654,57 @@ impl Worker {
                 conn.choke_changed = self.started.elapsed();
             }
         }
+        let peer = peer_key(self.index, key, conn.generation);
+        let ip = conn.addr.ip();
         let Phase::Active { torrent, session } = &mut conn.phase else {
             unreachable!("handshake handled above")
         };
         let max_frame = max_frame_len(torrent);
+        let mut complete_pieces = Vec::new();
         let result = loop {
             match wire::decode(&conn.recv.buf[consumed..conn.recv.len], max_frame) {
                 Ok(Some((msg, used))) => {
-                    if let Err(end) = session.on_message(msg, &View(torrent)) {
-                        break Err(match end {
-                            SessionEnd::Violation(_) => CloseReason::Violation,
-                            SessionEnd::PeerIsSeed => CloseReason::PeerIsSeed,
-                        });
+                    match session.on_message(msg, &View(torrent)) {
+                        Ok(Event::None | Event::MayRequest) => {}
+                        Ok(event) => {
+                            let mut received = 0;
+                            if let Some(mut download) = torrent.download() {
+                                match event {
+                                    Event::HasPiece(piece) => {
+                                        download.picker.add_peer_piece(piece);
+                                        if download.picker.wants(piece) {
+                                            session.set_interested(true);
+                                        }
+                                    }
+                                    Event::HasPieces(has) => {
+                                        download.picker.add_peer(&has);
+                                        let interesting = download.picker.is_interesting(&has);
+                                        session.set_interested(interesting);
+                                    }
+                                    Event::Block { req, data } => {
+                                        received = u64::from(req.length);
+                                        complete_pieces
+                                            .extend(download.on_block(peer, ip, &req, data));
+                                    }
+                                    Event::Lost(reqs) => {
+                                        for req in &reqs {
+                                            download.picker.release(peer, req);
+                                        }
+                                    }
+                                    Event::None | Event::MayRequest => {}
+                                }
+                            }
+                            if received > 0 {
+                                self.delta.blocks_received += 1;
+                                self.delta.bytes_received += received;
+                            }
+                        }
+                        Err(end) => {
+                            break Err(match end {
+                                SessionEnd::Violation(_) => CloseReason::Violation,
+                                SessionEnd::PeerIsSeed => CloseReason::PeerIsSeed,
+                            });
+                        }
                     }
                     consumed += used;
                 }
@@ -570,6 +712,24 @@ impl Worker {
                 Err(_) => break Err(CloseReason::Violation),
             }
         };
+        for piece in complete_pieces {
+            let job = CheckJob {
+                torrent: Arc::clone(torrent),
+                piece,
+                worker: self.index,
+            };
+            // The pool lives as long as any worker.
+            let _ = self.check_tx.send(job);
+        }
+        if result.is_ok() && session.is_leeching() {
+            request_more(
+                torrent,
+                session,
+                peer,
+                self.started.elapsed(),
+                &mut self.rng,
+            );
+        }
         // Keep the unparsed tail at the front; grow the buffer if the next
         // frame is larger than it (bounded by `max_frame`).
         conn.recv.buf.copy_within(consumed..conn.recv.len, 0);
@@ -772,7 +932,7 @@ impl Worker {
             conn.closing = true;
             match reason {
                 Some(CloseReason::Violation) => self.delta.protocol_errors += 1,
-                Some(CloseReason::Limit | CloseReason::TorrentErrored) => {
+                Some(CloseReason::Limit | CloseReason::TorrentErrored | CloseReason::Banned) => {
                     self.delta.dropped_connections += 1
                 }
                 _ => {}
@@ -805,7 +965,21 @@ impl Worker {
         }
         let conn = self.conns.remove(key);
         self.shared.limits.leave(conn.addr.ip());
-        if let Phase::Active { torrent, session } = conn.phase {
+        if let Phase::Active {
+            torrent,
+            mut session,
+        } = conn.phase
+        {
+            if session.is_leeching() {
+                let peer = peer_key(self.index, key, conn.generation);
+                let lost = session.withdraw_all(false);
+                if let (Some(mut download), Some(leech)) = (torrent.download(), session.leech()) {
+                    for req in &lost {
+                        download.picker.release(peer, req);
+                    }
+                    download.picker.remove_peer(&leech.peer_has);
+                }
+            }
             let counters = session.counters();
             let d = &mut self
                 .torrent_deltas
@@ -823,6 +997,233 @@ impl Worker {
         // Dropping `conn` closes the socket.
     }
 
+    /// Takes the verdicts of the checking pool: writes good pieces, has
+    /// bad ones fetched again.
+    fn take_checked(&mut self) {
+        let checked = std::mem::take(
+            &mut *self.shared.checked[self.index]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for c in checked {
+            let piece = c.piece.piece;
+            let banned = {
+                let Some(mut download) = c.torrent.download() else {
+                    continue;
+                };
+                if !c.good {
+                    download.on_hash_failed(piece, &c.piece.data)
+                } else if self.shutting_down || c.torrent.is_errored() {
+                    // Not written, so not verified: fetched next time.
+                    download.on_write_failed(piece);
+                    Vec::new()
+                } else {
+                    download.on_hash_passed(piece, &c.piece.data)
+                }
+            };
+            if !banned.is_empty() {
+                for ip in &banned {
+                    eprintln!(
+                        "ringseed: banned {ip} from {}: it sent data that failed the hash check",
+                        c.torrent.metainfo.info.name
+                    );
+                }
+                c.torrent.note_ban();
+            }
+            if c.good && !self.shutting_down && !c.torrent.is_errored() {
+                self.write_piece(c.torrent, c.piece);
+            }
+        }
+    }
+
+    /// Writes a verified piece through the ring, one op per file it spans.
+    fn write_piece(&mut self, torrent: Arc<SeedTorrent>, piece: CompletePiece) {
+        let Some(segments) = torrent.piece_writes(piece.piece) else {
+            torrent.set_errored(format!("piece {} has no file to go to", piece.piece));
+            return;
+        };
+        let count = segments.len();
+        let key = self.writes.insert(PieceWrite {
+            torrent,
+            piece,
+            segments,
+            in_flight: 0,
+            error: None,
+        });
+        if count == 0 {
+            // All in pad files: nothing to write.
+            self.finish_write(key);
+        }
+        for segment in 0..count {
+            self.submit_write(key, segment);
+        }
+    }
+
+    fn submit_write(&mut self, key: usize, segment: usize) {
+        let w = &mut self.writes[key];
+        let (fd, file_offset, at, len) = w.segments[segment];
+        // The buffer is `w.piece.data`, owned by `self.writes` until every
+        // write of the piece has completed (`finish_write`).
+        let entry = opcode::Write::new(types::Fd(fd), w.piece.data[at..].as_ptr(), len as u32)
+            .offset(file_offset)
+            .build()
+            .user_data(
+                UserData::Write {
+                    key: key as u32,
+                    segment: segment as u32,
+                }
+                .pack(),
+            );
+        w.in_flight += 1;
+        self.push(entry);
+    }
+
+    fn on_write(&mut self, key: usize, segment: usize, result: i32) {
+        let Some(w) = self.writes.get_mut(key) else {
+            return;
+        };
+        w.in_flight -= 1;
+        let (_, _, _, len) = w.segments[segment];
+        if result < 0 {
+            w.error.get_or_insert(io::Error::from_raw_os_error(-result));
+        } else if result == 0 && len > 0 {
+            w.error
+                .get_or_insert(io::Error::from(io::ErrorKind::WriteZero));
+        } else if (result as usize) < len && w.error.is_none() {
+            // A short write: write the rest.
+            let n = result as usize;
+            let seg = &mut w.segments[segment];
+            seg.1 += n as u64;
+            seg.2 += n;
+            seg.3 -= n;
+            self.submit_write(key, segment);
+            return;
+        }
+        if w.in_flight == 0 {
+            self.finish_write(key);
+        }
+    }
+
+    /// Every write of a piece has completed: it is verified, or, if a
+    /// write failed (disk full, I/O error), the torrent stops with that
+    /// error and the piece stays missing.
+    fn finish_write(&mut self, key: usize) {
+        let w = self.writes.remove(key);
+        let piece = w.piece.piece;
+        let Some(mut download) = w.torrent.download() else {
+            return;
+        };
+        match w.error {
+            Some(e) => {
+                download.on_write_failed(piece);
+                drop(download);
+                w.torrent
+                    .set_errored(format!("cannot write piece {piece} to disk: {e}"));
+            }
+            None => {
+                w.torrent.mark_verified(&mut download, piece);
+            }
+        }
+    }
+
+    /// Per tick, for each torrent being downloaded: `have` for pieces
+    /// verified since the last tick, interest, endgame cancels, bans, more
+    /// requests; and the switch to seeding once complete.
+    fn leech_tick(&mut self, now: Duration) {
+        let hashes: Vec<InfoHash> = self.leeching.keys().copied().collect();
+        for info_hash in hashes {
+            let Some(torrent) = self.shared.torrents.get(&info_hash).cloned() else {
+                continue;
+            };
+            let progress = self.leeching.get_mut(&info_hash).expect("listed above");
+            let (new_pieces, banned, endgame) = {
+                let Some(download) = torrent.download() else {
+                    continue;
+                };
+                let new_pieces = download.verified_since(progress.announced).to_vec();
+                let epoch = torrent.ban_epoch();
+                let banned: Vec<std::net::IpAddr> = if epoch != progress.ban_epoch {
+                    progress.ban_epoch = epoch;
+                    download.banned().copied().collect()
+                } else {
+                    Vec::new()
+                };
+                (new_pieces, banned, download.picker.in_endgame())
+            };
+            progress.announced += new_pieces.len();
+            let complete = torrent.is_complete();
+            let became_complete = complete && !progress.complete;
+            progress.complete = complete;
+            if complete && !became_complete && new_pieces.is_empty() {
+                self.leeching.remove(&info_hash);
+                continue;
+            }
+            let keys: Vec<usize> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| {
+                    !c.closing && c.torrent().is_some_and(|t| Arc::ptr_eq(t, &torrent))
+                })
+                .map(|(k, _)| k)
+                .collect();
+            let mut to_close = Vec::new();
+            for &key in &keys {
+                let conn = &mut self.conns[key];
+                let peer = peer_key(self.index, key, conn.generation);
+                if banned.contains(&conn.addr.ip()) {
+                    to_close.push((key, CloseReason::Banned));
+                    continue;
+                }
+                let Phase::Active { session, .. } = &mut conn.phase else {
+                    continue;
+                };
+                for &piece in &new_pieces {
+                    session.announce_have(piece);
+                }
+                if !session.is_leeching() {
+                    continue;
+                }
+                if became_complete {
+                    if session.peer_is_seed() {
+                        to_close.push((key, CloseReason::BothSeeds));
+                    } else {
+                        session.finish_download();
+                    }
+                    continue;
+                }
+                if !new_pieces.is_empty() || endgame {
+                    let Some(download) = torrent.download() else {
+                        continue;
+                    };
+                    let leech = session.leech().expect("leeching");
+                    let interesting = download.picker.is_interesting(&leech.peer_has);
+                    let done: Vec<_> = if endgame {
+                        leech
+                            .outstanding
+                            .iter()
+                            .filter(|o| download.picker.is_received(&o.req))
+                            .map(|o| o.req)
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    drop(download);
+                    session.set_interested(interesting);
+                    for req in &done {
+                        session.cancel(req);
+                    }
+                }
+                request_more(&torrent, session, peer, now, &mut self.rng);
+            }
+            for (key, reason) in to_close {
+                self.close(key, Some(reason));
+            }
+            for key in keys {
+                self.try_send(key);
+            }
+        }
+    }
+
     fn on_tick(&mut self) {
         let now = self.now();
         if self.shutting_down {
@@ -832,6 +1233,13 @@ impl Worker {
         if !self.accept_armed {
             // Re-arm after running out of descriptors, at most once a tick.
             self.arm_accept();
+        }
+        if !self.leeching.is_empty() {
+            self.leech_tick(now);
+        }
+        if self.half_open < self.config.max_half_open {
+            // Dials held back by the half-open limit.
+            self.dial_queued();
         }
         for key in std::mem::take(&mut self.throttled) {
             self.try_send(key);
@@ -855,12 +1263,19 @@ impl Worker {
         }
         let mut to_close = Vec::new();
         let mut to_send = Vec::new();
+        let elapsed = now.saturating_sub(self.last_rate_tick);
+        self.last_rate_tick = now;
         for (key, conn) in self.conns.iter_mut() {
             if conn.closing {
                 continue;
             }
             let silent = now.saturating_sub(conn.last_heard);
             match &mut conn.phase {
+                Phase::Handshake
+                    if conn.connect_in_flight && silent >= self.config.connect_timeout =>
+                {
+                    to_close.push((key, CloseReason::Idle))
+                }
                 Phase::Handshake if silent >= HANDSHAKE_TIMEOUT => {
                     to_close.push((key, CloseReason::Idle))
                 }
@@ -871,7 +1286,20 @@ impl Worker {
                 Phase::Active { .. } if silent >= IDLE_TIMEOUT => {
                     to_close.push((key, CloseReason::Idle))
                 }
-                Phase::Active { session, .. } => {
+                Phase::Active { session, torrent } => {
+                    if session.is_leeching() {
+                        session.tick(elapsed);
+                        let lost = session.check_snub(now, self.config.request_timeout);
+                        if !lost.is_empty() {
+                            let peer = peer_key(self.index, key, conn.generation);
+                            if let Some(mut download) = torrent.download() {
+                                for req in &lost {
+                                    download.picker.release(peer, req);
+                                }
+                            }
+                            to_send.push(key);
+                        }
+                    }
                     if now.saturating_sub(conn.last_sent) >= KEEPALIVE_AFTER
                         && session.pending_output().is_empty()
                     {
@@ -905,29 +1333,37 @@ impl Worker {
             .retain(|_, (t, _)| Arc::strong_count(t) > 1);
     }
 
+    /// Seeded torrents rotate slots round-robin; downloaded ones reward
+    /// the peers that give us the most (tit-for-tat).
     fn rechoke(&mut self, now: Duration) {
-        let candidates: Vec<Candidate> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| !c.closing)
-            .filter_map(|(key, c)| match &c.phase {
-                Phase::Active { session, .. } => Some(Candidate {
-                    key: key as u64,
-                    interested: session.is_interested(),
-                    unchoked: !session.is_choking(),
-                    served_since_unchoke: c.served_since_unchoke,
-                    since: c.choke_changed,
-                }),
-                Phase::Handshake => None,
-            })
-            .collect();
+        let mut seeding = Vec::new();
+        let mut leeching = Vec::new();
+        for (key, c) in self.conns.iter_mut().filter(|(_, c)| !c.closing) {
+            let Phase::Active { session, torrent } = &mut c.phase else {
+                continue;
+            };
+            let candidate = Candidate {
+                key: key as u64,
+                interested: session.is_interested(),
+                unchoked: !session.is_choking(),
+                served_since_unchoke: c.served_since_unchoke,
+                since: c.choke_changed,
+                received: session.take_received_since_rechoke(),
+            };
+            if torrent.is_downloading() {
+                leeching.push(candidate);
+            } else {
+                seeding.push(candidate);
+            }
+        }
         let mut rng = self.rng;
-        let decisions = self.choker.rechoke(now, &candidates, &mut |n| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % n as u64) as usize
-        });
+        let mut decisions = self
+            .choker
+            .rechoke(now, &seeding, &mut |n| next_random(&mut rng, n));
+        decisions.extend(
+            self.leech_choker
+                .rechoke(now, &leeching, &mut |n| next_random(&mut rng, n)),
+        );
         self.rng = rng;
         for (key, unchoke) in decisions {
             let conn = &mut self.conns[key as usize];
@@ -1002,6 +1438,7 @@ impl Drop for Worker {
                 Box::new(types::Timespec::new()),
             ));
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+            std::mem::forget(std::mem::take(&mut self.writes));
         }
     }
 }
@@ -1015,6 +1452,10 @@ enum CloseReason {
     Limit,
     TorrentErrored,
     Idle,
+    /// The peer's address sent us bad data too often.
+    Banned,
+    /// Both sides are seeds.
+    BothSeeds,
 }
 
 /// The largest frame a peer may send us: a bitfield of the torrent, or an
@@ -1046,6 +1487,41 @@ fn peer_addr(fd: &OwnedFd) -> Option<SocketAddr> {
         },
         v4 => v4,
     })
+}
+
+/// The key of connection `key` of worker `worker` in the shared picker.
+fn peer_key(worker: usize, key: usize, generation: u32) -> PeerKey {
+    (worker as u64) << 56 | u64::from(generation & 0x00ff_ffff) << 32 | key as u64
+}
+
+/// A random index below `n` from a xorshift generator.
+fn next_random(rng: &mut u64, n: usize) -> usize {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    (*rng % n.max(1) as u64) as usize
+}
+
+/// Tops up a downloading session's requests from the shared picker.
+fn request_more(
+    torrent: &SeedTorrent,
+    session: &mut PeerSession,
+    peer: PeerKey,
+    now: Duration,
+    rng: &mut u64,
+) {
+    let Some((room, pieces)) = session.request_room() else {
+        return;
+    };
+    let reqs = match torrent.download() {
+        Some(mut download) => download
+            .picker
+            .pick(peer, &pieces, room, &mut |n| next_random(rng, n)),
+        None => return,
+    };
+    if !reqs.is_empty() {
+        session.request(&reqs, now);
+    }
 }
 
 /// A random u64 from the kernel, for seeding per-worker generators.

@@ -1,0 +1,69 @@
+//! Hashing of downloaded pieces, off the network path: a worker that
+//! completes a piece hands it to this pool and goes on; the verdict comes
+//! back to that worker (its queue, then a wake-up), which writes a good
+//! piece through its ring or has a bad one fetched again.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Receiver;
+
+use crate::hash::sha1;
+use crate::io::seeder::Shared;
+use crate::io::storage::SeedTorrent;
+use crate::policy::download::CompletePiece;
+
+/// A piece to check.
+pub struct CheckJob {
+    /// Its torrent.
+    pub torrent: Arc<SeedTorrent>,
+    /// The piece and its bytes.
+    pub piece: CompletePiece,
+    /// The worker to give the verdict to.
+    pub worker: usize,
+}
+
+/// A checked piece.
+#[derive(Debug)]
+pub struct Checked {
+    /// Its torrent.
+    pub torrent: Arc<SeedTorrent>,
+    /// The piece and its bytes.
+    pub piece: CompletePiece,
+    /// Whether it matches the torrent's hash.
+    pub good: bool,
+}
+
+/// Starts `threads` hashing threads that serve `jobs` until every sender is
+/// gone.
+pub fn spawn(threads: usize, jobs: Receiver<CheckJob>, shared: Arc<Shared>) -> Vec<JoinHandle<()>> {
+    (0..threads.max(1))
+        .filter_map(|i| {
+            let jobs = jobs.clone();
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(format!("ringseed-check{i}"))
+                .spawn(move || {
+                    for job in jobs {
+                        let expected = job
+                            .torrent
+                            .metainfo
+                            .info
+                            .pieces
+                            .get(job.piece.piece as usize);
+                        let good = expected == Some(&sha1(&job.piece.data));
+                        shared.checked[job.worker]
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(Checked {
+                                torrent: job.torrent,
+                                piece: job.piece,
+                                good,
+                            });
+                        shared.wake(job.worker);
+                    }
+                })
+                .ok()
+        })
+        .collect()
+}
