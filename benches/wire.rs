@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ringseed_engine::policy::seed_session::{SeedSession, SessionConfig, TorrentView};
+use ringseed_engine::policy::peer_session::{PeerSession, SessionConfig, TorrentView};
 use ringseed_engine::proto::wire::{self, BlockRequest, Handshake, Message, Reserved};
 use ringseed_engine::InfoHash;
 
@@ -81,7 +81,7 @@ fn request_handling(c: &mut Criterion) {
     group.bench_function("validate, queue and pop 10k requests", |b| {
         b.iter_batched(
             || {
-                let mut s = SeedSession::new(&peer, None, &Torrent, config.clone());
+                let mut s = PeerSession::new(&peer, None, &Torrent, config.clone());
                 s.set_choking(false);
                 s
             },

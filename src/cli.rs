@@ -51,8 +51,93 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Seed .torrent files, files or directories until stopped (Ctrl-C).
     Seed(SeedArgs),
+    /// Download a torrent (a .torrent file or a magnet link), verified
+    /// piece by piece; with --seed, go on seeding it.
+    Download(DownloadArgs),
     /// Run a BitTorrent tracker (UDP and/or HTTP) until stopped (Ctrl-C).
     Tracker(TrackerArgs),
+}
+
+/// Arguments of `ringseed download`.
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// A .torrent file or a magnet link.
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+    /// Directory to download into (the torrent's file or top directory goes
+    /// inside it; nothing is ever written outside it).
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "DIR",
+        env = "RINGSEED_OUTPUT_DIR"
+    )]
+    pub output: PathBuf,
+    /// A peer to connect to, besides those from trackers and `x.pe`; repeat
+    /// for more.
+    #[arg(
+        long = "peer",
+        value_name = "ADDR:PORT",
+        env = "RINGSEED_PEERS",
+        value_delimiter = ','
+    )]
+    pub peers: Vec<std::net::SocketAddr>,
+    /// Go on seeding once the download is complete, in the same process
+    /// (no restart, no rehash), until stopped.
+    #[arg(long, env = "RINGSEED_SEED")]
+    pub seed: bool,
+    /// Fetch only the files whose path in the torrent (or file name)
+    /// matches this glob pattern, e.g. `*.iso`; repeat for more.
+    #[arg(
+        long = "only",
+        value_name = "PATTERN",
+        env = "RINGSEED_ONLY",
+        value_delimiter = ','
+    )]
+    pub only: Vec<String>,
+    /// Address and port to listen on for peers; port 0 picks a free one
+    /// (announced to trackers).
+    #[arg(
+        value_name = "ADDR:PORT",
+        long,
+        default_value = "[::]:0",
+        env = "RINGSEED_LISTEN"
+    )]
+    pub listen: std::net::SocketAddr,
+    /// Data-plane worker threads, each pinned to a core [default: one per core].
+    #[arg(value_name = "N", long, env = "RINGSEED_WORKERS")]
+    pub workers: Option<NonZeroUsize>,
+    /// Where resume data and torrents fetched from magnet links are kept
+    /// [default: $XDG_STATE_HOME/ringseed or ~/.local/state/ringseed].
+    #[arg(long, value_name = "DIR", env = "RINGSEED_STATE")]
+    pub state: Option<PathBuf>,
+    /// Do not announce to trackers (peers come from --peer and `x.pe`).
+    #[arg(long, env = "RINGSEED_NO_ANNOUNCE")]
+    pub no_announce: bool,
+    /// PEM file of root certificates to trust for HTTPS trackers.
+    #[arg(long, value_name = "FILE", env = "RINGSEED_TRACKER_CA")]
+    pub tracker_ca: Option<PathBuf>,
+    /// Peers we upload to at once while downloading (tit-for-tat); 0 = all.
+    #[arg(
+        value_name = "N",
+        long,
+        default_value_t = 8,
+        env = "RINGSEED_LEECH_UPLOAD_SLOTS"
+    )]
+    pub upload_slots: usize,
+    /// Upload limit in bytes per second (K/M/G suffixes); 0 = none.
+    #[arg(value_name = "RATE", long, default_value = "0", value_parser = parse_rate, env = "RINGSEED_MAX_UPLOAD_RATE")]
+    pub max_upload_rate: u64,
+    /// How long to try to fetch a magnet link's metadata, in seconds.
+    #[arg(
+        value_name = "SECONDS",
+        long,
+        default_value_t = 120,
+        env = "RINGSEED_METADATA_TIMEOUT"
+    )]
+    pub metadata_timeout: u64,
+    #[command(flatten)]
+    pub hashing: HashingArgs,
 }
 
 /// Arguments of `ringseed tracker`.

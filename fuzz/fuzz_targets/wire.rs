@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringseed_engine::policy::seed_session::{SeedSession, SessionConfig, TorrentView};
+use ringseed_engine::policy::peer_session::{PeerSession, SessionConfig, TorrentView};
 use ringseed_engine::proto::wire::{self, Handshake, Message};
 
 /// 37 pieces of 32 KiB, the last 5 000 bytes; 40 000 bytes of metadata.
@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     });
     peer.reserved.0[5] = features & 0x10;
     peer.reserved.0[7] = features & 0x04;
-    let mut session = SeedSession::new(&peer, None, &torrent, SessionConfig::default());
+    let mut session = PeerSession::new(&peer, None, &torrent, SessionConfig::default());
     session.set_choking(features & 1 == 0);
     let mut at = 0;
     while let Ok(Some((msg, used))) = wire::decode(&stream[at..], 1 << 16) {

@@ -1,10 +1,13 @@
 //! One module per subcommand; each returns the exit status it earned.
 
 mod create;
+mod download;
 mod info;
 mod seed;
 mod tracker;
 mod verify;
+
+use std::path::{Path, PathBuf};
 
 use crate::cli::{Cli, Command, Exit};
 
@@ -15,6 +18,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Info(args) => info::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Seed(args) => seed::run(args),
+        Command::Download(args) => download::run(args),
         Command::Tracker(args) => tracker::run(args),
     }
 }
@@ -25,4 +29,35 @@ pub fn load_torrent(path: &std::path::Path) -> anyhow::Result<ringseed_engine::M
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     ringseed_engine::Metainfo::from_bytes(&bytes)
         .with_context(|| format!("{} is not a valid .torrent", path.display()))
+}
+
+/// `--state`, else `$XDG_STATE_HOME/ringseed`, else `~/.local/state/ringseed`.
+pub fn state_dir(flag: Option<&Path>) -> PathBuf {
+    if let Some(dir) = flag {
+        return dir.to_path_buf();
+    }
+    if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("ringseed");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/ringseed"),
+        None => PathBuf::from(".ringseed-state"),
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: every peer is a
+/// descriptor.
+pub fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }

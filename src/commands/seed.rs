@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use ringseed_engine::io::tracker_server::TrackerConfig;
 use ringseed_engine::proto::layout::Layout;
 use ringseed_engine::{InfoHash, MagnetLink, Metainfo};
 
+use super::{raise_open_file_limit, state_dir};
 use crate::cli::{Exit, SeedArgs};
 use crate::display::{human_bytes, piece_ranges, HashProgress};
 
@@ -207,20 +208,6 @@ fn start_announcer(
     Ok(Some(announcer))
 }
 
-/// `--state`, else `$XDG_STATE_HOME/ringseed`, else `~/.local/state/ringseed`.
-fn state_dir(flag: Option<&Path>) -> PathBuf {
-    if let Some(dir) = flag {
-        return dir.to_path_buf();
-    }
-    if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(xdg).join("ringseed");
-    }
-    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        Some(home) => PathBuf::from(home).join(".local/state/ringseed"),
-        None => PathBuf::from(".ringseed-state"),
-    }
-}
-
 /// Blocks until SIGINT or SIGTERM.
 pub fn wait_for_stop_signal() -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
@@ -312,21 +299,4 @@ fn wait_for_signal(seeder: &Seeder, announcer: Option<&Announcer>) -> anyhow::Re
     }
     handle.close();
     result
-}
-
-/// Raises the soft open-file limit to the hard one: every peer is a
-/// descriptor.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }

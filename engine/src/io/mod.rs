@@ -4,7 +4,9 @@
 pub mod announce;
 pub mod files;
 pub mod hasher;
+pub mod metadata_fetch;
 pub mod piece_check;
+pub mod resume;
 pub mod seeder;
 pub mod storage;
 pub mod tracker_server;

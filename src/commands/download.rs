@@ -1,0 +1,528 @@
+//! `ringseed download`: fetch a torrent (from a .torrent file or a magnet
+//! link) on the same data plane that seeds, verify every piece, keep resume
+//! data, and with `--seed` go on seeding without a restart.
+
+use std::collections::HashSet;
+use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use ringseed_engine::io::announce::{
+    AnnounceTarget, Announcer, ClientConfig, TrackerClient, Transfer,
+};
+use ringseed_engine::io::files::DataPaths;
+use ringseed_engine::io::hasher::{thread_count, verify};
+use ringseed_engine::io::metadata_fetch::fetch_metadata;
+use ringseed_engine::io::resume::{stamps, ResumeData};
+use ringseed_engine::io::seeder::{SeedConfig, Seeder};
+use ringseed_engine::io::storage::SeedTorrent;
+use ringseed_engine::policy::bitfield::Bitfield;
+use ringseed_engine::policy::download::DownloadConfig;
+use ringseed_engine::proto::bencode::OwnedValue;
+use ringseed_engine::proto::layout::Layout;
+use ringseed_engine::proto::tracker::{Announce, Event};
+use ringseed_engine::{InfoHash, MagnetLink, Metainfo};
+
+use super::{raise_open_file_limit, state_dir};
+use crate::cli::{DownloadArgs, Exit};
+use crate::display::{human_bytes, HashProgress};
+
+/// Resume data is saved this often while downloading.
+const SAVE_EVERY: Duration = Duration::from_secs(30);
+/// Peers given on the command line or in `x.pe` are dialed again this
+/// often while we are connected to none (they may have restarted).
+const REDIAL_EVERY: Duration = Duration::from_secs(10);
+
+pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
+    raise_open_file_limit();
+    let state = state_dir(args.state.as_deref());
+    let threads = thread_count(args.hashing.threads);
+    let stop = stop_flag()?;
+
+    let (metainfo, extra_peers) = load_source(&args, &state)?;
+    let paths = DataPaths::in_save_dir(&metainfo.info, &args.output);
+    let layout = Layout::new(&metainfo.info);
+    let selected = select_files(&metainfo, &args.only)?;
+    let mut wanted = Bitfield::new(layout.num_pieces());
+    for (index, &chosen) in selected.iter().enumerate() {
+        if chosen && !layout.is_pad(index) {
+            for piece in layout.pieces_of_file(index) {
+                wanted.set(piece);
+            }
+        }
+    }
+    let resume_path = state
+        .join("resume")
+        .join(format!("{}.resume", metainfo.info_hash));
+    let have = resume_or_check(&metainfo, &layout, &paths, &resume_path, threads)?;
+
+    println!(
+        "downloading {} ({}, {} pieces of {}) info-hash {} into {}",
+        metainfo.info.name,
+        human_bytes(metainfo.total_length()),
+        layout.num_pieces(),
+        human_bytes(metainfo.info.piece_length),
+        metainfo.info_hash,
+        args.output.display()
+    );
+    let torrent = SeedTorrent::open_for_download(
+        metainfo.clone(),
+        &paths,
+        &selected,
+        have,
+        wanted,
+        DownloadConfig::default(),
+    )
+    .with_context(|| format!("cannot download into {}", args.output.display()))?;
+    let start_have = torrent.download().map_or(0, |d| d.picker.have().count());
+    let config = SeedConfig {
+        listen: args.listen,
+        workers: args
+            .workers
+            .map_or_else(|| SeedConfig::default().workers, |n| n.get()),
+        leech_upload_slots: args.upload_slots,
+        max_upload_rate: args.max_upload_rate,
+        ..SeedConfig::default()
+    };
+    let seeder = Seeder::start(config, vec![Arc::clone(&torrent)])?;
+    println!("listening on {}", seeder.local_addr());
+    if start_have > 0 {
+        println!(
+            "resumed: {start_have} of {} pieces already verified",
+            layout.num_pieces()
+        );
+    }
+    std::io::stdout().flush()?;
+
+    let mut peers: Vec<SocketAddr> = args.peers.clone();
+    peers.extend(extra_peers);
+    let dialer = seeder.dialer();
+    dialer.dial(metainfo.info_hash, &peers);
+    let announcer = start_announcer(&args, &seeder, &torrent)?;
+
+    let started = Instant::now();
+    let mut bar = Progress::new(metainfo.total_length());
+    let mut last_save = Instant::now();
+    let mut last_dial = Instant::now();
+    let mut announced_complete = false;
+    let outcome = loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let stats = seeder.stats();
+        let t = &stats.torrents[0];
+        let progress = t.download.clone().expect("opened for download");
+        bar.update(&progress, t.stats.peers);
+        if let Some(error) = &t.error {
+            break Err(error.clone());
+        }
+        if progress.complete && !announced_complete {
+            announced_complete = true;
+            save_resume(&torrent, &paths, &resume_path);
+            bar.finish();
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "complete: {} verified in {secs:.1} s ({}/s)",
+                metainfo.info.name,
+                human_bytes((progress.counters.bytes_received as f64 / secs.max(1e-3)) as u64)
+            );
+            print_summary(&progress);
+            if let Some(a) = &announcer {
+                a.completed(metainfo.info_hash);
+            }
+            if !args.seed {
+                break Ok(());
+            }
+            println!("seeding {}; Ctrl-C stops", metainfo.info.name);
+            std::io::stdout().flush()?;
+        }
+        if stop.load(Ordering::Relaxed) {
+            break if announced_complete {
+                Ok(())
+            } else {
+                Err("interrupted".into())
+            };
+        }
+        if !announced_complete && last_save.elapsed() >= SAVE_EVERY {
+            last_save = Instant::now();
+            save_resume(&torrent, &paths, &resume_path);
+        }
+        if t.stats.peers == 0 && last_dial.elapsed() >= REDIAL_EVERY && !peers.is_empty() {
+            last_dial = Instant::now();
+            dialer.dial(metainfo.info_hash, &peers);
+        }
+    };
+    bar.finish();
+    if let Some(a) = announcer {
+        a.stop();
+    }
+    let stats = seeder
+        .shutdown()
+        .context("a worker failed while stopping")?;
+    // Workers are stopped: nothing is written any more, so the saved file
+    // stamps match the files and the next start needs no recheck.
+    save_resume(&torrent, &paths, &resume_path);
+    match outcome {
+        Ok(()) => {
+            if args.seed {
+                println!(
+                    "stopped: sent {} to peers",
+                    human_bytes(stats.total.bytes_sent)
+                );
+            }
+            Ok(Exit::Success)
+        }
+        Err(reason) => {
+            if let Some(p) = stats.torrents.first().and_then(|t| t.download.as_ref()) {
+                print_summary(p);
+                eprintln!(
+                    "ringseed: {}: {reason}; {} of {} pieces verified, resume data saved in {} \
+                     (run the same command again to resume)",
+                    metainfo.info.name,
+                    p.pieces_have,
+                    layout.num_pieces(),
+                    resume_path.display()
+                );
+            }
+            Ok(Exit::Error)
+        }
+    }
+}
+
+/// The line tests and scripts read: what this run received and why some
+/// of it was wasted.
+fn print_summary(p: &ringseed_engine::io::seeder::DownloadProgress) {
+    let banned: Vec<String> = p.banned.iter().map(|ip| ip.to_string()).collect();
+    println!(
+        "summary: received={} wasted={} hash_failures={} pieces_verified={} banned={}",
+        p.counters.bytes_received,
+        p.counters.bytes_wasted,
+        p.counters.hash_failures,
+        p.counters.pieces_verified,
+        if banned.is_empty() {
+            "-".to_owned()
+        } else {
+            banned.join(",")
+        }
+    );
+}
+
+/// SIGINT and SIGTERM set the returned flag.
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install signal handlers")?;
+    }
+    Ok(stop)
+}
+
+/// The torrent, and peers to dial from a magnet link's `x.pe`.
+fn load_source(args: &DownloadArgs, state: &Path) -> anyhow::Result<(Metainfo, Vec<SocketAddr>)> {
+    if !args.source.starts_with("magnet:") {
+        return Ok((super::load_torrent(Path::new(&args.source))?, Vec::new()));
+    }
+    let magnet = MagnetLink::parse(&args.source).context("invalid magnet link")?;
+    let x_pe: Vec<SocketAddr> = magnet
+        .peers
+        .iter()
+        .filter_map(|p| p.to_socket_addrs().ok()?.next())
+        .collect();
+    // A torrent fetched before is not fetched again.
+    let saved = state
+        .join("torrents")
+        .join(format!("{}.torrent", magnet.info_hash));
+    if saved.is_file() {
+        if let Ok(m) = super::load_torrent(&saved) {
+            if m.info_hash == magnet.info_hash {
+                return Ok((m, x_pe));
+            }
+        }
+    }
+    let mut peers = args.peers.clone();
+    peers.extend(&x_pe);
+    if !args.no_announce {
+        peers.extend(tracker_peers(&magnet, args));
+    }
+    let peers = dedup(peers);
+    eprintln!(
+        "fetching the torrent's metadata from {} peer(s)...",
+        peers.len()
+    );
+    let info = fetch_metadata(
+        magnet.info_hash,
+        &peers,
+        *b"-RS0100-metadata0000",
+        Duration::from_secs(args.metadata_timeout),
+    )?;
+    let bytes = torrent_file(&info, &magnet.trackers);
+    let metainfo =
+        Metainfo::from_bytes(&bytes).context("the peers' metadata is not a valid torrent")?;
+    std::fs::create_dir_all(saved.parent().expect("has a parent"))
+        .with_context(|| format!("cannot create {}", state.display()))?;
+    std::fs::write(&saved, &bytes).with_context(|| format!("cannot write {}", saved.display()))?;
+    println!("metadata fetched; torrent saved as {}", saved.display());
+    Ok((metainfo, x_pe))
+}
+
+fn dedup(peers: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let mut seen = HashSet::new();
+    peers.into_iter().filter(|p| seen.insert(*p)).collect()
+}
+
+/// A .torrent file around `info` (kept byte for byte: its hash is the
+/// info-hash) with the magnet link's trackers.
+fn torrent_file(info: &[u8], trackers: &[String]) -> Vec<u8> {
+    let mut root = OwnedValue::dict();
+    if let Some(first) = trackers.first() {
+        root.insert("announce", OwnedValue::bytes(first));
+        let tiers = trackers
+            .iter()
+            .map(|t| OwnedValue::List(vec![OwnedValue::bytes(t)]))
+            .collect();
+        root.insert("announce-list", OwnedValue::List(tiers));
+    }
+    let mut bytes = root.to_bytes();
+    bytes.pop(); // the dictionary's closing `e`: `info` sorts last
+    bytes.extend_from_slice(b"4:info");
+    bytes.extend_from_slice(info);
+    bytes.push(b'e');
+    bytes
+}
+
+/// Peers from one announce to each tracker of a magnet link (we have no
+/// info dictionary yet, so the data plane cannot start).
+fn tracker_peers(magnet: &MagnetLink, args: &DownloadArgs) -> Vec<SocketAddr> {
+    let Ok(mut client) = TrackerClient::new(client_config(args).unwrap_or_default()) else {
+        return Vec::new();
+    };
+    let mut peers = Vec::new();
+    for url in &magnet.trackers {
+        let request = Announce {
+            info_hash: magnet.info_hash,
+            peer_id: *b"-RS0100-metadata0000",
+            port: 0,
+            uploaded: 0,
+            downloaded: 0,
+            left: 1,
+            event: Event::Started,
+            numwant: Some(50),
+            key: 0,
+            tracker_id: None,
+        };
+        match client.announce(url, &request) {
+            Ok(reply) => peers.extend(reply.peers),
+            Err(e) => eprintln!("tracker {url}: {e}"),
+        }
+    }
+    peers
+}
+
+fn client_config(args: &DownloadArgs) -> anyhow::Result<ClientConfig> {
+    let roots_pem = match &args.tracker_ca {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
+        }
+        None => None,
+    };
+    Ok(ClientConfig {
+        roots_pem,
+        ..ClientConfig::default()
+    })
+}
+
+/// Which files `--only` selects (all without it). Patterns match a file's
+/// path in the torrent, or its name alone.
+fn select_files(metainfo: &Metainfo, only: &[String]) -> anyhow::Result<Vec<bool>> {
+    if only.is_empty() {
+        return Ok(vec![true; metainfo.info.files.len()]);
+    }
+    let patterns = only
+        .iter()
+        .map(|p| {
+            glob::Pattern::new(p).with_context(|| format!("--only {p:?} is not a valid pattern"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let selected: Vec<bool> = metainfo
+        .info
+        .files
+        .iter()
+        .map(|f| {
+            let name = f.path.file_name().map(Path::new).unwrap_or(&f.path);
+            !f.pad
+                && patterns
+                    .iter()
+                    .any(|p| p.matches_path(&f.path) || p.matches_path(name))
+        })
+        .collect();
+    if !selected.contains(&true) {
+        bail!(
+            "--only {} matches no file of {}",
+            only.join(" "),
+            metainfo.info.name
+        );
+    }
+    Ok(selected)
+}
+
+/// The pieces already verified: from resume data whose file stamps still
+/// match, else from a check of whatever data is there.
+fn resume_or_check(
+    metainfo: &Metainfo,
+    layout: &Layout,
+    paths: &DataPaths,
+    resume_path: &Path,
+    threads: usize,
+) -> anyhow::Result<Bitfield> {
+    let num_pieces = layout.num_pieces();
+    let now = stamps(paths);
+    match ResumeData::load(
+        resume_path,
+        &metainfo.info_hash,
+        num_pieces,
+        paths.files.len(),
+    ) {
+        Ok(Some(saved)) if saved.files == now => return Ok(saved.pieces),
+        Ok(Some(_)) => eprintln!("the files changed since the resume data was saved: rechecking"),
+        Ok(None) => {}
+        Err(e) => eprintln!("ringseed: {e:#}; rechecking"),
+    }
+    let mut have = Bitfield::new(num_pieces);
+    let any_data = now.iter().flatten().any(|s| s.len > 0);
+    if !any_data {
+        return Ok(have);
+    }
+    let progress = HashProgress::new("checking", layout.total_length());
+    let report = verify(layout, &metainfo.info.pieces, paths, threads, &progress);
+    progress.finish();
+    let bad: HashSet<u32> = report.bad_pieces.iter().copied().collect();
+    for piece in (0..num_pieces).filter(|p| !bad.contains(p)) {
+        have.set(piece);
+    }
+    Ok(have)
+}
+
+/// Flushes the data, then saves which pieces are verified. A failure is
+/// reported and costs a recheck at the next start, nothing more.
+fn save_resume(torrent: &SeedTorrent, paths: &DataPaths, path: &Path) {
+    let result = torrent.sync_data().and_then(|()| {
+        let pieces = torrent
+            .download()
+            .map(|d| d.picker.have().clone())
+            .unwrap_or_default();
+        ResumeData {
+            info_hash: torrent.metainfo.info_hash,
+            pieces,
+            files: stamps(paths),
+        }
+        .save(path)
+    });
+    if let Err(e) = result {
+        eprintln!(
+            "ringseed: cannot save resume data to {}: {e}",
+            path.display()
+        );
+    }
+}
+
+fn start_announcer(
+    args: &DownloadArgs,
+    seeder: &Seeder,
+    torrent: &Arc<SeedTorrent>,
+) -> anyhow::Result<Option<Announcer>> {
+    if args.no_announce || torrent.metainfo.trackers.is_empty() {
+        return Ok(None);
+    }
+    let target = AnnounceTarget {
+        info_hash: torrent.metainfo.info_hash,
+        tiers: torrent.metainfo.trackers.clone(),
+    };
+    let t = Arc::clone(torrent);
+    let transfer = Arc::new(move |_: &InfoHash| {
+        let stats = t.stats.snapshot();
+        Transfer {
+            uploaded: stats.bytes_sent,
+            downloaded: stats.bytes_received,
+            left: t.download().map_or(0, |d| d.picker.bytes_missing()),
+        }
+    });
+    let dialer = seeder.dialer();
+    let on_peers = Arc::new(move |h: &InfoHash, peers: &[SocketAddr]| dialer.dial(*h, peers));
+    Ok(Some(Announcer::start(
+        vec![target],
+        seeder.peer_id(),
+        seeder.local_addr().port(),
+        client_config(args)?,
+        transfer,
+        Some(on_peers),
+    )?))
+}
+
+/// The progress bar on a terminal, a line every 10 s otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: u64,
+    last_line: Instant,
+    last: (Instant, u64),
+    rate: f64,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{percent:>3}% [{bar:30}] {bytes}/{total_bytes} {msg} ETA {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            total,
+            last_line: Instant::now(),
+            last: (Instant::now(), 0),
+            rate: 0.0,
+        }
+    }
+
+    fn update(&mut self, p: &ringseed_engine::io::seeder::DownloadProgress, peers: u64) {
+        let done = self.total - p.bytes_missing.min(self.total);
+        let now = Instant::now();
+        let received = p.counters.bytes_received;
+        let dt = (now - self.last.0).as_secs_f64();
+        if dt >= 1.0 {
+            self.rate = (received - self.last.1.min(received)) as f64 / dt;
+            self.last = (now, received);
+        }
+        let msg = format!("{}/s, {peers} peers", human_bytes(self.rate as u64));
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(done);
+                bar.set_message(msg);
+            }
+            None if self.last_line.elapsed() >= Duration::from_secs(10) => {
+                self.last_line = now;
+                eprintln!(
+                    "{:.1}% {} of {}, {msg}",
+                    done as f64 * 100.0 / self.total.max(1) as f64,
+                    human_bytes(done),
+                    human_bytes(self.total)
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
