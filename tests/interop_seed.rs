@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -107,56 +106,6 @@ fn libtorrent_from_a_magnet_link_gets_the_metadata_from_us() {
         "127.0.0.21",
     ));
     p.assert_downloaded(&dir);
-}
-
-/// A free port (bound and released; good enough for tests).
-fn free_port() -> u16 {
-    TcpListener::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// opentracker on loopback, whitelisting one info-hash; killed on drop.
-struct OpenTracker {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl OpenTracker {
-    fn start(ip: &str, port: u16, info_hash_hex: &str) -> OpenTracker {
-        require_program("opentracker", "opentracker");
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("whitelist"), format!("{info_hash_hex}\n")).unwrap();
-        let child = Command::new("opentracker")
-            .args(["-i", ip, "-p", &port.to_string(), "-P", &port.to_string()])
-            .arg("-d")
-            .arg(dir.path())
-            .args(["-w", "whitelist"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start opentracker");
-        let tracker = OpenTracker { child, _dir: dir };
-        // Ready when it accepts a connection.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect((ip, port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "opentracker did not start listening"
-            );
-            std::thread::yield_now();
-        }
-        tracker
-    }
-}
-
-impl Drop for OpenTracker {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by its PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
 }
 
 fn info_hash_of(torrent: &Path) -> ([u8; 20], String) {

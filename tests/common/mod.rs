@@ -127,6 +127,9 @@ pub struct SeedProcess {
     pub addr: std::net::SocketAddr,
     /// Everything it printed on stdout up to "listening on".
     pub banner: String,
+    /// What it printed after that.
+    rest: std::sync::Arc<std::sync::Mutex<String>>,
+    drain: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SeedProcess {
@@ -163,12 +166,35 @@ impl SeedProcess {
             }
         };
         // Keep draining stdout so the process never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let rest = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = std::sync::Arc::clone(&rest);
+        let drain = std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
         SeedProcess {
             child: Some(child),
             addr,
             banner,
+            rest,
+            drain: Some(drain),
         }
+    }
+
+    /// Stops it with SIGINT; returns its exit status and what it printed
+    /// after its banner.
+    pub fn stop_with_output(mut self) -> (std::process::ExitStatus, String) {
+        let drain = self.drain.take();
+        let rest = std::sync::Arc::clone(&self.rest);
+        let status = self.stop();
+        if let Some(d) = drain {
+            let _ = d.join();
+        }
+        let out = rest.lock().unwrap().clone();
+        (status, out)
     }
 
     /// The magnet link it printed for its first torrent.
@@ -332,4 +358,245 @@ impl Drop for NetNs {
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// A free port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// opentracker on loopback, whitelisting one info-hash; killed on drop.
+pub struct OpenTracker {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl OpenTracker {
+    pub fn start(ip: &str, port: u16, info_hash_hex: &str) -> OpenTracker {
+        require_program("opentracker", "opentracker");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("whitelist"), format!("{info_hash_hex}\n")).unwrap();
+        let child = std::process::Command::new("opentracker")
+            .args(["-i", ip, "-p", &port.to_string(), "-P", &port.to_string()])
+            .arg("-d")
+            .arg(dir.path())
+            .args(["-w", "whitelist"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start opentracker");
+        let tracker = OpenTracker { child, _dir: dir };
+        // Ready when it accepts a connection.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect((ip, port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "opentracker did not start listening"
+            );
+            std::thread::yield_now();
+        }
+        tracker
+    }
+}
+
+impl Drop for OpenTracker {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A `ringseed download` process with its output collected as it comes;
+/// killed (SIGKILL, by PID) when dropped.
+pub struct DownloadProcess {
+    child: Option<std::process::Child>,
+    /// Where it listens for peers.
+    pub addr: std::net::SocketAddr,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    drains: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn collect(
+    pipe: impl std::io::Read + Send + 'static,
+    into: &std::sync::Arc<std::sync::Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    use std::io::BufRead;
+    let sink = std::sync::Arc::clone(into);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    })
+}
+
+impl DownloadProcess {
+    /// Starts `ringseed download SOURCE -o OUT --state STATE --listen
+    /// 127.0.0.1:0 ARGS` and waits until it listens.
+    pub fn start(
+        source: &dyn AsRef<std::ffi::OsStr>,
+        out: &Path,
+        state: &Path,
+        args: &[&dyn AsRef<std::ffi::OsStr>],
+    ) -> DownloadProcess {
+        Self::start_on("127.0.0.1:0", source, out, state, args)
+    }
+
+    /// Like `start`, listening on `listen`.
+    pub fn start_on(
+        listen: &str,
+        source: &dyn AsRef<std::ffi::OsStr>,
+        out: &Path,
+        state: &Path,
+        args: &[&dyn AsRef<std::ffi::OsStr>],
+    ) -> DownloadProcess {
+        let mut cmd = ringseed();
+        cmd.arg("download")
+            .arg(source)
+            .arg("-o")
+            .arg(out)
+            .arg("--state")
+            .arg(state)
+            .args(["--listen", listen]);
+        for a in args {
+            cmd.arg(a);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start ringseed download");
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let drains = vec![
+            collect(child.stdout.take().unwrap(), &stdout),
+            collect(child.stderr.take().unwrap(), &stderr),
+        ];
+        let mut d = DownloadProcess {
+            child: Some(child),
+            addr: "0.0.0.0:0".parse().unwrap(),
+            stdout,
+            stderr,
+            drains,
+        };
+        let line = d.wait_for_line("listening on ", std::time::Duration::from_secs(120));
+        d.addr = line["listening on ".len()..].trim().parse().unwrap();
+        d
+    }
+
+    /// Waits for a stdout line starting with `prefix`; returns it. Panics
+    /// with the output if the process exits or `timeout` passes first.
+    pub fn wait_for_line(&mut self, prefix: &str, timeout: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .stdout
+                .lock()
+                .unwrap()
+                .lines()
+                .find(|l| l.starts_with(prefix))
+            {
+                return line.to_owned();
+            }
+            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
+            if exited.is_some() || std::time::Instant::now() > deadline {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                panic!(
+                    "ringseed download never printed {prefix:?} ({exited:?}):\nstdout:\n{}\nstderr:\n{}",
+                    self.stdout.lock().unwrap(),
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Waits for it to exit (at most `timeout`, then kills it); returns its
+    /// status, stdout and stderr.
+    pub fn wait(
+        mut self,
+        timeout: std::time::Duration,
+    ) -> (std::process::ExitStatus, String, String) {
+        let mut child = self.child.take().unwrap();
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                // SAFETY: signalling our own child by its PID.
+                unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+                break child.wait().unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        for d in self.drains.drain(..) {
+            let _ = d.join();
+        }
+        let out = self.stdout.lock().unwrap().clone();
+        let err = self.stderr.lock().unwrap().clone();
+        (status, out, err)
+    }
+
+    /// Sends `signal` (SIGINT to stop it cleanly, SIGKILL to crash it).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+}
+
+impl Drop for DownloadProcess {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            // SAFETY: signalling our own child by its PID.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a download to its end; panics with the output unless it exits 0.
+/// Returns its stdout.
+pub fn download_ok(
+    source: &dyn AsRef<std::ffi::OsStr>,
+    out: &Path,
+    state: &Path,
+    args: &[&dyn AsRef<std::ffi::OsStr>],
+) -> String {
+    let d = DownloadProcess::start(source, out, state, args);
+    let (status, stdout, stderr) = d.wait(std::time::Duration::from_secs(240));
+    assert!(
+        status.success(),
+        "ringseed download failed ({status}):\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stdout
+}
+
+/// The `summary:` line of a download's stdout, as key=value pairs.
+pub fn summary(stdout: &str) -> std::collections::HashMap<String, String> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("summary: "))
+        .unwrap_or_else(|| panic!("no summary line in:\n{stdout}"));
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// A summary figure as a number.
+pub fn summary_u64(stdout: &str, key: &str) -> u64 {
+    summary(stdout)[key].parse().unwrap()
 }
