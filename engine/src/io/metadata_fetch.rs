@@ -26,6 +26,10 @@ pub const MAX_METADATA_SIZE: u64 = 16 << 20;
 const PARALLEL_PEERS: usize = 8;
 /// Per-socket connect and read timeout.
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tries per peer.
+const ATTEMPTS_PER_PEER: usize = 3;
+/// Pause between tries of one peer.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Why no peer gave us the metadata.
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +76,19 @@ pub fn fetch_metadata(
             let tx = tx.clone();
             let done = Arc::clone(&done);
             std::thread::spawn(move || {
-                let result =
-                    fetch_from(addr, info_hash, peer_id, &done).map_err(|e| format!("{addr}: {e}"));
+                // A peer may turn us away while it is still starting (or
+                // busy): try it a few times.
+                let mut result = Err(String::new());
+                for attempt in 0..ATTEMPTS_PER_PEER {
+                    if attempt > 0 {
+                        std::thread::sleep(RETRY_AFTER);
+                    }
+                    result = fetch_from(addr, info_hash, peer_id, &done)
+                        .map_err(|e| format!("{addr}: {e}"));
+                    if result.is_ok() || done.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
                 let _ = tx.send(result);
             });
         }

@@ -1,0 +1,210 @@
+//! `ringseed download` from real seeders: libtorrent-rasterbar (from a
+//! .torrent and from a magnet link alone), transmission-daemon, and aria2c
+//! found through opentracker. Every download is checked by sha256.
+//!
+//! They need Debian's python3-libtorrent, transmission-daemon, aria2 and
+//! opentracker; `cargo test` skips them, `scripts/test` (and CI) runs them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Payload {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    torrent: PathBuf,
+}
+
+fn payload(len: usize, extra_create_args: &[&str]) -> Payload {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("seed/payload.iso");
+    write_data(&data, len, 31);
+    let torrent = dir.path().join("payload.torrent");
+    let args = [&["--piece-size", "256K"][..], extra_create_args].concat();
+    create_torrent(&data, &torrent, &args);
+    Payload { dir, data, torrent }
+}
+
+impl Payload {
+    fn seed_dir(&self) -> PathBuf {
+        self.data.parent().unwrap().to_path_buf()
+    }
+
+    fn download(&self, source: &dyn AsRef<std::ffi::OsStr>, args: &[&dyn AsRef<std::ffi::OsStr>]) {
+        let out = self.dir.path().join("out");
+        let stdout = download_ok(source, &out, &self.dir.path().join("state"), args);
+        assert_eq!(
+            sha256(&out.join("payload.iso")),
+            sha256(&self.data),
+            "sha256 of the download"
+        );
+        assert_eq!(summary(&stdout)["banned"], "-");
+    }
+}
+
+/// A child process stopped with SIGTERM (by its PID) when dropped.
+struct Stopper(Child);
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// tests/support/lt_seed.py on `addr`, once it is seeding.
+fn lt_seed(p: &Payload, addr: &str) -> Stopper {
+    require_libtorrent();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lt_seed.py");
+    let mut child = Command::new(SYSTEM_PYTHON)
+        .arg(script)
+        .arg(&p.torrent)
+        .arg(p.seed_dir())
+        .args(["--listen", addr])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start lt_seed.py");
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "libtorrent seeder did not start");
+    }
+    Stopper(child)
+}
+
+#[test]
+#[ignore = "needs python3-libtorrent: run by scripts/test"]
+fn downloads_from_a_libtorrent_seeder() {
+    let p = payload(64 << 20, &[]);
+    let addr = format!("127.0.0.81:{}", free_port());
+    let _seed = lt_seed(&p, &addr);
+    p.download(&p.torrent, &[&"--peer", &addr]);
+}
+
+#[test]
+#[ignore = "needs python3-libtorrent: run by scripts/test"]
+fn a_magnet_link_against_a_libtorrent_seeder() {
+    let p = payload(16 << 20, &[]);
+    let addr = format!("127.0.0.82:{}", free_port());
+    let _seed = lt_seed(&p, &addr);
+    let hash = info_json(&p.torrent)["info_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let magnet = format!("magnet:?xt=urn:btih:{hash}&dn=payload.iso&x.pe={addr}");
+    p.download(&magnet, &[]);
+}
+
+#[test]
+#[ignore = "needs transmission-daemon: run by scripts/test"]
+fn downloads_from_a_transmission_daemon_seeder() {
+    require_program("transmission-daemon", "transmission-daemon");
+    require_program("transmission-remote", "transmission-cli");
+    let p = payload(32 << 20, &[]);
+    let conf = p.dir.path().join("transmission");
+    std::fs::create_dir_all(&conf).unwrap();
+    let (port, rpc) = (free_port(), free_port());
+    // Nothing may leave the machine: no DHT, LPD, PEX, uTP or port mapping.
+    std::fs::write(
+        conf.join("settings.json"),
+        format!(
+            r#"{{"dht-enabled": false, "lpd-enabled": false, "pex-enabled": false,
+                "utp-enabled": false, "port-forwarding-enabled": false,
+                "bind-address-ipv4": "127.0.0.1", "rpc-bind-address": "127.0.0.1",
+                "rpc-port": {rpc}, "peer-port": {port},
+                "rpc-authentication-required": false}}"#
+        ),
+    )
+    .unwrap();
+    let daemon = Stopper(
+        Command::new("transmission-daemon")
+            .arg("-f")
+            .arg("-g")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start transmission-daemon"),
+    );
+    let remote = |args: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut cmd = Command::new("transmission-remote");
+        cmd.arg(format!("127.0.0.1:{rpc}"));
+        for a in args {
+            cmd.arg(a);
+        }
+        run(&mut cmd)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !remote(&[&"-l"]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "transmission-daemon did not start"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let added = remote(&[&"-a", &p.torrent, &"-w", &p.seed_dir()]);
+    assert!(added.status.success(), "{added:?}");
+    // It checks the data, then seeds.
+    loop {
+        let info = String::from_utf8_lossy(&remote(&[&"-t", &"1", &"-i"]).stdout).into_owned();
+        if info.contains("Seeding") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transmission-daemon never started seeding:\n{info}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    p.download(&p.torrent, &[&"--peer", &format!("127.0.0.1:{port}")]);
+    drop(daemon);
+}
+
+#[test]
+#[ignore = "needs aria2 and opentracker: run by scripts/test"]
+fn downloads_from_an_aria2c_seeder_found_through_opentracker() {
+    require_program("aria2c", "aria2");
+    // The tracker URL goes into the torrent, whose hash the whitelist needs.
+    let tracker_port = free_port();
+    let url = format!("http://127.0.0.1:{tracker_port}/announce");
+    let p = payload(24 << 20, &["-t", &url]);
+    let hash = info_json(&p.torrent)["info_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _tracker = OpenTracker::start("127.0.0.1", tracker_port, &hash);
+    let _aria2 = Stopper(
+        Command::new("aria2c")
+            .args([
+                "--enable-dht=false",
+                "--enable-dht6=false",
+                "--bt-enable-lpd=false",
+                "--enable-peer-exchange=false",
+                "--disable-ipv6=true",
+                "--check-integrity=true",
+                "--seed-ratio=0.0",
+                "--summary-interval=0",
+                "--console-log-level=warn",
+                "--listen-port",
+                &free_port().to_string(),
+                "--dir",
+            ])
+            .arg(p.seed_dir())
+            .arg(&p.torrent)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start aria2c"),
+    );
+    // No --peer: the only way to aria2c is the tracker. aria2c announces
+    // once its check is done; ringseed re-announces until it has peers.
+    p.download(&p.torrent, &[]);
+}
