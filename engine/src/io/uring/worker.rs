@@ -579,6 +579,10 @@ impl Worker {
     fn process_input(&mut self, key: usize) -> Result<(), CloseReason> {
         let shared = Arc::clone(&self.shared);
         let config = Arc::clone(&self.config);
+        let unchoked_leeching = match self.conns[key].phase {
+            Phase::Handshake => unchoked_leeching_peers(&self.conns),
+            Phase::Active { .. } => 0,
+        };
         let conn = &mut self.conns[key];
         let mut consumed = 0;
         if matches!(conn.phase, Phase::Handshake) {
@@ -640,12 +644,15 @@ impl Worker {
                 .peers += 1;
             self.delta.peers += 1;
             consumed = wire::HANDSHAKE_LEN;
-            let slots = if torrent.is_downloading() {
-                config.leech_upload_slots
+            let free_slot = if torrent.is_downloading() {
+                // Tit-for-tat needs a round to measure; until the choker's
+                // next round, a free slot goes to whoever comes.
+                let share = config.leech_slots_share(self.index);
+                share == 0 || unchoked_leeching < share
             } else {
-                config.upload_slots
+                config.upload_slots == 0
             };
-            if slots == 0 {
+            if free_slot {
                 // Without slot limits there is nothing to wait for: unchoke
                 // now instead of at the next choker round.
                 if let Phase::Active { session, .. } = &mut conn.phase {
@@ -1487,6 +1494,19 @@ fn peer_addr(fd: &OwnedFd) -> Option<SocketAddr> {
         },
         v4 => v4,
     })
+}
+
+/// Connections of torrents being downloaded that we unchoke.
+fn unchoked_leeching_peers(conns: &Slab<Conn>) -> usize {
+    conns
+        .iter()
+        .filter(|(_, c)| match &c.phase {
+            Phase::Active { torrent, session } => {
+                !c.closing && torrent.is_downloading() && !session.is_choking()
+            }
+            Phase::Handshake => false,
+        })
+        .count()
 }
 
 /// The key of connection `key` of worker `worker` in the shared picker.
