@@ -7,8 +7,16 @@ use ringseed_engine::proto::bencode::{decode, decode_prefix, OwnedValue};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok((value, used)) = decode_prefix(data) {
-        assert!(used <= data.len(), "decode_prefix used {used} of {} bytes", data.len());
-        assert_eq!(value.raw, &data[..used], "prefix raw differs from consumed bytes");
+        assert!(
+            used <= data.len(),
+            "decode_prefix used {used} of {} bytes",
+            data.len()
+        );
+        assert_eq!(
+            value.raw,
+            &data[..used],
+            "prefix raw differs from consumed bytes"
+        );
         assert_eq!(value.offset, 0);
     }
 

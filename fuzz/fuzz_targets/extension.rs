@@ -17,6 +17,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = MetadataMessage::decode(data) {
         let mut out = Vec::new();
         msg.encode(&mut out);
-        assert_eq!(MetadataMessage::decode(&out).expect("our encoding decodes"), msg);
+        assert_eq!(
+            MetadataMessage::decode(&out).expect("our encoding decodes"),
+            msg
+        );
     }
 });

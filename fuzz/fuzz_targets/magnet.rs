@@ -6,8 +6,12 @@ use libfuzzer_sys::fuzz_target;
 use ringseed_engine::MagnetLink;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(link) = MagnetLink::parse(text) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(link) = MagnetLink::parse(text) else {
+        return;
+    };
     let uri = link.to_string();
     match MagnetLink::parse(&uri) {
         Ok(again) if again == link => {}

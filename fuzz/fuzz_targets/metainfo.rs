@@ -14,7 +14,9 @@ use ringseed_engine::Metainfo;
 const MAX_PIECES_CHECKED: u32 = 64;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(m) = Metainfo::from_bytes(data) else { return };
+    let Ok(m) = Metainfo::from_bytes(data) else {
+        return;
+    };
 
     assert_eq!(
         m.info_hash.0,
@@ -32,10 +34,17 @@ fuzz_target!(|data: &[u8]| {
     );
 
     for (i, file) in m.info.files.iter().enumerate() {
-        assert!(file.path.is_relative(), "file {i} path {:?} is not relative", file.path);
+        assert!(
+            file.path.is_relative(),
+            "file {i} path {:?} is not relative",
+            file.path
+        );
         for component in file.path.components() {
             assert!(
-                !matches!(component, Component::ParentDir | Component::RootDir | Component::Prefix(_)),
+                !matches!(
+                    component,
+                    Component::ParentDir | Component::RootDir | Component::Prefix(_)
+                ),
                 "file {i} path {:?} has an unsafe component {component:?}",
                 file.path
             );

@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(reply) = UdpReply::decode(data, ipv6) {
             let mut out = Vec::new();
             reply.encode(&mut out, ipv6);
-            assert_eq!(UdpReply::decode(&out, ipv6).expect("our encoding decodes"), reply);
+            assert_eq!(
+                UdpReply::decode(&out, ipv6).expect("our encoding decodes"),
+                reply
+            );
         }
     }
 });
