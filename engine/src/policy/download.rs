@@ -28,6 +28,10 @@ pub struct DownloadConfig {
     /// Strikes (bad blocks proven, or failed pieces sent alone) that ban
     /// a peer's address.
     pub ban_after: u32,
+    /// Bytes of pieces held in memory (assembling, being checked, being
+    /// written) above which no more blocks are requested: when the disk is
+    /// slower than the network, memory stays bounded.
+    pub max_memory: u64,
 }
 
 impl Default for DownloadConfig {
@@ -35,6 +39,7 @@ impl Default for DownloadConfig {
         DownloadConfig {
             picker: PickerConfig::default(),
             ban_after: 2,
+            max_memory: 256 << 20,
         }
     }
 }
@@ -88,6 +93,12 @@ pub struct Download {
     banned: HashSet<IpAddr>,
     /// Pieces verified, in order: workers send `have` for each new entry.
     verified_log: Vec<u32>,
+    /// Bytes of pieces in memory (see `DownloadConfig::max_memory`).
+    memory: u64,
+    /// Piece buffers to reuse: fresh ones cost a page fault and a zeroed
+    /// page per 4 KiB, a reused one nothing (every byte is overwritten by
+    /// blocks before the piece is checked).
+    spare_buffers: Vec<Vec<u8>>,
     /// Counters.
     pub counters: DownloadCounters,
 }
@@ -119,7 +130,26 @@ impl Download {
             strikes: HashMap::new(),
             banned: HashSet::new(),
             verified_log: Vec::new(),
+            memory: 0,
+            spare_buffers: Vec::new(),
             counters: DownloadCounters::default(),
+        }
+    }
+
+    /// Whether pieces in memory have reached the budget: ask for no more
+    /// blocks until some are written.
+    pub fn over_memory_budget(&self) -> bool {
+        self.memory >= self.config.max_memory
+    }
+
+    /// A piece's buffer is free again (written, or failed its check).
+    pub fn recycle(&mut self, buffer: Vec<u8>) {
+        self.memory = self.memory.saturating_sub(buffer.len() as u64);
+        // Only full-size buffers are worth keeping; a few cover the pieces
+        // that are in flight at once.
+        let full = buffer.len() == self.picker.piece_len(0) as usize;
+        if full && self.spare_buffers.len() < 64 {
+            self.spare_buffers.push(buffer);
         }
     }
 
@@ -139,13 +169,19 @@ impl Download {
         };
         self.counters.bytes_received += data.len() as u64;
         let piece_len = self.picker.piece_len(req.piece) as usize;
-        let assembly = self
-            .assembling
-            .entry(req.piece)
-            .or_insert_with(|| Assembly {
-                data: vec![0; piece_len],
+        let spare = &mut self.spare_buffers;
+        let memory = &mut self.memory;
+        let assembly = self.assembling.entry(req.piece).or_insert_with(|| {
+            *memory += piece_len as u64;
+            let data = match spare.pop() {
+                Some(b) if b.len() == piece_len => b,
+                _ => vec![0; piece_len],
+            };
+            Assembly {
+                data,
                 senders: vec![None; piece_len.div_ceil(BLOCK_LEN as usize)],
-            });
+            }
+        });
         let start = req.offset as usize;
         assembly.data[start..start + data.len()].copy_from_slice(data);
         assembly.senders[start / BLOCK_LEN as usize] = Some(ip);

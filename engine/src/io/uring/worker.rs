@@ -1039,6 +1039,8 @@ impl Worker {
             }
             if c.good && !self.shutting_down && !c.torrent.is_errored() {
                 self.write_piece(c.torrent, c.piece);
+            } else if let Some(mut download) = c.torrent.download() {
+                download.recycle(c.piece.data);
             }
         }
     }
@@ -1120,6 +1122,7 @@ impl Worker {
         let Some(mut download) = w.torrent.download() else {
             return;
         };
+        download.recycle(w.piece.data);
         match w.error {
             Some(e) => {
                 download.on_write_failed(piece);
@@ -1534,6 +1537,8 @@ fn request_more(
         return;
     };
     let reqs = match torrent.download() {
+        // The disk is behind: wait for writes (the tick tops up again).
+        Some(download) if download.over_memory_budget() => return,
         Some(mut download) => download
             .picker
             .pick(peer, &pieces, room, &mut |n| next_random(rng, n)),
