@@ -208,3 +208,49 @@ fn downloads_from_an_aria2c_seeder_found_through_opentracker() {
     // once its check is done; ringseed re-announces until it has peers.
     p.download(&p.torrent, &[]);
 }
+
+/// A multi-file torrent made by libtorrent with BEP 47 pad files: pad
+/// bytes are hashed but never written, every real file arrives intact, and
+/// libtorrent's own check of the download finds every piece good.
+#[test]
+#[ignore = "needs python3-libtorrent: run by scripts/test"]
+fn a_libtorrent_torrent_with_pad_files_downloads_intact() {
+    require_libtorrent();
+    let dir = tempfile::tempdir().unwrap();
+    let tree = write_tree(&dir.path().join("seed"));
+    let torrent = dir.path().join("padded.torrent");
+    lt_tool(&[&"create-padded", &tree, &torrent]);
+    let files = info_json(&torrent)["files"].as_array().unwrap().clone();
+    assert!(
+        files.iter().any(|f| f["pad"] == true),
+        "libtorrent added pad files"
+    );
+    let seed = SeedProcess::start(&[
+        &torrent,
+        &"--data",
+        &dir.path().join("seed"),
+        &"--no-announce",
+    ]);
+    let out = dir.path().join("out");
+    download_ok(
+        &torrent,
+        &out,
+        &dir.path().join("state"),
+        &[&"--peer", &seed.addr.to_string()],
+    );
+    for f in files.iter().filter(|f| f["pad"] == false) {
+        let path = f["path"].as_str().unwrap();
+        let original = tree.parent().unwrap().join(path);
+        assert_eq!(sha256(&out.join(path)), sha256(&original), "{path}");
+    }
+    assert!(
+        !out.join("tree/.pad").exists(),
+        "pad files are never written"
+    );
+    let checked = lt_tool(&[&"check", &torrent, &out]);
+    let counts: Vec<&str> = checked.split_whitespace().collect();
+    assert_eq!(
+        counts[0], counts[1],
+        "libtorrent finds every piece: {checked}"
+    );
+}

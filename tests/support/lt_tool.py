@@ -5,6 +5,9 @@ interop tests.
     lt_tool.py info-hash FILE.torrent        print the v1 info-hash (hex)
     lt_tool.py check FILE.torrent SAVE_DIR   check the data, print
                                              "<have> <total>" pieces
+    lt_tool.py create-padded DIR OUT.torrent  a v1 torrent of DIR with BEP 47
+                                             pad files (16 KiB pieces), as
+                                             libtorrent aligns files
 
 DHT, LSD, UPnP and NAT-PMP are off and the session listens on loopback
 only, so nothing leaves the machine.
@@ -50,8 +53,21 @@ def check(path, save_dir, timeout=120.0):
     print(status.num_pieces, ti.num_pieces())
 
 
+def create_padded(directory, out):
+    import os
+    fs = lt.file_storage()
+    lt.add_files(fs, directory)
+    # v1 only, with every file aligned to a piece by a pad file.
+    flags = lt.create_torrent.v1_only | lt.create_torrent.canonical_files
+    ct = lt.create_torrent(fs, 16384, flags=flags)
+    lt.set_piece_hashes(ct, os.path.dirname(os.path.abspath(directory)))
+    with open(out, "wb") as f:
+        f.write(lt.bencode(ct.generate()))
+
+
 if __name__ == "__main__":
-    commands = {"info-hash": (info_hash, 1), "check": (check, 2)}
+    commands = {"info-hash": (info_hash, 1), "check": (check, 2),
+                "create-padded": (create_padded, 2)}
     if len(sys.argv) < 2 or sys.argv[1] not in commands \
             or len(sys.argv) != 2 + commands[sys.argv[1]][1]:
         sys.exit(__doc__)

@@ -398,7 +398,7 @@ fn requests_flow_only_when_interested_and_unchoked_and_blocks_are_matched() {
         data: &data,
     };
     assert_eq!(
-        s.on_message(block.clone(), &t),
+        s.on_message(block, &t),
         Ok(Event::Block {
             req: r,
             data: &data
