@@ -259,19 +259,19 @@ mod tests {
         let mut first = |_: usize| 0;
         let mut got = c.rechoke(Duration::ZERO, &peers, &mut first);
         got.sort();
-        // Peers 2 and 3 gave most; the optimistic slot goes to 1 (first of
-        // the others).
-        assert_eq!(got, vec![(1, true), (2, true), (3, true)]);
+        // Peers 2 and 3 gave most; the optimistic slot goes to the first of
+        // the others (5, then 1, then 4 by what they gave).
+        assert_eq!(got, vec![(2, true), (3, true), (5, true)]);
         for p in peers.iter_mut() {
-            p.unchoked = matches!(p.key, 1..=3);
+            p.unchoked = matches!(p.key, 2 | 3 | 5);
         }
-        // Peer 5 now gives most: it gets a regular slot, 3 loses its one,
-        // and the optimistic peer keeps its slot within its period.
+        // Peer 5 now gives most and earns a regular slot; 3 gave nothing and
+        // loses its one; the optimistic slot, freed by 5, goes to 1.
         peers[4].received = 1000;
         peers[2].received = 0;
         let mut got = c.rechoke(Duration::from_secs(10), &peers, &mut first);
         got.sort();
-        assert_eq!(got, vec![(3, false), (5, true)]);
+        assert_eq!(got, vec![(1, true), (3, false)]);
     }
 
     #[test]
