@@ -56,6 +56,9 @@ pub enum Command {
     Download(DownloadArgs),
     /// Run a BitTorrent tracker (UDP and/or HTTP) until stopped (Ctrl-C).
     Tracker(TrackerArgs),
+    /// Drive simulated peers against a seeder (or UDP announces against a
+    /// tracker) and report throughput, latency and the target's cost.
+    Loadtest(LoadtestArgs),
 }
 
 /// Arguments of `ringseed download`.
@@ -138,6 +141,118 @@ pub struct DownloadArgs {
     pub metadata_timeout: u64,
     #[command(flatten)]
     pub hashing: HashingArgs,
+}
+
+/// What `ringseed loadtest` loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadMode {
+    /// Simulated peers against a seeder.
+    Peers,
+    /// UDP announces and scrapes against a tracker.
+    Tracker,
+}
+
+/// Arguments of `ringseed loadtest`.
+#[derive(Debug, Args)]
+pub struct LoadtestArgs {
+    /// The seeder (or, with `--mode tracker`, the tracker's UDP address).
+    #[arg(long, value_name = "ADDR:PORT", env = "RINGSEED_TARGET")]
+    pub target: std::net::SocketAddr,
+    /// The torrent the target seeds (for a tracker: its info-hash is
+    /// announced instead of random ones).
+    #[arg(long, value_name = "FILE", env = "RINGSEED_TORRENT")]
+    pub torrent: Option<PathBuf>,
+    /// What to load.
+    #[arg(long, value_enum, default_value = "peers", env = "RINGSEED_MODE")]
+    pub mode: LoadMode,
+    /// Simulated peers (each one connection; up to the open-file limit).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        env = "RINGSEED_PEERS_COUNT"
+    )]
+    pub peers: usize,
+    /// How long to run, in seconds.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10.0,
+        env = "RINGSEED_DURATION"
+    )]
+    pub duration: f64,
+    /// Open the connections evenly over this many seconds.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 0.0,
+        env = "RINGSEED_RAMP_UP"
+    )]
+    pub ramp_up: f64,
+    /// Which pieces peers ask for: random (like rarest first), sequential,
+    /// hot (everyone wants the same few), idle (connect and wait).
+    #[arg(long, default_value = "random", env = "RINGSEED_PATTERN")]
+    pub pattern: ringseed_engine::policy::load_pattern::Pattern,
+    /// Requests each peer keeps outstanding.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16,
+        env = "RINGSEED_PIPELINE"
+    )]
+    pub pipeline: usize,
+    /// Download rate cap of each peer (K/M/G suffixes); 0 = none.
+    #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate, env = "RINGSEED_RATE_PER_PEER")]
+    pub rate_per_peer: u64,
+    /// Fraction of pieces (0 to 1) fetched whole and checked against the
+    /// torrent's hashes; a mismatch makes the exit status 3.
+    #[arg(
+        long,
+        value_name = "FRACTION",
+        default_value_t = 0.0,
+        env = "RINGSEED_VERIFY"
+    )]
+    pub verify: f64,
+    /// Load threads, one io_uring each [default: one per core].
+    #[arg(long, value_name = "N", env = "RINGSEED_THREADS")]
+    pub threads: Option<NonZeroUsize>,
+    /// Cores to pin the load threads to (e.g. `2,3`, away from the target's).
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        env = "RINGSEED_CORES"
+    )]
+    pub cores: Vec<usize>,
+    /// A local target's PID: report its CPU seconds, RSS and CPU per GiB.
+    #[arg(long, value_name = "PID", env = "RINGSEED_TARGET_PID")]
+    pub target_pid: Option<u32>,
+    /// Connect every peer from 127.0.0.1 instead of its own 127.x.y.z
+    /// (only matters for a target on loopback).
+    #[arg(long, env = "RINGSEED_SAME_SOURCE")]
+    pub same_source: bool,
+    /// Tracker mode: info-hashes to announce at random (without --torrent).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1000,
+        env = "RINGSEED_INFO_HASHES"
+    )]
+    pub info_hashes: usize,
+    /// Tracker mode: requests each thread keeps outstanding.
+    #[arg(long, value_name = "N", default_value_t = 64, env = "RINGSEED_WINDOW")]
+    pub window: usize,
+    /// Tracker mode: fraction of requests that are scrapes.
+    #[arg(
+        long,
+        value_name = "FRACTION",
+        default_value_t = 0.1,
+        env = "RINGSEED_SCRAPE_FRACTION"
+    )]
+    pub scrape_fraction: f64,
+    /// Print the final report as JSON on stdout.
+    #[arg(long, env = "RINGSEED_JSON")]
+    pub json: bool,
 }
 
 /// Arguments of `ringseed tracker`.

@@ -3,6 +3,7 @@
 mod create;
 mod download;
 mod info;
+mod loadtest;
 mod seed;
 mod tracker;
 mod verify;
@@ -20,6 +21,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Seed(args) => seed::run(args),
         Command::Download(args) => download::run(args),
         Command::Tracker(args) => tracker::run(args),
+        Command::Loadtest(args) => loadtest::run(args),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod announce;
 pub mod files;
 pub mod hasher;
+pub mod loadtest;
 pub mod metadata_fetch;
 pub mod piece_check;
 pub mod resume;

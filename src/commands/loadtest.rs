@@ -1,0 +1,289 @@
+//! `ringseed loadtest`: simulated peers against a seeder, or UDP announces
+//! against a tracker; a live line per second, then a table or JSON.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use ringseed_engine::io::loadtest::{
+    run_peer_load, run_tracker_load, LiveCounters, PeerLoad, TrackerLoad,
+};
+use ringseed_engine::InfoHash;
+use serde_json::json;
+
+use super::raise_open_file_limit;
+use crate::cli::{Exit, LoadMode, LoadtestArgs};
+use crate::display::human_bytes;
+
+pub fn run(args: LoadtestArgs) -> anyhow::Result<Exit> {
+    raise_open_file_limit();
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install signal handlers")?;
+    }
+    if !(0.0..=1.0).contains(&args.verify) || !(0.0..=1.0).contains(&args.scrape_fraction) {
+        bail!("--verify and --scrape-fraction are fractions from 0 to 1");
+    }
+    if !(args.duration > 0.0 && args.ramp_up >= 0.0) {
+        bail!("--duration must be positive and --ramp-up not negative");
+    }
+    match args.mode {
+        LoadMode::Peers => peers(&args, &stop),
+        LoadMode::Tracker => tracker(&args, &stop),
+    }
+}
+
+/// CPU seconds (user + system, all threads) and RSS / peak RSS (KiB) of a
+/// process, from /proc.
+fn process_figures(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("cannot read /proc/{pid}/stat (is --target-pid right?)"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the file, 11 and 12 here.
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((ticks as f64 / hz, kib("VmRSS:"), kib("VmHWM:")))
+}
+
+fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    json!({
+        "p50": h.value_at_quantile(0.50),
+        "p90": h.value_at_quantile(0.90),
+        "p99": h.value_at_quantile(0.99),
+        "p999": h.value_at_quantile(0.999),
+        "max": h.max(),
+        "mean": (h.mean() * 10.0).round() / 10.0,
+        "samples": h.len(),
+    })
+}
+
+fn peers(args: &LoadtestArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
+    let Some(torrent) = &args.torrent else {
+        bail!("--torrent is needed to load a seeder (--mode peers)");
+    };
+    let metainfo = super::load_torrent(torrent)?;
+    let threads = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n.get(),
+    );
+    let load = PeerLoad {
+        target: args.target,
+        info_hash: metainfo.info_hash,
+        piece_hashes: Arc::new(metainfo.info.pieces.clone()),
+        piece_length: metainfo.info.piece_length,
+        total_length: metainfo.total_length(),
+        peers: args.peers,
+        duration: Duration::from_secs_f64(args.duration),
+        ramp_up: Duration::from_secs_f64(args.ramp_up),
+        pattern: args.pattern,
+        pipeline: args.pipeline.max(1),
+        rate_per_peer: args.rate_per_peer,
+        verify_fraction: args.verify,
+        threads,
+        cores: args.cores.clone(),
+        spread_sources: !args.same_source && args.target.ip().is_loopback(),
+    };
+    let before = args.target_pid.map(process_figures).transpose()?;
+    let live = Arc::new(LiveCounters::default());
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let reporter = {
+        let live = Arc::clone(&live);
+        std::thread::spawn(move || live_lines(&live, done_rx))
+    };
+    let result = run_peer_load(&load, &live, stop);
+    let _ = done_tx.send(());
+    let _ = reporter.join();
+    let report = result.context("the load failed")?;
+    let after = args.target_pid.map(process_figures).transpose()?;
+
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    let gib = report.bytes as f64 / (1u64 << 30) as f64;
+    let target = match (args.target_pid, before, after) {
+        (Some(pid), Some((cpu0, _, _)), Some((cpu1, rss, hwm))) => json!({
+            "pid": pid,
+            "cpu_s": ((cpu1 - cpu0) * 100.0).round() / 100.0,
+            "cpu_s_per_gib": if gib > 0.0 { ((cpu1 - cpu0) / gib * 1000.0).round() / 1000.0 } else { 0.0 },
+            "rss_kib": rss,
+            "peak_rss_kib": hwm,
+        }),
+        _ => serde_json::Value::Null,
+    };
+    let out = json!({
+        "mode": "peers",
+        "target": args.target.to_string(),
+        "pattern": format!("{:?}", args.pattern).to_lowercase(),
+        "peers": args.peers,
+        "pipeline": load.pipeline,
+        "duration_s": (secs * 1000.0).round() / 1000.0,
+        "connections_made": report.connections_made,
+        "connections_failed": report.connections_failed,
+        "connections_closed_by_target": report.connections_closed_by_target,
+        "handshakes": report.handshakes,
+        "unchoked": report.unchoked,
+        "bytes": report.bytes,
+        "blocks": report.blocks,
+        "rejected": report.rejected,
+        "throughput_mb_s": (report.bytes as f64 / secs / 1e6 * 10.0).round() / 10.0,
+        "blocks_per_s": (report.blocks as f64 / secs).round(),
+        "latency_us": percentiles(&report.latency_us),
+        "pieces_verified": report.pieces_verified,
+        "verify_failures": report.verify_failures,
+        "target_process": target,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{} peers against {} for {secs:.1} s ({} pattern, {} requests each)",
+            args.peers,
+            args.target,
+            out["pattern"].as_str().unwrap_or(""),
+            load.pipeline
+        );
+        println!(
+            "connections  made {}  failed {}  closed by target {}  handshakes {}  unchoked {}",
+            report.connections_made,
+            report.connections_failed,
+            report.connections_closed_by_target,
+            report.handshakes,
+            report.unchoked
+        );
+        println!(
+            "throughput   {}/s ({} MB/s), {} blocks/s, {} received, {} rejected",
+            human_bytes((report.bytes as f64 / secs) as u64),
+            out["throughput_mb_s"],
+            out["blocks_per_s"],
+            human_bytes(report.bytes),
+            report.rejected
+        );
+        let l = &out["latency_us"];
+        println!(
+            "latency µs   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            l["p50"], l["p90"], l["p99"], l["p999"], l["max"]
+        );
+        if args.verify > 0.0 {
+            println!(
+                "checked      {} pieces good, {} bad",
+                report.pieces_verified, report.verify_failures
+            );
+        }
+        if !target.is_null() {
+            println!(
+                "target       pid {}: {} CPU s, {} CPU s per GiB, RSS {} KiB (peak {} KiB)",
+                target["pid"],
+                target["cpu_s"],
+                target["cpu_s_per_gib"],
+                target["rss_kib"],
+                target["peak_rss_kib"]
+            );
+        }
+    }
+    if report.verify_failures > 0 {
+        eprintln!(
+            "ringseed: the target sent {} piece(s) that do not match the torrent's hashes",
+            report.verify_failures
+        );
+        return Ok(Exit::Mismatch);
+    }
+    Ok(Exit::Success)
+}
+
+/// A line per second on stderr until `done`.
+fn live_lines(live: &LiveCounters, done: std::sync::mpsc::Receiver<()>) {
+    let started = Instant::now();
+    let mut last = (Instant::now(), 0u64, 0u64);
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        done.recv_timeout(Duration::from_secs(1))
+    {
+        let bytes = live.bytes.load(Ordering::Relaxed);
+        let blocks = live.blocks.load(Ordering::Relaxed);
+        let dt = last.0.elapsed().as_secs_f64().max(1e-9);
+        eprintln!(
+            "{:>5.1} s  connected {}  failed {}  {}/s  {} blocks/s",
+            started.elapsed().as_secs_f64(),
+            live.connected.load(Ordering::Relaxed),
+            live.failed.load(Ordering::Relaxed),
+            human_bytes(((bytes - last.1) as f64 / dt) as u64),
+            ((blocks - last.2) as f64 / dt).round()
+        );
+        last = (Instant::now(), bytes, blocks);
+    }
+}
+
+fn tracker(args: &LoadtestArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
+    let info_hashes: Vec<InfoHash> = match &args.torrent {
+        Some(t) => vec![super::load_torrent(t)?.info_hash],
+        None => (0..args.info_hashes.max(1))
+            .map(|i| InfoHash(ringseed_engine::hash::sha1(&(i as u64).to_le_bytes())))
+            .collect(),
+    };
+    let threads = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n.get(),
+    );
+    let load = TrackerLoad {
+        target: args.target,
+        info_hashes,
+        duration: Duration::from_secs_f64(args.duration),
+        threads,
+        window: args.window.max(1),
+        scrape_fraction: args.scrape_fraction,
+    };
+    let before = args.target_pid.map(process_figures).transpose()?;
+    let report = run_tracker_load(&load, stop).context("the tracker load failed")?;
+    let after = args.target_pid.map(process_figures).transpose()?;
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    let answered = report.announces + report.scrapes + report.errors;
+    let out = json!({
+        "mode": "tracker",
+        "target": args.target.to_string(),
+        "duration_s": (secs * 1000.0).round() / 1000.0,
+        "sent": report.sent,
+        "announces": report.announces,
+        "scrapes": report.scrapes,
+        "errors": report.errors,
+        "timeouts": report.timeouts,
+        "responses_per_s": (answered as f64 / secs).round(),
+        "latency_us": percentiles(&report.latency_us),
+        "target_cpu_s": match (before, after) {
+            (Some((a, _, _)), Some((b, _, _))) => json!(((b - a) * 100.0).round() / 100.0),
+            _ => serde_json::Value::Null,
+        },
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "tracker {} for {secs:.1} s: {} responses/s ({} announces, {} scrapes, {} errors, {} timeouts of {} sent)",
+            args.target, out["responses_per_s"], report.announces, report.scrapes, report.errors, report.timeouts, report.sent
+        );
+        let l = &out["latency_us"];
+        println!(
+            "latency µs p50 {}  p99 {}  max {}",
+            l["p50"], l["p99"], l["max"]
+        );
+    }
+    if answered == 0 {
+        bail!("the tracker at {} never answered", args.target);
+    }
+    Ok(Exit::Success)
+}
