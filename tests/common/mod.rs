@@ -197,6 +197,11 @@ impl SeedProcess {
         (status, out)
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The magnet link it printed for its first torrent.
     pub fn magnet(&self) -> String {
         self.banner
