@@ -105,26 +105,37 @@ fn peers(args: &LoadtestArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
     let before = args.target_pid.map(process_figures).transpose()?;
     let live = Arc::new(LiveCounters::default());
     let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let target_pid = args.target_pid;
     let reporter = {
         let live = Arc::clone(&live);
-        std::thread::spawn(move || live_lines(&live, done_rx))
+        std::thread::spawn(move || live_lines(&live, done_rx, target_pid))
     };
     let result = run_peer_load(&load, &live, stop);
     let _ = done_tx.send(());
-    let _ = reporter.join();
+    let busiest = reporter.join().unwrap_or_default();
     let report = result.context("the load failed")?;
     let after = args.target_pid.map(process_figures).transpose()?;
 
     let secs = report.elapsed.as_secs_f64().max(1e-9);
     let gib = report.bytes as f64 / (1u64 << 30) as f64;
     let target = match (args.target_pid, before, after) {
-        (Some(pid), Some((cpu0, _, _)), Some((cpu1, rss, hwm))) => json!({
-            "pid": pid,
-            "cpu_s": ((cpu1 - cpu0) * 100.0).round() / 100.0,
-            "cpu_s_per_gib": if gib > 0.0 { ((cpu1 - cpu0) / gib * 1000.0).round() / 1000.0 } else { 0.0 },
-            "rss_kib": rss,
-            "peak_rss_kib": hwm,
-        }),
+        (Some(pid), Some((cpu0, rss0, _)), Some((cpu1, rss, hwm))) => {
+            // Memory per connection: the target's RSS at the moment most
+            // peers were connected, less its RSS before the load.
+            let per_conn = (busiest.connected > 0)
+                .then(|| busiest.rss_kib.saturating_sub(rss0) * 1024 / busiest.connected);
+            json!({
+                "pid": pid,
+                "cpu_s": ((cpu1 - cpu0) * 100.0).round() / 100.0,
+                "cpu_s_per_gib": if gib > 0.0 { ((cpu1 - cpu0) / gib * 1000.0).round() / 1000.0 } else { 0.0 },
+                "rss_before_kib": rss0,
+                "rss_kib": rss,
+                "peak_rss_kib": hwm,
+                "rss_at_most_connections_kib": busiest.rss_kib,
+                "most_connections": busiest.connected,
+                "rss_per_connection_bytes": per_conn,
+            })
+        }
         _ => serde_json::Value::Null,
     };
     let out = json!({
@@ -207,26 +218,54 @@ fn peers(args: &LoadtestArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// A line per second on stderr until `done`.
-fn live_lines(live: &LiveCounters, done: std::sync::mpsc::Receiver<()>) {
+/// The target's RSS when the most peers were connected.
+#[derive(Debug, Default, Clone, Copy)]
+struct Busiest {
+    connected: u64,
+    rss_kib: u64,
+}
+
+/// A line per second on stderr until `done`; samples the target's RSS.
+fn live_lines(
+    live: &LiveCounters,
+    done: std::sync::mpsc::Receiver<()>,
+    target_pid: Option<u32>,
+) -> Busiest {
     let started = Instant::now();
     let mut last = (Instant::now(), 0u64, 0u64);
+    let mut busiest = Busiest::default();
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
         done.recv_timeout(Duration::from_secs(1))
     {
         let bytes = live.bytes.load(Ordering::Relaxed);
         let blocks = live.blocks.load(Ordering::Relaxed);
+        // Established minus lost: what is connected now.
+        let connected = live
+            .connected
+            .load(Ordering::Relaxed)
+            .saturating_sub(live.closed.load(Ordering::Relaxed));
+        let rss = target_pid.and_then(|pid| process_figures(pid).ok()).map(|f| f.1);
+        if let Some(rss) = rss {
+            if connected >= busiest.connected {
+                busiest = Busiest {
+                    connected,
+                    rss_kib: rss,
+                };
+            }
+        }
         let dt = last.0.elapsed().as_secs_f64().max(1e-9);
         eprintln!(
-            "{:>5.1} s  connected {}  failed {}  {}/s  {} blocks/s",
+            "{:>5.1} s  connected {}  failed {}  {}/s  {} blocks/s{}",
             started.elapsed().as_secs_f64(),
-            live.connected.load(Ordering::Relaxed),
+            connected,
             live.failed.load(Ordering::Relaxed),
             human_bytes(((bytes - last.1) as f64 / dt) as u64),
-            ((blocks - last.2) as f64 / dt).round()
+            ((blocks - last.2) as f64 / dt).round(),
+            rss.map_or(String::new(), |r| format!("  target RSS {r} KiB"))
         );
         last = (Instant::now(), bytes, blocks);
     }
+    busiest
 }
 
 fn tracker(args: &LoadtestArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {

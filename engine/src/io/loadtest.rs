@@ -80,8 +80,10 @@ pub struct LiveCounters {
     pub blocks: AtomicU64,
     /// Connections established.
     pub connected: AtomicU64,
-    /// Connections that failed or were closed by the target.
+    /// Connections that failed to open.
     pub failed: AtomicU64,
+    /// Established connections the target closed.
+    pub closed: AtomicU64,
 }
 
 /// The outcome of a peer load.
@@ -250,7 +252,7 @@ struct LoadThread<'a> {
     tick_spec: Box<types::Timespec>,
     started: Instant,
     report: PeerLoadReport,
-    flushed: (u64, u64, u64, u64),
+    flushed: (u64, u64, u64, u64, u64),
     rng: u64,
 }
 
@@ -278,7 +280,7 @@ impl<'a> LoadThread<'a> {
             tick_spec: Box::new(types::Timespec::from(TICK)),
             started: Instant::now(),
             report: PeerLoadReport::new(),
-            flushed: (0, 0, 0, 0),
+            flushed: (0, 0, 0, 0, 0),
             rng: random_u64() | 1,
         })
     }
@@ -375,12 +377,19 @@ impl<'a> LoadThread<'a> {
 
     fn flush_live(&mut self) {
         let r = &self.report;
-        let now = (r.bytes, r.blocks, r.connections_made, r.connections_failed);
-        let (b, k, c, f) = self.flushed;
+        let now = (
+            r.bytes,
+            r.blocks,
+            r.connections_made,
+            r.connections_failed,
+            r.connections_closed_by_target,
+        );
+        let (b, k, c, f, x) = self.flushed;
         self.live.bytes.fetch_add(now.0 - b, Ordering::Relaxed);
         self.live.blocks.fetch_add(now.1 - k, Ordering::Relaxed);
         self.live.connected.fetch_add(now.2 - c, Ordering::Relaxed);
         self.live.failed.fetch_add(now.3 - f, Ordering::Relaxed);
+        self.live.closed.fetch_add(now.4 - x, Ordering::Relaxed);
         self.flushed = now;
     }
 
