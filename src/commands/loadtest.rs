@@ -244,7 +244,9 @@ fn live_lines(
             .connected
             .load(Ordering::Relaxed)
             .saturating_sub(live.closed.load(Ordering::Relaxed));
-        let rss = target_pid.and_then(|pid| process_figures(pid).ok()).map(|f| f.1);
+        let rss = target_pid
+            .and_then(|pid| process_figures(pid).ok())
+            .map(|f| f.1);
         if let Some(rss) = rss {
             if connected >= busiest.connected {
                 busiest = Busiest {
