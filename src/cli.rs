@@ -227,6 +227,10 @@ pub struct LoadtestArgs {
     /// A local target's PID: report its CPU seconds, RSS and CPU per GiB.
     #[arg(long, value_name = "PID", env = "RINGSEED_TARGET_PID")]
     pub target_pid: Option<u32>,
+    /// Announce every simulated peer to this tracker (HTTP, HTTPS or UDP)
+    /// before it connects, as a real peer would.
+    #[arg(long, value_name = "URL", env = "RINGSEED_ANNOUNCE")]
+    pub announce: Option<String>,
     /// Connect every peer from 127.0.0.1 instead of its own 127.x.y.z
     /// (only matters for a target on loopback).
     #[arg(long, env = "RINGSEED_SAME_SOURCE")]

@@ -230,3 +230,43 @@ fn tracker_mode_loads_opentracker() {
     assert!(r["announces"].as_u64().unwrap() > 100, "{r}");
     assert_eq!(r["errors"], 0, "{r}");
 }
+
+#[test]
+fn peers_announce_through_the_tracker_before_they_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("payload.iso");
+    write_data(&data, 1 << 20, 10);
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/announce");
+    let torrent = dir.path().join("payload.torrent");
+    create_torrent(&data, &torrent, &["-t", &url]);
+    let seed = SeedProcess::start(&[
+        &torrent,
+        &"--data",
+        &dir.path(),
+        &"--run-tracker",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    // The seeder announces itself first (its announce thread starts with it).
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (code, r, _) = loadtest(&[
+        &"--target",
+        &seed.addr.to_string(),
+        &"--torrent",
+        &torrent,
+        &"--peers",
+        &"20",
+        &"--duration",
+        &"1",
+        &"--announce",
+        &url,
+    ]);
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(r["announces"]["ok"], 20, "{r}");
+    assert_eq!(r["announces"]["failed"], 0, "{r}");
+    assert!(
+        r["announces"]["peers_returned"].as_u64().unwrap() > 0,
+        "the tracker knew the seeder and the other simulated peers: {r}"
+    );
+    assert_eq!(r["handshakes"], 20, "{r}");
+}

@@ -102,6 +102,10 @@ fn peers(args: &LoadtestArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
         cores: args.cores.clone(),
         spread_sources: !args.same_source && args.target.ip().is_loopback(),
     };
+    let announced = match &args.announce {
+        Some(url) => Some(announce_peers(url, &metainfo, args.peers, threads)?),
+        None => None,
+    };
     let before = args.target_pid.map(process_figures).transpose()?;
     let live = Arc::new(LiveCounters::default());
     let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -159,6 +163,11 @@ fn peers(args: &LoadtestArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
         "pieces_verified": report.pieces_verified,
         "verify_failures": report.verify_failures,
         "target_process": target,
+        "announces": announced.map(|(ok, failed, peers)| json!({
+            "ok": ok,
+            "failed": failed,
+            "peers_returned": peers,
+        })),
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -191,6 +200,9 @@ fn peers(args: &LoadtestArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
             "latency µs   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             l["p50"], l["p90"], l["p99"], l["p999"], l["max"]
         );
+        if let Some((ok, failed, peers)) = announced {
+            println!("announces    {ok} ok, {failed} failed, {peers} peers returned");
+        }
         if args.verify > 0.0 {
             println!(
                 "checked      {} pieces good, {} bad",
@@ -216,6 +228,70 @@ fn peers(args: &LoadtestArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
         return Ok(Exit::Mismatch);
     }
     Ok(Exit::Success)
+}
+
+/// Announces `peers` simulated peers (their load-test peer ids) to `url`
+/// with `started`, from `threads` threads; returns (answered, failed,
+/// peers the tracker returned in all).
+fn announce_peers(
+    url: &str,
+    metainfo: &ringseed_engine::Metainfo,
+    peers: usize,
+    threads: usize,
+) -> anyhow::Result<(u64, u64, u64)> {
+    use ringseed_engine::io::announce::{ClientConfig, TrackerClient};
+    use ringseed_engine::proto::tracker::{Announce, Event};
+    let started = Instant::now();
+    let totals = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|t| {
+                scope.spawn(move || {
+                    let mut client = TrackerClient::new(ClientConfig::default())?;
+                    let (mut ok, mut failed, mut returned) = (0u64, 0u64, 0u64);
+                    for index in (t..peers).step_by(threads.max(1)) {
+                        let mut peer_id = *b"-RSLOAD-000000000000";
+                        peer_id[8..].copy_from_slice(format!("{index:012}").as_bytes());
+                        let request = Announce {
+                            info_hash: metainfo.info_hash,
+                            peer_id,
+                            port: 10_000 + (index % 50_000) as u16,
+                            uploaded: 0,
+                            downloaded: 0,
+                            left: metainfo.total_length(),
+                            event: Event::Started,
+                            numwant: Some(50),
+                            key: index as u32,
+                            tracker_id: None,
+                        };
+                        match client.announce(url, &request) {
+                            Ok(reply) => {
+                                ok += 1;
+                                returned += reply.peers.len() as u64;
+                            }
+                            Err(_) => failed += 1,
+                        }
+                    }
+                    Ok::<_, ringseed_engine::io::announce::AnnounceError>((ok, failed, returned))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("announce thread"))
+            .collect::<Vec<_>>()
+    });
+    let mut sum = (0, 0, 0);
+    for t in totals {
+        let (ok, failed, returned) = t.context("cannot announce")?;
+        sum = (sum.0 + ok, sum.1 + failed, sum.2 + returned);
+    }
+    eprintln!(
+        "announced {} peers to {url} in {:.1} s ({} failed)",
+        sum.0,
+        started.elapsed().as_secs_f64(),
+        sum.1
+    );
+    Ok(sum)
 }
 
 /// The target's RSS when the most peers were connected.
