@@ -216,7 +216,8 @@ pub struct LoadtestArgs {
     /// Load threads, one io_uring each [default: one per core].
     #[arg(long, value_name = "N", env = "RINGSEED_THREADS")]
     pub threads: Option<NonZeroUsize>,
-    /// Cores to pin the load threads to (e.g. `2,3`, away from the target's).
+    /// Cores to pin the load threads to (e.g. `2,3`) [default: with
+    /// --target-pid, the cores none of the target's threads may use].
     #[arg(
         long,
         value_name = "LIST",

@@ -36,6 +36,57 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<Exit> {
     }
 }
 
+/// The cores none of the target's pinned threads run on, to pin the load
+/// threads to (empty when the target's pinned threads cover every core, or
+/// none is pinned: then nothing is pinned, and the load shares the cores).
+fn free_cores(pid: u32) -> Vec<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut used = vec![false; cores];
+    let mut pinned = false;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let Some(list) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        else {
+            continue;
+        };
+        // "0-3,6": ranges and single cores.
+        let mut allowed = vec![false; cores];
+        for part in list.trim().split(',') {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                let end = (b + 1).min(cores);
+                if a < end {
+                    allowed[a..end].iter_mut().for_each(|u| *u = true);
+                }
+            }
+        }
+        // Threads free to run anywhere (a control thread, mostly idle)
+        // follow the pinned ones; the pinned workers are what to avoid.
+        if allowed.iter().any(|a| !a) {
+            pinned = true;
+            for (u, a) in used.iter_mut().zip(&allowed) {
+                *u |= *a;
+            }
+        }
+    }
+    if !pinned {
+        eprintln!("the target's threads are not pinned: the load threads are not pinned either");
+        return Vec::new();
+    }
+    let free: Vec<usize> = (0..cores).filter(|&c| !used[c]).collect();
+    if free.is_empty() {
+        eprintln!("the target may run on every core: the load threads are not pinned");
+    }
+    free
+}
+
 /// CPU seconds (user + system, all threads) and RSS / peak RSS (KiB) of a
 /// process, from /proc.
 fn process_figures(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
@@ -99,7 +150,11 @@ fn peers(args: &LoadtestArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
         rate_per_peer: args.rate_per_peer,
         verify_fraction: args.verify,
         threads,
-        cores: args.cores.clone(),
+        cores: if args.cores.is_empty() {
+            args.target_pid.map(free_cores).unwrap_or_default()
+        } else {
+            args.cores.clone()
+        },
         spread_sources: !args.same_source && args.target.ip().is_loopback(),
     };
     let announced = match &args.announce {
