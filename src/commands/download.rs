@@ -19,7 +19,7 @@ use ringseed_engine::io::files::DataPaths;
 use ringseed_engine::io::hasher::{thread_count, verify};
 use ringseed_engine::io::metadata_fetch::fetch_metadata;
 use ringseed_engine::io::resume::{stamps, ResumeData};
-use ringseed_engine::io::seeder::{SeedConfig, Seeder};
+use ringseed_engine::io::seeder::{new_peer_id, SeedConfig, Seeder};
 use ringseed_engine::io::storage::SeedTorrent;
 use ringseed_engine::policy::bitfield::Bitfield;
 use ringseed_engine::policy::download::DownloadConfig;
@@ -255,7 +255,7 @@ fn load_source(args: &DownloadArgs, state: &Path) -> anyhow::Result<(Metainfo, V
     let info = fetch_metadata(
         magnet.info_hash,
         &peers,
-        *b"-RS0100-metadata0000",
+        new_peer_id(),
         Duration::from_secs(args.metadata_timeout),
     )?;
     let bytes = torrent_file(&info, &magnet.trackers);
@@ -300,10 +300,11 @@ fn tracker_peers(magnet: &MagnetLink, args: &DownloadArgs) -> Vec<SocketAddr> {
         return Vec::new();
     };
     let mut peers = Vec::new();
+    let peer_id = new_peer_id();
     for url in &magnet.trackers {
         let request = Announce {
             info_hash: magnet.info_hash,
-            peer_id: *b"-RS0100-metadata0000",
+            peer_id,
             port: 0,
             uploaded: 0,
             downloaded: 0,

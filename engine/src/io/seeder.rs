@@ -381,13 +381,7 @@ impl Seeder {
     /// worker has its ring and is accepting.
     pub fn start(config: SeedConfig, torrents: Vec<Arc<SeedTorrent>>) -> Result<Self, SeedError> {
         let workers = config.workers.max(1);
-        // Azureus-style: client and version, then 12 random characters.
-        let mut peer_id = *b"-RS0100-000000000000";
-        let mut random = random_u64();
-        for b in &mut peer_id[8..] {
-            *b = b"0123456789abcdefghijklmnopqrstuvwxyz"[(random % 36) as usize];
-            random = (random / 36) ^ random.rotate_left(17);
-        }
+        let peer_id = new_peer_id();
         let wake_fds = (0..workers)
             .map(|index| eventfd().map_err(|source| SeedError::Worker { index, source }))
             .collect::<Result<Vec<_>, _>>()?;
@@ -585,6 +579,18 @@ fn listen(addr: SocketAddr) -> io::Result<Socket> {
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket)
+}
+
+/// A new peer id, Azureus-style: client and version, then 12 random
+/// characters.
+pub fn new_peer_id() -> [u8; 20] {
+    let mut peer_id = *b"-RS0100-000000000000";
+    let mut random = random_u64();
+    for b in &mut peer_id[8..] {
+        *b = b"0123456789abcdefghijklmnopqrstuvwxyz"[(random % 36) as usize];
+        random = (random / 36) ^ random.rotate_left(17);
+    }
+    peer_id
 }
 
 fn eventfd() -> io::Result<OwnedFd> {
