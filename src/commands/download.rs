@@ -409,11 +409,13 @@ fn resume_or_check(
 /// Flushes the data, then saves which pieces are verified. A failure is
 /// reported and costs a recheck at the next start, nothing more.
 fn save_resume(torrent: &SeedTorrent, paths: &DataPaths, path: &Path) {
+    // The pieces first, then the flush: a piece verified in between is
+    // left out (and found by the next check), never counted unflushed.
+    let pieces = torrent
+        .download()
+        .map(|d| d.picker.have().clone())
+        .unwrap_or_default();
     let result = torrent.sync_data().and_then(|()| {
-        let pieces = torrent
-            .download()
-            .map(|d| d.picker.have().clone())
-            .unwrap_or_default();
         ResumeData {
             info_hash: torrent.metainfo.info_hash,
             pieces,

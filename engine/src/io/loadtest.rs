@@ -176,6 +176,8 @@ struct SimPeer {
     queued: Vec<u8>,
     connect_in_flight: bool,
     unchoked: bool,
+    /// The target announced BEP 6: a choke does not drop our requests.
+    target_fast: bool,
     outstanding: VecDeque<Outstanding>,
     pattern: LoadPattern,
     bucket: Option<TokenBucket>,
@@ -427,6 +429,7 @@ impl<'a> LoadThread<'a> {
             queued: Vec::new(),
             connect_in_flight: true,
             unchoked: false,
+            target_fast: false,
             outstanding: VecDeque::new(),
             pattern: LoadPattern::new(
                 self.load.pattern,
@@ -591,7 +594,9 @@ impl<'a> LoadThread<'a> {
         if peer.state == PeerState::Handshake {
             match Handshake::decode(&peer.recv[..peer.recv_len]) {
                 Ok(None) => return Ok(()),
-                Ok(Some(hs)) if hs.info_hash == self.load.info_hash => {}
+                Ok(Some(hs)) if hs.info_hash == self.load.info_hash => {
+                    peer.target_fast = hs.reserved.fast();
+                }
                 _ => return Err(()),
             }
             peer.state = PeerState::Active;
@@ -612,7 +617,14 @@ impl<'a> LoadThread<'a> {
                     }
                     peer.unchoked = true;
                 }
-                Message::Choke => peer.unchoked = false,
+                Message::Choke => {
+                    peer.unchoked = false;
+                    if !peer.target_fast {
+                        // BEP 3: a choke drops every request.
+                        peer.outstanding.clear();
+                        peer.checking = None;
+                    }
+                }
                 Message::RejectRequest(req) => {
                     if let Some(i) = peer.outstanding.iter().position(|o| o.req == req) {
                         peer.outstanding.remove(i);
@@ -678,6 +690,14 @@ impl<'a> LoadThread<'a> {
         let mut out = Vec::new();
         let sent = Instant::now();
         while peer.outstanding.len() < self.load.pipeline {
+            // Tokens first (for a whole block; the torrent's last block is
+            // shorter), so that the pattern never skips a block: a checked
+            // piece must get all of its blocks.
+            if let Some(bucket) = peer.bucket.as_mut() {
+                if !bucket.try_take(u64::from(crate::policy::picker::BLOCK_LEN), now) {
+                    break;
+                }
+            }
             let mut random = || {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
@@ -687,13 +707,6 @@ impl<'a> LoadThread<'a> {
             let Some(next) = peer.pattern.next(&mut random) else {
                 break;
             };
-            if let Some(bucket) = peer.bucket.as_mut() {
-                if !bucket.try_take(u64::from(next.req.length), now) {
-                    // Asked again at the next tick; the pattern moves on,
-                    // which a rate-capped peer does not mind.
-                    break;
-                }
-            }
             if next.starts_piece && next.verify && peer.checking.is_none() {
                 let len = self.load.piece_length.min(
                     self.load.total_length - u64::from(next.req.piece) * self.load.piece_length,
@@ -768,6 +781,44 @@ impl<'a> LoadThread<'a> {
             self.in_flight = self.in_flight.saturating_sub(done);
         }
         Ok(std::mem::replace(&mut self.report, PeerLoadReport::new()))
+    }
+}
+
+impl Drop for LoadThread<'_> {
+    /// `run` leaves with ops in flight only on an error or a panic; they
+    /// point into `peers`: cancel them and wait before anything is freed,
+    /// or leak the buffers if even that fails.
+    fn drop(&mut self) {
+        if self.in_flight == 0 {
+            return;
+        }
+        for p in self.peers.iter().flatten() {
+            // SAFETY: shutting down sockets we own; nothing is freed here.
+            unsafe { libc::shutdown(p.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(UserData::Ignore.pack());
+        // SAFETY: a cancellation references no memory of ours.
+        if unsafe { self.ring.submission().push(&cancel) }.is_ok() {
+            self.in_flight += 1;
+        }
+        while self.in_flight > 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(_) => break,
+            }
+            let done = self.ring.completion().count();
+            self.in_flight = self.in_flight.saturating_sub(done);
+        }
+        if self.in_flight > 0 {
+            std::mem::forget(std::mem::take(&mut self.peers));
+            std::mem::forget(std::mem::replace(
+                &mut self.tick_spec,
+                Box::new(types::Timespec::new()),
+            ));
+        }
     }
 }
 

@@ -251,6 +251,21 @@ impl SeedTorrent {
                 len: expected,
             }));
         }
+        // A verified piece counts only if every file it spans is open: with
+        // `--only`, pieces of unselected files may be verified on disk but
+        // cannot be served (a missing mapping would send zeros).
+        let mut have = have;
+        let unservable: Vec<u32> = have
+            .ones()
+            .filter(|&piece| {
+                layout
+                    .segments(layout.piece_range(piece))
+                    .any(|seg| !seg.pad && files[seg.file].is_none())
+            })
+            .collect();
+        for piece in unservable {
+            have.clear(piece);
+        }
         let words = (layout.num_pieces() as usize).div_ceil(64);
         let have_words = have.words().to_vec();
         let download = Download::new(

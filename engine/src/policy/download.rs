@@ -257,6 +257,15 @@ impl Download {
         self.picker.piece_verified(piece);
         self.verified_log.push(piece);
         self.counters.pieces_verified += 1;
+        if self.picker.is_done() {
+            // Seeding from here on: no more piece buffers.
+            self.spare_buffers = Vec::new();
+        }
+    }
+
+    /// Pieces verified in this run so far.
+    pub fn verified_count(&self) -> usize {
+        self.verified_log.len()
     }
 
     /// The verified `piece` could not be written: it stays missing.

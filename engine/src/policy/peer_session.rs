@@ -210,6 +210,9 @@ pub struct PeerSession {
     out: Vec<u8>,
     counters: SessionCounters,
     leech: Option<Box<Leech>>,
+    /// We downloaded over this session once (late blocks are then no
+    /// breach of the protocol).
+    was_leeching: bool,
     num_pieces: u32,
 }
 
@@ -236,6 +239,7 @@ impl PeerSession {
             out: Vec::with_capacity(256),
             counters: SessionCounters::default(),
             leech: None,
+            was_leeching: false,
             num_pieces: torrent.num_pieces(),
         };
         if s.peer_extensions {
@@ -385,6 +389,11 @@ impl PeerSession {
                 data,
             } => {
                 let Some(leech) = &mut self.leech else {
+                    if self.was_leeching {
+                        // Asked for before the download completed.
+                        self.counters.unrequested_bytes += data.len() as u64;
+                        return Ok(Event::None);
+                    }
                     return Err(Violation::UnrequestedBlock(piece).into());
                 };
                 let req = BlockRequest {
@@ -681,6 +690,13 @@ impl PeerSession {
         self.withdraw_all(true)
     }
 
+    /// A block arrived at `now`: the peer is not snubbing us.
+    pub fn block_arrived(&mut self, now: Duration) {
+        if let Some(leech) = &mut self.leech {
+            leech.last_block = now;
+        }
+    }
+
     /// Updates the measured rate; call once per `elapsed` (about a second).
     pub fn tick(&mut self, elapsed: Duration) {
         let Some(leech) = &mut self.leech else { return };
@@ -719,6 +735,7 @@ impl PeerSession {
         self.set_interested(false);
         let reqs = self.withdraw_all(true);
         self.leech = None;
+        self.was_leeching = true;
         reqs
     }
 

@@ -253,13 +253,14 @@ impl Picker {
         }
         // 1. The pieces this peer started.
         self.take_free(peer, has, max, &mut out, |p| p.owner == peer);
-        // 2. New pieces, while partial pieces are few.
+        // 2. New pieces, while partial pieces are few (the peer fills the
+        // piece it just started, which it owns).
         while out.len() < max && self.partial.len() < self.config.max_partial {
             let Some(piece) = self.choose_new(has, random) else {
                 break;
             };
             self.start(piece, peer);
-            self.take_free(peer, has, max, &mut out, |_| true);
+            self.take_free(peer, has, max, &mut out, |p| p.owner == peer);
         }
         // 3. Pieces others started.
         self.take_free(peer, has, max, &mut out, |_| true);
@@ -271,6 +272,19 @@ impl Picker {
             } else if self.in_endgame() {
                 self.take_endgame(peer, has, max, &mut out);
             }
+        }
+        out
+    }
+
+    /// Like `pick`, but only blocks of pieces already started: for when
+    /// no more pieces may be held in memory, so that started pieces still
+    /// complete (and free their buffers).
+    pub fn pick_started(&mut self, peer: PeerKey, has: &Bitfield, max: usize) -> Vec<BlockRequest> {
+        let mut out = Vec::new();
+        self.take_free(peer, has, max, &mut out, |p| p.owner == peer);
+        self.take_free(peer, has, max, &mut out, |_| true);
+        if out.len() < max && self.in_endgame() {
+            self.take_endgame(peer, has, max, &mut out);
         }
         out
     }
@@ -563,6 +577,18 @@ mod tests {
         let a2 = p.pick(1, &all, 2, &mut first);
         assert!(a2.iter().all(|r| r.piece == a[0].piece));
         assert_eq!(p.partial_count(), 2);
+    }
+
+    #[test]
+    fn started_only_picking_never_starts_a_piece() {
+        let mut p = picker(4);
+        let all = Bitfield::full(4);
+        let first = p.pick(1, &all, 2, &mut first);
+        assert_eq!(p.partial_count(), 1);
+        let more = p.pick_started(2, &all, 100);
+        assert_eq!(more.len(), 2, "the rest of the started piece");
+        assert!(more.iter().all(|r| r.piece == first[0].piece));
+        assert_eq!(p.partial_count(), 1);
     }
 
     #[test]

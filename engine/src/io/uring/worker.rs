@@ -577,6 +577,7 @@ impl Worker {
 
     /// Parses what has arrived: the handshake, then messages.
     fn process_input(&mut self, key: usize) -> Result<(), CloseReason> {
+        let now = self.now();
         let shared = Arc::clone(&self.shared);
         let config = Arc::clone(&self.config);
         let unchoked_leeching = match self.conns[key].phase {
@@ -628,7 +629,15 @@ impl Worker {
                 config.session.clone(),
             );
             if session.is_leeching() {
-                self.leeching.entry(hs.info_hash).or_default();
+                // Pieces verified before this worker saw the torrent are in
+                // the greeting's bitfield, not owed as `have`s.
+                let verified = torrent.download().map_or(0, |d| d.verified_count());
+                self.leeching
+                    .entry(hs.info_hash)
+                    .or_insert_with(|| LeechProgress {
+                        announced: verified,
+                        ..LeechProgress::default()
+                    });
                 if conn.recv.buf.len() < DOWNLOAD_RECV_BUF {
                     conn.recv.buf.resize(DOWNLOAD_RECV_BUF, 0);
                 }
@@ -690,6 +699,7 @@ impl Worker {
                                     }
                                     Event::Block { req, data } => {
                                         received = u64::from(req.length);
+                                        session.block_arrived(now);
                                         complete_pieces
                                             .extend(download.on_block(peer, ip, &req, data));
                                     }
@@ -1122,16 +1132,19 @@ impl Worker {
         let Some(mut download) = w.torrent.download() else {
             return;
         };
-        download.recycle(w.piece.data);
         match w.error {
             Some(e) => {
+                download.recycle(w.piece.data);
                 download.on_write_failed(piece);
                 drop(download);
                 w.torrent
                     .set_errored(format!("cannot write piece {piece} to disk: {e}"));
             }
             None => {
+                // Verified first: once the download is done, the buffer is
+                // not kept.
                 w.torrent.mark_verified(&mut download, piece);
+                download.recycle(w.piece.data);
             }
         }
     }
@@ -1537,8 +1550,11 @@ fn request_more(
         return;
     };
     let reqs = match torrent.download() {
-        // The disk is behind: wait for writes (the tick tops up again).
-        Some(download) if download.over_memory_budget() => return,
+        // The disk is behind: finish the pieces started (which frees their
+        // buffers), start none.
+        Some(mut download) if download.over_memory_budget() => {
+            download.picker.pick_started(peer, &pieces, room)
+        }
         Some(mut download) => download
             .picker
             .pick(peer, &pieces, room, &mut |n| next_random(rng, n)),

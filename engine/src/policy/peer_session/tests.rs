@@ -465,3 +465,50 @@ fn queue_depth_follows_the_rate_within_limits() {
     // 1 MB/s: 2 s of it.
     assert_eq!(queue_depth(1e6, 500), 122);
 }
+
+#[test]
+fn a_peer_that_keeps_sending_is_never_snubbed() {
+    let (t, mut s) = leeching(false);
+    s.on_message(Message::Bitfield(&[0xe0]), &t).unwrap();
+    s.set_interested(true);
+    s.on_message(Message::Unchoke, &t).unwrap();
+    let timeout = Duration::from_secs(20);
+    for second in 0..60u64 {
+        let now = Duration::from_secs(second);
+        let offset = (second as u32 % 4) * 16384;
+        s.request(&[req(0, offset, 16384)], now);
+        let data = [1u8; 16384];
+        let block = Message::Piece {
+            piece: 0,
+            offset,
+            data: &data,
+        };
+        assert!(matches!(s.on_message(block, &t), Ok(Event::Block { .. })));
+        s.block_arrived(now);
+        // One request stays outstanding all along: the pipeline never empties.
+        s.request(&[req(1, offset, 16384)], now);
+        assert!(
+            s.check_snub(now, timeout).is_empty(),
+            "snubbed at {second} s"
+        );
+        s.cancel(&req(1, offset, 16384));
+    }
+}
+
+#[test]
+fn a_block_that_arrives_after_completion_is_no_breach() {
+    let (t, mut s) = leeching(false);
+    s.on_message(Message::Bitfield(&[0xe0]), &t).unwrap();
+    s.set_interested(true);
+    s.on_message(Message::Unchoke, &t).unwrap();
+    s.request(&[req(0, 0, 16384)], Duration::ZERO);
+    s.finish_download();
+    let data = [1u8; 16384];
+    let late = Message::Piece {
+        piece: 0,
+        offset: 0,
+        data: &data,
+    };
+    assert_eq!(s.on_message(late, &t), Ok(Event::None));
+    assert_eq!(s.counters().unrequested_bytes, 16384);
+}
