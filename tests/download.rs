@@ -346,3 +346,42 @@ fn a_full_disk_is_a_clear_error_before_anything_is_fetched() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not enough disk space"), "{stderr}");
 }
+
+/// After a full download, `--only` one file and `--seed`: pieces of files
+/// that are not opened are not advertised, and a peer asking for them gets
+/// refusals, never zeros (the load tester checks every piece it gets).
+#[test]
+fn only_after_a_full_download_never_serves_unopened_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = write_tree(dir.path());
+    let torrent = dir.path().join("tree.torrent");
+    create_torrent(&tree, &torrent, &["--piece-size", "64K"]);
+    let seed = SeedProcess::start(&[&torrent, &"--data", &dir.path(), &"--no-announce"]);
+    let out = dir.path().join("out");
+    let state = dir.path().join("state");
+    let peer = seed.addr.to_string();
+    download_ok(&torrent, &out, &state, &[&"--peer", &peer]);
+    drop(seed);
+    let mut partial =
+        DownloadProcess::start(&torrent, &out, &state, &[&"--only", &"*e.bin", &"--seed"]);
+    partial.wait_for_line("seeding ", MINUTE);
+    let report = run_ok(
+        ringseed()
+            .arg("loadtest")
+            .arg("--target")
+            .arg(partial.addr.to_string())
+            .arg("--torrent")
+            .arg(&torrent)
+            .args(["--peers", "4", "--duration", "2", "--verify", "1", "--json"]),
+    );
+    let r: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(r["verify_failures"], 0, "{r}");
+    assert!(
+        r["pieces_verified"].as_u64().unwrap() > 0,
+        "e.bin is served: {r}"
+    );
+    assert!(
+        r["rejected"].as_u64().unwrap() > 0,
+        "other files are refused: {r}"
+    );
+}
