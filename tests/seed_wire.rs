@@ -12,7 +12,7 @@ use common::write_data;
 use ringseed_engine::create::{create, CreateOptions};
 use ringseed_engine::io::files::DataPaths;
 use ringseed_engine::io::seeder::{SeedConfig, Seeder};
-use ringseed_engine::io::storage::SeedTorrent;
+use ringseed_engine::io::storage::Torrent;
 use ringseed_engine::proto::extension::{ExtensionHandshake, MetadataMessage, UT_METADATA};
 use ringseed_engine::proto::wire::{self, BlockRequest, Handshake, Message, Reserved};
 use ringseed_engine::Metainfo;
@@ -34,7 +34,7 @@ fn start(len: usize, piece: u64, config: SeedConfig) -> Fixture {
         ..Default::default()
     };
     let metainfo = create(&path, &opts, &()).unwrap().metainfo;
-    let torrent = SeedTorrent::open(
+    let torrent = Torrent::open(
         metainfo.clone(),
         &DataPaths::in_save_dir(&metainfo.info, dir.path()),
     )
@@ -398,7 +398,7 @@ fn a_file_truncated_during_a_transfer_errors_its_torrent_and_the_other_keeps_ser
         };
         let m = create(&path, &opts, &()).unwrap().metainfo;
         let paths = DataPaths::in_save_dir(&m.info, dir.path());
-        torrents.push(SeedTorrent::open(m.clone(), &paths).unwrap());
+        torrents.push(Torrent::open(m.clone(), &paths).unwrap());
         metas.push(m);
     }
     let seeder = Seeder::start(loopback_config(), torrents).unwrap();

@@ -20,7 +20,7 @@ use ringseed_engine::io::hasher::{thread_count, verify};
 use ringseed_engine::io::metadata_fetch::fetch_metadata;
 use ringseed_engine::io::resume::{stamps, ResumeData};
 use ringseed_engine::io::seeder::{new_peer_id, SeedConfig, Seeder};
-use ringseed_engine::io::storage::SeedTorrent;
+use ringseed_engine::io::storage::Torrent;
 use ringseed_engine::policy::bitfield::Bitfield;
 use ringseed_engine::policy::download::DownloadConfig;
 use ringseed_engine::proto::bencode::OwnedValue;
@@ -70,7 +70,7 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
         metainfo.info_hash,
         args.output.display()
     );
-    let torrent = SeedTorrent::open_for_download(
+    let torrent = Torrent::open_for_download(
         metainfo.clone(),
         &paths,
         &selected,
@@ -408,7 +408,7 @@ fn resume_or_check(
 
 /// Flushes the data, then saves which pieces are verified. A failure is
 /// reported and costs a recheck at the next start, nothing more.
-fn save_resume(torrent: &SeedTorrent, paths: &DataPaths, path: &Path) {
+fn save_resume(torrent: &Torrent, paths: &DataPaths, path: &Path) {
     // The pieces first, then the flush: a piece verified in between is
     // left out (and found by the next check), never counted unflushed.
     let pieces = torrent
@@ -434,7 +434,7 @@ fn save_resume(torrent: &SeedTorrent, paths: &DataPaths, path: &Path) {
 fn start_announcer(
     args: &DownloadArgs,
     seeder: &Seeder,
-    torrent: &Arc<SeedTorrent>,
+    torrent: &Arc<Torrent>,
 ) -> anyhow::Result<Option<Announcer>> {
     if args.no_announce || torrent.metainfo.trackers.is_empty() {
         return Ok(None);

@@ -13,7 +13,7 @@ use ringseed_engine::io::announce::{AnnounceTarget, Announcer, ClientConfig, Tra
 use ringseed_engine::io::files::DataPaths;
 use ringseed_engine::io::hasher::{thread_count, verify};
 use ringseed_engine::io::seeder::{SeedConfig, Seeder};
-use ringseed_engine::io::storage::SeedTorrent;
+use ringseed_engine::io::storage::Torrent;
 use ringseed_engine::io::tracker_server::TrackerConfig;
 use ringseed_engine::proto::layout::Layout;
 use ringseed_engine::{InfoHash, MagnetLink, Metainfo};
@@ -45,7 +45,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
                 );
             }
         }
-        let torrent = SeedTorrent::open(metainfo, &paths)
+        let torrent = Torrent::open(metainfo, &paths)
             .with_context(|| format!("cannot seed {}", path.display()))?;
         torrents.push(torrent);
     }
@@ -161,7 +161,7 @@ fn load_or_create(
 fn start_announcer(
     args: &SeedArgs,
     seeder: &Seeder,
-    torrents: &[Arc<SeedTorrent>],
+    torrents: &[Arc<Torrent>],
 ) -> anyhow::Result<Option<Announcer>> {
     let targets: Vec<AnnounceTarget> = torrents
         .iter()
@@ -180,7 +180,7 @@ fn start_announcer(
         }
         None => None,
     };
-    let by_hash: HashMap<InfoHash, Arc<SeedTorrent>> = torrents
+    let by_hash: HashMap<InfoHash, Arc<Torrent>> = torrents
         .iter()
         .map(|t| (t.metainfo.info_hash, Arc::clone(t)))
         .collect();

@@ -10,13 +10,13 @@ use crossbeam_channel::Receiver;
 
 use crate::hash::sha1;
 use crate::io::seeder::Shared;
-use crate::io::storage::SeedTorrent;
+use crate::io::storage::Torrent;
 use crate::policy::download::CompletePiece;
 
 /// A piece to check.
 pub struct CheckJob {
     /// Its torrent.
-    pub torrent: Arc<SeedTorrent>,
+    pub torrent: Arc<Torrent>,
     /// The piece and its bytes.
     pub piece: CompletePiece,
     /// The worker to give the verdict to.
@@ -27,7 +27,7 @@ pub struct CheckJob {
 #[derive(Debug)]
 pub struct Checked {
     /// Its torrent.
-    pub torrent: Arc<SeedTorrent>,
+    pub torrent: Arc<Torrent>,
     /// The piece and its bytes.
     pub piece: CompletePiece,
     /// Whether it matches the torrent's hash.

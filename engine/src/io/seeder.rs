@@ -14,7 +14,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::io::piece_check::{self, CheckJob, Checked};
-use crate::io::storage::SeedTorrent;
+use crate::io::storage::Torrent;
 use crate::io::uring::worker::{random_u64, Worker};
 use crate::policy::choker::ChokerConfig;
 use crate::policy::download::DownloadCounters;
@@ -193,7 +193,7 @@ impl Limits {
     }
 
     /// Admits a handshaken connection to `torrent`, or refuses it.
-    pub fn try_join_torrent(&self, torrent: &SeedTorrent, config: &SeedConfig) -> bool {
+    pub fn try_join_torrent(&self, torrent: &Torrent, config: &SeedConfig) -> bool {
         let n = torrent.connections.fetch_add(1, Ordering::Relaxed);
         if config.max_connections_per_torrent != 0 && n >= config.max_connections_per_torrent {
             torrent.connections.fetch_sub(1, Ordering::Relaxed);
@@ -203,7 +203,7 @@ impl Limits {
     }
 
     /// A connection admitted by `try_join_torrent` closed.
-    pub fn leave_torrent(&self, torrent: &SeedTorrent) {
+    pub fn leave_torrent(&self, torrent: &Torrent) {
         torrent.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -213,7 +213,7 @@ impl Limits {
 #[derive(Debug)]
 pub struct Shared {
     /// The torrents served, by info-hash.
-    pub torrents: HashMap<InfoHash, Arc<SeedTorrent>>,
+    pub torrents: HashMap<InfoHash, Arc<Torrent>>,
     /// Set to stop the workers.
     pub stop: AtomicBool,
     /// Counters of worker *i*, written by it alone.
@@ -353,7 +353,7 @@ pub struct DownloadProgress {
 
 impl DownloadProgress {
     /// The progress of `torrent`, if it was opened for download.
-    pub fn of(torrent: &SeedTorrent) -> Option<Self> {
+    pub fn of(torrent: &Torrent) -> Option<Self> {
         let d = torrent.download()?;
         let mut banned: Vec<IpAddr> = d.banned().copied().collect();
         banned.sort();
@@ -379,7 +379,7 @@ pub struct Seeder {
 impl Seeder {
     /// Binds the listeners and starts the workers; returns once every
     /// worker has its ring and is accepting.
-    pub fn start(config: SeedConfig, torrents: Vec<Arc<SeedTorrent>>) -> Result<Self, SeedError> {
+    pub fn start(config: SeedConfig, torrents: Vec<Arc<Torrent>>) -> Result<Self, SeedError> {
         let workers = config.workers.max(1);
         let peer_id = new_peer_id();
         let wake_fds = (0..workers)
@@ -491,7 +491,7 @@ impl Seeder {
     }
 
     /// The torrents served.
-    pub fn torrents(&self) -> impl Iterator<Item = &Arc<SeedTorrent>> {
+    pub fn torrents(&self) -> impl Iterator<Item = &Arc<Torrent>> {
         self.shared.torrents.values()
     }
 

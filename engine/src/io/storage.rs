@@ -86,9 +86,10 @@ struct MappedFile {
     len: u64,
 }
 
-/// A torrent being seeded: its metainfo, its files mapped read-only, its
-/// counters and whether it has failed. Shared read-only by every worker.
-pub struct SeedTorrent {
+/// A torrent of the data plane: its metainfo, its files mapped read-only,
+/// its counters, whether it has failed, and while it is being downloaded,
+/// the shared download state. Shared by every worker.
+pub struct Torrent {
     /// The torrent.
     pub metainfo: Metainfo,
     /// Its piece/file geometry.
@@ -119,9 +120,9 @@ struct DownloadState {
     ban_epoch: AtomicU64,
 }
 
-impl std::fmt::Debug for SeedTorrent {
+impl std::fmt::Debug for Torrent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SeedTorrent")
+        f.debug_struct("Torrent")
             .field("info_hash", &self.metainfo.info_hash)
             .field("name", &self.metainfo.info.name)
             .field("errored", &self.error())
@@ -129,7 +130,7 @@ impl std::fmt::Debug for SeedTorrent {
     }
 }
 
-impl SeedTorrent {
+impl Torrent {
     /// Maps every file of `metainfo` found at `paths`. The data should have
     /// been verified first; only sizes are checked here.
     pub fn open(metainfo: Metainfo, paths: &DataPaths) -> Result<Arc<Self>, StorageError> {
@@ -171,7 +172,7 @@ impl SeedTorrent {
                 len: expected,
             }));
         }
-        Ok(Arc::new(SeedTorrent {
+        Ok(Arc::new(Torrent {
             metainfo,
             layout,
             files,
@@ -277,7 +278,7 @@ impl SeedTorrent {
         );
         let complete = download.picker.is_done();
         let all = download.picker.have().is_full();
-        Ok(Arc::new(SeedTorrent {
+        Ok(Arc::new(Torrent {
             metainfo,
             layout,
             files,
@@ -587,7 +588,7 @@ mod tests {
     use super::*;
     use crate::create::{create, CreateOptions};
 
-    fn seed_torrent(dir: &std::path::Path, len: usize) -> (Arc<SeedTorrent>, Vec<u8>) {
+    fn seed_torrent(dir: &std::path::Path, len: usize) -> (Arc<Torrent>, Vec<u8>) {
         let data: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
         let path = dir.join("f.bin");
         std::fs::write(&path, &data).unwrap();
@@ -597,7 +598,7 @@ mod tests {
         };
         let created = create(&path, &options, &()).unwrap();
         let paths = DataPaths::in_save_dir(&created.metainfo.info, dir);
-        (SeedTorrent::open(created.metainfo, &paths).unwrap(), data)
+        (Torrent::open(created.metainfo, &paths).unwrap(), data)
     }
 
     /// Gathers what the kernel would send, through `preadv`-like copying

@@ -17,7 +17,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::io::storage::SeedTorrent;
+use crate::io::storage::Torrent;
 use crate::policy::peer_session::PeerSession;
 use crate::proto::info_hash::InfoHash;
 use crate::proto::wire::PIECE_HEADER_LEN;
@@ -33,7 +33,7 @@ pub enum Phase {
     /// Serving a torrent.
     Active {
         /// The torrent, kept alive by this connection.
-        torrent: Arc<SeedTorrent>,
+        torrent: Arc<Torrent>,
         /// The protocol state.
         session: Box<PeerSession>,
     },
@@ -61,7 +61,7 @@ pub struct SendBuf {
     pub headers: Vec<[u8; PIECE_HEADER_LEN]>,
     /// Keeps the mapping of the blocks alive while the send is in flight,
     /// even if the torrent is removed meanwhile.
-    pub torrent: Option<Arc<SeedTorrent>>,
+    pub torrent: Option<Arc<Torrent>>,
     /// Bytes of this send not yet confirmed.
     pub remaining: usize,
     /// Blocks in this send, counted when it completes.
@@ -202,7 +202,7 @@ impl Conn {
     }
 
     /// The torrent served, once past the handshake.
-    pub fn torrent(&self) -> Option<&Arc<SeedTorrent>> {
+    pub fn torrent(&self) -> Option<&Arc<Torrent>> {
         match &self.phase {
             Phase::Active { torrent, .. } => Some(torrent),
             Phase::Handshake => None,

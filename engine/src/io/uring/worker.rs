@@ -45,7 +45,7 @@ use super::conn::{Conn, Phase};
 use super::UserData;
 use crate::io::piece_check::CheckJob;
 use crate::io::seeder::{SeedConfig, Shared};
-use crate::io::storage::SeedTorrent;
+use crate::io::storage::Torrent;
 use crate::policy::bitfield::Bitfield;
 use crate::policy::choker::{Candidate, Choker, LeechChoker};
 use crate::policy::download::CompletePiece;
@@ -85,7 +85,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 const DOWNLOAD_RECV_BUF: usize = 256 << 10;
 
 /// Views a seeded torrent as what a session needs.
-struct View<'a>(&'a SeedTorrent);
+struct View<'a>(&'a Torrent);
 
 impl TorrentView for View<'_> {
     fn num_pieces(&self) -> u32 {
@@ -108,7 +108,7 @@ impl TorrentView for View<'_> {
 /// A verified piece being written: its buffer is read by the kernel until
 /// every segment's write has completed.
 struct PieceWrite {
-    torrent: Arc<SeedTorrent>,
+    torrent: Arc<Torrent>,
     piece: CompletePiece,
     /// (fd, file offset, offset in the piece, length) still to write.
     segments: Vec<(RawFd, u64, usize, usize)>,
@@ -155,7 +155,7 @@ pub struct Worker {
     /// Connections with requests waiting for rate-limit tokens.
     throttled: Vec<usize>,
     delta: StatsDelta,
-    torrent_deltas: HashMap<InfoHash, (Arc<SeedTorrent>, StatsDelta)>,
+    torrent_deltas: HashMap<InfoHash, (Arc<Torrent>, StatsDelta)>,
     rng: u64,
     peer_id: [u8; 20],
     /// Completions reaped while the submission queue was full (see `push`).
@@ -1056,7 +1056,7 @@ impl Worker {
     }
 
     /// Writes a verified piece through the ring, one op per file it spans.
-    fn write_piece(&mut self, torrent: Arc<SeedTorrent>, piece: CompletePiece) {
+    fn write_piece(&mut self, torrent: Arc<Torrent>, piece: CompletePiece) {
         let Some(segments) = torrent.piece_writes(piece.piece) else {
             torrent.set_errored(format!("piece {} has no file to go to", piece.piece));
             return;
@@ -1483,7 +1483,7 @@ enum CloseReason {
 
 /// The largest frame a peer may send us: a bitfield of the torrent, or an
 /// extension message (metadata requests are tiny; handshakes a few KiB).
-fn max_frame_len(torrent: &SeedTorrent) -> u32 {
+fn max_frame_len(torrent: &Torrent) -> u32 {
     (torrent.layout.num_pieces().div_ceil(8) + 1).max(64 << 10)
 }
 
@@ -1540,7 +1540,7 @@ fn next_random(rng: &mut u64, n: usize) -> usize {
 
 /// Tops up a downloading session's requests from the shared picker.
 fn request_more(
-    torrent: &SeedTorrent,
+    torrent: &Torrent,
     session: &mut PeerSession,
     peer: PeerKey,
     now: Duration,
