@@ -23,7 +23,7 @@ use io_uring::{opcode, types, IoUring};
 
 use crate::hash::{sha1, Sha1Digest};
 use crate::io::uring::worker::random_u64;
-use crate::io::uring::UserData;
+use crate::io::uring::{cancel_all_and_wait, UserData};
 use crate::policy::load_pattern::{LoadPattern, Pattern};
 use crate::policy::rate_limit::TokenBucket;
 use crate::proto::info_hash::InfoHash;
@@ -750,44 +750,21 @@ impl<'a> LoadThread<'a> {
         }
     }
 
-    /// Ends the run: closes every peer and waits for every op, so no buffer
-    /// is freed while the kernel may still use it.
+    /// Ends the run: closes every peer; `Drop` waits for every op before
+    /// any buffer is freed.
     fn finish(mut self) -> io::Result<PeerLoadReport> {
         self.flush_live();
         for p in self.peers.iter_mut().flatten() {
             p.state = PeerState::Closed;
-            // SAFETY: shutting down sockets we own.
-            unsafe { libc::shutdown(p.fd.as_raw_fd(), libc::SHUT_RDWR) };
-        }
-        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-            .build()
-            .user_data(UserData::Ignore.pack());
-        self.push(cancel);
-        while self.in_flight > 0 {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => {
-                    // Cannot tell when the kernel is done: leak the buffers.
-                    std::mem::forget(std::mem::take(&mut self.peers));
-                    std::mem::forget(std::mem::replace(
-                        &mut self.tick_spec,
-                        Box::new(types::Timespec::new()),
-                    ));
-                    return Err(e);
-                }
-            }
-            let done = self.ring.completion().count();
-            self.in_flight = self.in_flight.saturating_sub(done);
         }
         Ok(std::mem::replace(&mut self.report, PeerLoadReport::new()))
     }
 }
 
 impl Drop for LoadThread<'_> {
-    /// `run` leaves with ops in flight only on an error or a panic; they
-    /// point into `peers`: cancel them and wait before anything is freed,
-    /// or leak the buffers if even that fails.
+    /// Ops in flight point into `peers`: shut the sockets down, cancel the
+    /// ops and wait for them before anything is freed, or leak the buffers
+    /// if even that fails (after an error or a panic in `run`).
     fn drop(&mut self) {
         if self.in_flight == 0 {
             return;
@@ -796,22 +773,7 @@ impl Drop for LoadThread<'_> {
             // SAFETY: shutting down sockets we own; nothing is freed here.
             unsafe { libc::shutdown(p.fd.as_raw_fd(), libc::SHUT_RDWR) };
         }
-        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-            .build()
-            .user_data(UserData::Ignore.pack());
-        // SAFETY: a cancellation references no memory of ours.
-        if unsafe { self.ring.submission().push(&cancel) }.is_ok() {
-            self.in_flight += 1;
-        }
-        while self.in_flight > 0 {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(_) => break,
-            }
-            let done = self.ring.completion().count();
-            self.in_flight = self.in_flight.saturating_sub(done);
-        }
+        self.in_flight = cancel_all_and_wait(&mut self.ring, self.in_flight);
         if self.in_flight > 0 {
             std::mem::forget(std::mem::take(&mut self.peers));
             std::mem::forget(std::mem::replace(

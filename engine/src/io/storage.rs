@@ -86,6 +86,26 @@ struct MappedFile {
     len: u64,
 }
 
+impl MappedFile {
+    /// Maps the first `len` bytes of `file` read-only.
+    fn map(path: &std::path::Path, file: File, len: u64) -> io::Result<Self> {
+        let map = MmapOptions::new()
+            .len(len as usize)
+            .map_raw_read_only(&file)?;
+        // Seeding reads are random: the kernel's fault readahead would read
+        // up to 32x what is asked (the libtorrent 2.0 trap). We prefetch
+        // exactly the blocks we send instead (`prefetch`). A failed hint
+        // costs only performance.
+        let _ = map.advise(memmap2::Advice::Random);
+        Ok(MappedFile {
+            path: path.to_owned(),
+            file,
+            map,
+            len,
+        })
+    }
+}
+
 /// A torrent of the data plane: its metainfo, its files mapped read-only,
 /// its counters, whether it has failed, and while it is being downloaded,
 /// the shared download state. Shared by every worker.
@@ -156,23 +176,20 @@ impl Torrent {
                     actual,
                 });
             }
-            let map = MmapOptions::new()
-                .len(expected as usize)
-                .map_raw_read_only(&file)
-                .map_err(open_err)?;
-            // Seeding reads are random: the kernel's fault readahead would
-            // read up to 32x what is asked (the libtorrent 2.0 trap). We
-            // prefetch exactly the blocks we send instead (`prefetch`).
-            // A failed hint costs only performance.
-            let _ = map.advise(memmap2::Advice::Random);
-            files.push(Some(MappedFile {
-                path: path.clone(),
-                file,
-                map,
-                len: expected,
-            }));
+            files.push(Some(
+                MappedFile::map(path, file, expected).map_err(open_err)?,
+            ));
         }
-        Ok(Arc::new(Torrent {
+        Ok(Torrent::new(metainfo, layout, files, None))
+    }
+
+    fn new(
+        metainfo: Metainfo,
+        layout: Layout,
+        files: Vec<Option<MappedFile>>,
+        download: Option<DownloadState>,
+    ) -> Arc<Self> {
+        Arc::new(Torrent {
             metainfo,
             layout,
             files,
@@ -180,8 +197,8 @@ impl Torrent {
             error: Mutex::new(None),
             stats: Counters::default(),
             connections: AtomicUsize::new(0),
-            download: None,
-        }))
+            download,
+        })
     }
 
     /// Opens a torrent to download into `paths`: creates the directories
@@ -240,17 +257,9 @@ impl Torrent {
             if actual < expected {
                 file.set_len(expected).map_err(create_err)?;
             }
-            let map = MmapOptions::new()
-                .len(expected as usize)
-                .map_raw_read_only(&file)
-                .map_err(create_err)?;
-            let _ = map.advise(memmap2::Advice::Random);
-            files.push(Some(MappedFile {
-                path: path.clone(),
-                file,
-                map,
-                len: expected,
-            }));
+            files.push(Some(
+                MappedFile::map(path, file, expected).map_err(create_err)?,
+            ));
         }
         // A verified piece counts only if every file it spans is open: with
         // `--only`, pieces of unselected files may be verified on disk but
@@ -278,24 +287,16 @@ impl Torrent {
         );
         let complete = download.picker.is_done();
         let all = download.picker.have().is_full();
-        Ok(Arc::new(Torrent {
-            metainfo,
-            layout,
-            files,
-            errored: AtomicBool::new(false),
-            error: Mutex::new(None),
-            stats: Counters::default(),
-            connections: AtomicUsize::new(0),
-            download: Some(DownloadState {
-                state: Mutex::new(download),
-                have: (0..words)
-                    .map(|i| AtomicU64::new(have_words.get(i).copied().unwrap_or(0)))
-                    .collect(),
-                complete: AtomicBool::new(complete),
-                all: AtomicBool::new(all),
-                ban_epoch: AtomicU64::new(0),
-            }),
-        }))
+        let download = DownloadState {
+            state: Mutex::new(download),
+            have: (0..words)
+                .map(|i| AtomicU64::new(have_words.get(i).copied().unwrap_or(0)))
+                .collect(),
+            complete: AtomicBool::new(complete),
+            all: AtomicBool::new(all),
+            ban_epoch: AtomicU64::new(0),
+        };
+        Ok(Torrent::new(metainfo, layout, files, Some(download)))
     }
 
     /// Whether every selected piece is verified (true for a seed).

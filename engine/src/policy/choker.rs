@@ -159,14 +159,19 @@ impl Choker {
             unchoke.extend(self.optimistic);
         }
 
-        peers
-            .iter()
-            .filter_map(|p| {
-                let want = unchoke.contains(&p.key);
-                (want != p.unchoked).then_some((p.key, want))
-            })
-            .collect()
+        changes(peers, &unchoke)
     }
+}
+
+/// `(key, unchoke)` for each peer whose state differs from the decision.
+fn changes(peers: &[Candidate], unchoke: &HashSet<u64>) -> Vec<(u64, bool)> {
+    peers
+        .iter()
+        .filter_map(|p| {
+            let want = unchoke.contains(&p.key);
+            (want != p.unchoked).then_some((p.key, want))
+        })
+        .collect()
 }
 
 /// The tit-for-tat choker of torrents being downloaded.
@@ -224,13 +229,7 @@ impl LeechChoker {
             }
             unchoke.extend(self.optimistic);
         }
-        peers
-            .iter()
-            .filter_map(|p| {
-                let want = unchoke.contains(&p.key);
-                (want != p.unchoked).then_some((p.key, want))
-            })
-            .collect()
+        changes(peers, &unchoke)
     }
 }
 

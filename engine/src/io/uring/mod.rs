@@ -5,6 +5,39 @@
 pub mod conn;
 pub mod worker;
 
+use io_uring::{cqueue, opcode, types, IoUring};
+
+/// Cancels every op of `ring` and waits until none of the `in_flight` ones
+/// is left (a multishot op counts once: only its last completion, without
+/// `more`, ends it). Call it before freeing buffers that ops point into,
+/// after shutting the sockets down. Returns the ops still in flight if the
+/// ring itself failed: their buffers must then be leaked, not freed.
+pub fn cancel_all_and_wait(ring: &mut IoUring, mut in_flight: usize) -> usize {
+    if in_flight == 0 {
+        return 0;
+    }
+    let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+        .build()
+        .user_data(UserData::Ignore.pack());
+    // SAFETY: a cancellation references no memory of ours.
+    if unsafe { ring.submission().push(&cancel) }.is_ok() {
+        in_flight += 1;
+    }
+    while in_flight > 0 {
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(_) => break,
+        }
+        let done = ring
+            .completion()
+            .filter(|c| !cqueue::more(c.flags()))
+            .count();
+        in_flight = in_flight.saturating_sub(done);
+    }
+    in_flight
+}
+
 /// What a completion is for, packed into the 64-bit `user_data` of its SQE:
 /// kind in the top byte, a 24-bit connection generation (so a completion
 /// for a closed connection never reaches a new one in the same slot) and a

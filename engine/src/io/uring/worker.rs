@@ -1431,29 +1431,7 @@ impl Drop for Worker {
             // SAFETY: shutting down sockets we own; nothing is freed here.
             unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
         }
-        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-            .build()
-            .user_data(UserData::Ignore.pack());
-        // SAFETY: a cancellation references no memory of ours.
-        if unsafe { self.ring.submission().push(&cancel) }.is_ok() {
-            self.in_flight += 1;
-        }
-        while self.in_flight > 0 {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(_) => break,
-            }
-            let done = self
-                .ring
-                .completion()
-                .filter(|c| {
-                    !(UserData::unpack(c.user_data()) == UserData::Accept
-                        && cqueue::more(c.flags()))
-                })
-                .count();
-            self.in_flight = self.in_flight.saturating_sub(done);
-        }
+        self.in_flight = super::cancel_all_and_wait(&mut self.ring, self.in_flight);
         if self.in_flight > 0 {
             std::mem::forget(std::mem::take(&mut self.conns));
             std::mem::forget(std::mem::replace(
