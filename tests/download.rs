@@ -160,23 +160,7 @@ fn a_lying_peer_is_banned_and_the_download_is_still_right() {
     let p = payload(16 << 20, "256K");
     let honest = p.seed(&[]);
     let liar_addr = format!("127.0.0.71:{}", free_port());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lying_seed.py");
-    let mut liar = std::process::Command::new("python3")
-        .arg(script)
-        .arg(&p.torrent)
-        .arg(&p.data)
-        .args(["--listen", &liar_addr])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start lying_seed.py");
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(liar.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("ready"), "liar: {line}");
-    }
+    let mut liar = lying_seed(&p.torrent, &p.data, &liar_addr, &[]);
     let out = p.dir("out");
     let stdout = download_ok(
         &p.torrent,
@@ -202,7 +186,8 @@ fn kill_9_then_restart_fetches_nothing_twice_but_what_was_in_flight() {
     let state = p.dir("state");
     let peer = seed.addr.to_string();
     let first = DownloadProcess::start(&p.torrent, &out, &state, &[&"--peer", &peer]);
-    std::thread::sleep(Duration::from_secs(4));
+    // Killed in the middle: once 8 MiB of pieces reached its files.
+    wait_until_written(first.pid(), 8 << 20);
     first.signal(libc::SIGKILL);
     let (status, _, _) = first.wait(MINUTE);
     assert!(!status.success());
@@ -237,6 +222,29 @@ fn kill_9_then_restart_fetches_nothing_twice_but_what_was_in_flight() {
         blocks,
         p.len
     );
+}
+
+/// Waits until process `pid` has written `bytes` to files (`/proc/PID/io`
+/// `write_bytes` counts the page-cache pages its writes dirtied, the ring's
+/// io-wq workers included).
+fn wait_until_written(pid: u32, bytes: u64) {
+    let deadline = std::time::Instant::now() + MINUTE;
+    loop {
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+        let written: u64 = io
+            .lines()
+            .find_map(|l| l.strip_prefix("write_bytes:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if written >= bytes {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never wrote {bytes} bytes"
+        );
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -61,23 +61,14 @@ impl Drop for Stopper {
 fn lt_seed(p: &Payload, addr: &str) -> Stopper {
     require_libtorrent();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lt_seed.py");
-    let mut child = Command::new(SYSTEM_PYTHON)
-        .arg(script)
-        .arg(&p.torrent)
-        .arg(p.seed_dir())
-        .args(["--listen", addr])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start lt_seed.py");
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "libtorrent seeder did not start");
-    }
-    Stopper(child)
+    Stopper(spawn_until_line(
+        Command::new(SYSTEM_PYTHON)
+            .arg(script)
+            .arg(&p.torrent)
+            .arg(p.seed_dir())
+            .args(["--listen", addr]),
+        "ready",
+    ))
 }
 
 #[test]

@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ringseed_engine::io::announce::{ClientConfig, TrackerClient};
-use ringseed_engine::proto::tracker::ScrapeStats;
-use ringseed_engine::InfoHash;
 
 /// A file, its torrent, and where both live.
 struct Payload {
@@ -165,29 +163,6 @@ fn tracked_payload(
     };
     wait_until_seeded(&url, hash);
     (p, open, seeder)
-}
-
-/// Polls the tracker's scrape (with ringseed's own client) until it counts
-/// one seed: the readiness signal that the seeder's announce went through.
-fn wait_until_seeded(url: &str, hash: [u8; 20]) -> ScrapeStats {
-    let config = ClientConfig {
-        udp_timeout_scale: 0.1,
-        ..ClientConfig::default()
-    };
-    let mut client = TrackerClient::new(config).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(stats) = client.scrape(url, &[InfoHash(hash)]) {
-            if let Some(s) = stats.get(&InfoHash(hash)).filter(|s| s.complete >= 1) {
-                return *s;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ringseed never showed up as a seed on {url}"
-        );
-        std::thread::park_timeout(Duration::from_millis(200));
-    }
 }
 
 #[test]

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::*;
 
@@ -129,24 +128,7 @@ fn a_lying_seeder_is_caught_by_the_checked_sample() {
     let torrent = dir.path().join("payload.torrent");
     create_torrent(&data, &torrent, &["--piece-size", "64K"]);
     let addr = format!("127.0.0.91:{}", free_port());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lying_seed.py");
-    let mut liar = Command::new("python3")
-        .arg(script)
-        .arg(&torrent)
-        .arg(&data)
-        .args(["--listen", &addr, "--corrupt-fraction", "0.5"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start lying_seed.py");
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(liar.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("ready"), "liar: {line}");
-    }
+    let mut liar = lying_seed(&torrent, &data, &addr, &["--corrupt-fraction", "0.5"]);
     let (code, r, stderr) = loadtest(&[
         &"--target",
         &addr,
@@ -173,13 +155,12 @@ fn a_lying_seeder_is_caught_by_the_checked_sample() {
 fn tracker_mode_loads_the_built_in_tracker() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut tracker = ringseed()
-        .args(["tracker", "--udp", &addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut tracker = spawn_until_line(
+        ringseed()
+            .args(["tracker", "--udp", &addr])
+            .stderr(Stdio::null()),
+        "tracker on udp://",
+    );
     let (code, r, _) = loadtest(&[
         &"--mode",
         &"tracker",
@@ -247,8 +228,10 @@ fn peers_announce_through_the_tracker_before_they_connect() {
         &"--run-tracker",
         &format!("127.0.0.1:{port}"),
     ]);
-    // The seeder announces itself first (its announce thread starts with it).
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    let metainfo =
+        ringseed_engine::Metainfo::from_bytes(&std::fs::read(&torrent).unwrap()).unwrap();
+    // The seeder's own announce has gone through: the tracker knows it.
+    wait_until_seeded(&url, metainfo.info_hash.0);
     let (code, r, _) = loadtest(&[
         &"--target",
         &seed.addr.to_string(),

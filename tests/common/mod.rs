@@ -510,8 +510,13 @@ impl DownloadProcess {
                 return line.to_owned();
             }
             let exited = self.child.as_mut().unwrap().try_wait().unwrap();
+            if exited.is_some() {
+                // Its pipes are closed: collect the rest of its output.
+                for d in self.drains.drain(..) {
+                    let _ = d.join();
+                }
+            }
             if exited.is_some() || std::time::Instant::now() > deadline {
-                std::thread::sleep(std::time::Duration::from_millis(200));
                 panic!(
                     "ringseed download never printed {prefix:?} ({exited:?}):\nstdout:\n{}\nstderr:\n{}",
                     self.stdout.lock().unwrap(),
@@ -604,4 +609,77 @@ pub fn summary(stdout: &str) -> std::collections::HashMap<String, String> {
 /// A summary figure as a number.
 pub fn summary_u64(stdout: &str, key: &str) -> u64 {
     summary(stdout)[key].parse().unwrap()
+}
+
+/// Spawns `cmd` with its stdout piped and returns once it prints a line
+/// starting with `prefix` (its readiness signal); panics if it exits first.
+/// The rest of its stdout is drained so it never blocks on a full pipe.
+pub fn spawn_until_line(cmd: &mut Command, prefix: &str) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with(prefix) => break,
+            Some(Ok(line)) => {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            _ => {
+                let status = child.wait().unwrap();
+                panic!("{cmd:?} exited ({status}) before printing {prefix:?}:\n{seen}");
+            }
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+/// tests/support/lying_seed.py serving `torrent` from `data` on `addr`,
+/// once it listens. `extra` goes on its command line.
+pub fn lying_seed(torrent: &Path, data: &Path, addr: &str, extra: &[&str]) -> std::process::Child {
+    require_program("python3", "python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lying_seed.py");
+    spawn_until_line(
+        Command::new("python3")
+            .arg(script)
+            .arg(torrent)
+            .arg(data)
+            .args(["--listen", addr])
+            .args(extra)
+            .stderr(std::process::Stdio::null()),
+        "ready",
+    )
+}
+
+/// Polls the tracker's scrape (with ringseed's own client) until it counts
+/// one seed: the readiness signal that a seeder's announce went through.
+pub fn wait_until_seeded(
+    url: &str,
+    hash: [u8; 20],
+) -> ringseed_engine::proto::tracker::ScrapeStats {
+    use ringseed_engine::io::announce::{ClientConfig, TrackerClient};
+    use ringseed_engine::InfoHash;
+    let config = ClientConfig {
+        udp_timeout_scale: 0.1,
+        ..ClientConfig::default()
+    };
+    let mut client = TrackerClient::new(config).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(stats) = client.scrape(url, &[InfoHash(hash)]) {
+            if let Some(s) = stats.get(&InfoHash(hash)).filter(|s| s.complete >= 1) {
+                return *s;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no seed ever showed up on {url}"
+        );
+        std::thread::park_timeout(std::time::Duration::from_millis(200));
+    }
 }
