@@ -452,6 +452,10 @@ pub struct Announcer {
 enum Command {
     /// A download completed: announce `completed` now.
     Completed(InfoHash),
+    /// Keep this torrent registered too (announce `started` now).
+    Add(AnnounceTarget),
+    /// Send `stopped` for this torrent and forget it.
+    Remove(InfoHash),
     /// Send `stopped` and end.
     Stop,
 }
@@ -501,9 +505,8 @@ impl Announcer {
             rng ^= rng << 17;
             (rng % n as u64) as usize
         };
-        let mut registrations: Vec<Registration> = targets
-            .into_iter()
-            .map(|target| Registration {
+        let mut register = move |target: AnnounceTarget| {
+            Some(Registration {
                 tiers: TrackerTiers::new(target.tiers.clone(), &mut pick),
                 target,
                 next: Instant::now(),
@@ -512,7 +515,9 @@ impl Announcer {
                 tracker_id: None,
             })
             .filter(|r| !r.tiers.is_empty())
-            .collect();
+        };
+        let mut registrations: Vec<Registration> =
+            targets.into_iter().filter_map(&mut register).collect();
         let shared_status = Arc::clone(&status);
         let thread_cancel = Arc::clone(&cancel);
         let handle = std::thread::Builder::new()
@@ -627,6 +632,19 @@ impl Announcer {
                         Ok(Command::Completed(h)) => {
                             announce_all(&mut registrations, false, Some(h), Some(Event::Completed))
                         }
+                        Ok(Command::Add(target)) => {
+                            let h = target.info_hash;
+                            registrations.retain(|r| r.target.info_hash != h);
+                            registrations.extend(register(target));
+                        }
+                        Ok(Command::Remove(h)) => {
+                            announce_all(&mut registrations, false, Some(h), Some(Event::Stopped));
+                            registrations.retain(|r| r.target.info_hash != h);
+                            shared_status
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .retain(|s| s.info_hash != h);
+                        }
                         Ok(Command::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
                 }
@@ -655,6 +673,17 @@ impl Announcer {
     /// Announces `completed` for `info_hash` now (its download finished).
     pub fn completed(&self, info_hash: InfoHash) {
         let _ = self.stop.send(Command::Completed(info_hash));
+    }
+
+    /// Registers one more torrent (or re-registers one with new trackers);
+    /// it is announced `started` at once.
+    pub fn add(&self, target: AnnounceTarget) {
+        let _ = self.stop.send(Command::Add(target));
+    }
+
+    /// Announces `stopped` for `info_hash` and forgets it.
+    pub fn remove(&self, info_hash: InfoHash) {
+        let _ = self.stop.send(Command::Remove(info_hash));
     }
 
     /// Sends `stopped` to the trackers that know us, and ends the thread.

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -208,12 +208,33 @@ impl Limits {
     }
 }
 
-/// What the workers share: read-only torrents, counters each worker writes
-/// alone, limits, and the stop flag.
+/// What a worker is told by the control side: changes to the set of
+/// torrents and to the settings. Workers keep their own copy of the torrent
+/// set, so the serving path never takes a lock to find a torrent.
+#[derive(Debug)]
+pub enum WorkerMessage {
+    /// Serve this torrent too (replacing one with the same info-hash).
+    AddTorrent(Arc<Torrent>),
+    /// Stop serving this torrent (it was retired: its peers are dropped).
+    RemoveTorrent(InfoHash),
+    /// New settings; the listen address, workers and ring size stay.
+    Reconfigure(Arc<SeedConfig>),
+}
+
+/// What the workers share: the catalog of torrents (for the control side),
+/// counters each worker writes alone, limits, and the stop flag.
 #[derive(Debug)]
 pub struct Shared {
-    /// The torrents served, by info-hash.
-    pub torrents: HashMap<InfoHash, Arc<Torrent>>,
+    /// The torrents served, by info-hash: the control side's copy. Workers
+    /// keep their own, updated by [`WorkerMessage`]s.
+    catalog: Mutex<HashMap<InfoHash, Arc<Torrent>>>,
+    /// Messages to worker *i*.
+    pub messages: Vec<crossbeam_channel::Sender<WorkerMessage>>,
+    /// When worker *i* last ran its tick, in milliseconds since `epoch`
+    /// (the watchdog's proof of life).
+    pub heartbeats: Vec<AtomicU64>,
+    /// The origin of `heartbeats`.
+    pub epoch: Instant,
     /// Set to stop the workers.
     pub stop: AtomicBool,
     /// Counters of worker *i*, written by it alone.
@@ -231,6 +252,26 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The control side's catalog of torrents.
+    pub fn catalog(&self) -> MutexGuard<'_, HashMap<InfoHash, Arc<Torrent>>> {
+        self.catalog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that worker `index` is alive now.
+    pub fn heartbeat(&self, index: usize) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.heartbeats[index].store(ms, Ordering::Relaxed);
+    }
+
+    /// Sends `message` to every worker and wakes them.
+    fn broadcast(&self, message: impl Fn() -> WorkerMessage) {
+        for (index, tx) in self.messages.iter().enumerate() {
+            // A worker that ended has dropped its receiver: nothing to tell.
+            let _ = tx.send(message());
+            self.wake(index);
+        }
+    }
+
     /// Wakes worker `index` (its eventfd read completes).
     pub fn wake(&self, index: usize) {
         let one: u64 = 1;
@@ -276,7 +317,7 @@ impl Dialer {
     /// [`MAX_DIAL_QUEUE`]: a tracker reply cannot make us open thousands of
     /// connections.
     pub fn dial(&self, info_hash: InfoHash, peers: &[SocketAddr]) {
-        if !self.shared.torrents.contains_key(&info_hash) || peers.is_empty() {
+        if peers.is_empty() || !self.shared.catalog().contains_key(&info_hash) {
             return;
         }
         let workers = self.shared.dial_queues.len();
@@ -374,6 +415,8 @@ pub struct Seeder {
     workers: Vec<JoinHandle<io::Result<()>>>,
     checkers: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
+    ring_entries: u32,
+    pin_workers: bool,
 }
 
 impl Seeder {
@@ -385,11 +428,19 @@ impl Seeder {
         let wake_fds = (0..workers)
             .map(|index| eventfd().map_err(|source| SeedError::Worker { index, source }))
             .collect::<Result<Vec<_>, _>>()?;
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| crossbeam_channel::unbounded::<WorkerMessage>())
+            .unzip();
         let shared = Arc::new(Shared {
-            torrents: torrents
-                .into_iter()
-                .map(|t| (t.metainfo.info_hash, t))
-                .collect(),
+            catalog: Mutex::new(
+                torrents
+                    .into_iter()
+                    .map(|t| (t.metainfo.info_hash, t))
+                    .collect(),
+            ),
+            messages: senders,
+            heartbeats: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
             stop: AtomicBool::new(false),
             worker_stats: (0..workers).map(|_| Counters::default()).collect(),
             limits: Limits::default(),
@@ -424,8 +475,10 @@ impl Seeder {
             // The checkers end when the workers, which hold the senders, do.
             checkers: piece_check::spawn(workers, check_rx, Arc::clone(&shared)),
             local_addr: addr,
+            ring_entries: config.ring_entries,
+            pin_workers: config.pin_workers,
         };
-        for (index, listener) in listeners.into_iter().enumerate() {
+        for ((index, listener), messages) in listeners.into_iter().enumerate().zip(receivers) {
             let wake_raw = shared.wake_fds[index].as_raw_fd();
             let shared = Arc::clone(&shared);
             let config = Arc::clone(&config);
@@ -441,8 +494,10 @@ impl Seeder {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    let worker = Worker::new(index, listener, wake_raw, shared, config, check_tx)
-                        .and_then(|mut w| w.check_accept().map(|()| w));
+                    let worker = Worker::new(
+                        index, listener, wake_raw, shared, config, check_tx, messages,
+                    )
+                    .and_then(|mut w| w.check_accept().map(|()| w));
                     match worker {
                         Ok(worker) => {
                             let _ = ready.send(Ok(()));
@@ -490,9 +545,68 @@ impl Seeder {
         self.shared.peer_id
     }
 
-    /// The torrents served.
-    pub fn torrents(&self) -> impl Iterator<Item = &Arc<Torrent>> {
-        self.shared.torrents.values()
+    /// The torrents served now.
+    pub fn torrents(&self) -> Vec<Arc<Torrent>> {
+        self.shared.catalog().values().cloned().collect()
+    }
+
+    /// The torrent with `info_hash`, if it is served.
+    pub fn torrent(&self, info_hash: &InfoHash) -> Option<Arc<Torrent>> {
+        self.shared.catalog().get(info_hash).cloned()
+    }
+
+    /// Serves `torrent` from now on. One with the same info-hash (an older
+    /// copy of its files) is retired: its peers are dropped and reconnect
+    /// to the new one.
+    pub fn add_torrent(&self, torrent: Arc<Torrent>) {
+        let old = self
+            .shared
+            .catalog()
+            .insert(torrent.metainfo.info_hash, Arc::clone(&torrent));
+        if let Some(old) = old {
+            old.retire();
+        }
+        self.shared
+            .broadcast(|| WorkerMessage::AddTorrent(Arc::clone(&torrent)));
+    }
+
+    /// Stops serving `info_hash`: its peers are dropped at the workers'
+    /// next housekeeping, and its files are unmapped once the last send
+    /// from them completes. Returns the torrent if it was served.
+    pub fn remove_torrent(&self, info_hash: &InfoHash) -> Option<Arc<Torrent>> {
+        let torrent = self.shared.catalog().remove(info_hash)?;
+        torrent.retire();
+        self.shared
+            .broadcast(|| WorkerMessage::RemoveTorrent(*info_hash));
+        Some(torrent)
+    }
+
+    /// Applies new settings live: limits, slots, timeouts. The listen
+    /// address, the number of workers and the ring size cannot change
+    /// without a restart and keep their old values.
+    pub fn reconfigure(&self, config: SeedConfig) {
+        let config = Arc::new(SeedConfig {
+            listen: self.local_addr,
+            workers: self.shared.messages.len(),
+            ring_entries: self.ring_entries,
+            pin_workers: self.pin_workers,
+            ..config
+        });
+        self.shared
+            .broadcast(|| WorkerMessage::Reconfigure(Arc::clone(&config)));
+    }
+
+    /// Whether every worker ran its tick within `max_age` (a worker stuck
+    /// in a syscall or a loop stops ticking).
+    pub fn workers_alive(&self, max_age: Duration) -> bool {
+        let now = self.shared.epoch.elapsed().as_millis() as u64;
+        let max = max_age.as_millis() as u64;
+        !self.workers.iter().any(|h| h.is_finished())
+            && self
+                .shared
+                .heartbeats
+                .iter()
+                .all(|h| now.saturating_sub(h.load(Ordering::Relaxed)) <= max)
     }
 
     /// Counters now (updated by the workers once a second).
@@ -509,7 +623,7 @@ impl Seeder {
         }
         let mut torrents: Vec<TorrentStats> = self
             .shared
-            .torrents
+            .catalog()
             .values()
             .map(|t| TorrentStats {
                 info_hash: t.metainfo.info_hash,

@@ -428,6 +428,15 @@ impl Torrent {
         self.errored.store(true, Ordering::Release);
     }
 
+    /// Takes the torrent out of service without an error report (it was
+    /// removed, or replaced by a newer copy): workers drop its peers and
+    /// refuse new ones, exactly as for an errored torrent.
+    pub fn retire(&self) {
+        let mut error = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        error.get_or_insert_with(|| "removed".to_owned());
+        self.errored.store(true, Ordering::Release);
+    }
+
     /// Checks that no file shrank below what the torrent needs (`fstat`
     /// only); marks the torrent errored and returns false if one did.
     pub fn check_files(&self) -> bool {

@@ -72,6 +72,11 @@ impl Choker {
         }
     }
 
+    /// New settings from the next round on (a reload).
+    pub fn set_config(&mut self, config: ChokerConfig) {
+        self.config = config;
+    }
+
     /// One round at time `now`: returns `(key, unchoke)` for each peer whose
     /// state should change. `pick(n)` returns a random index below `n`.
     pub fn rechoke(
@@ -192,6 +197,11 @@ impl LeechChoker {
             slots,
             ..Default::default()
         }
+    }
+
+    /// New slots from the next round on (a reload).
+    pub fn set_slots(&mut self, slots: usize) {
+        self.slots = slots;
     }
 
     /// One round: the interested peers that sent us the most since the last

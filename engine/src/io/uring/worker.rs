@@ -44,7 +44,7 @@ use slab::Slab;
 use super::conn::{Conn, Phase};
 use super::UserData;
 use crate::io::piece_check::CheckJob;
-use crate::io::seeder::{SeedConfig, Shared};
+use crate::io::seeder::{SeedConfig, Shared, WorkerMessage};
 use crate::io::storage::Torrent;
 use crate::policy::bitfield::Bitfield;
 use crate::policy::choker::{Candidate, Choker, LeechChoker};
@@ -169,6 +169,12 @@ pub struct Worker {
     last_rate_tick: Duration,
     /// Outgoing connections not yet established.
     half_open: usize,
+    /// This worker's copy of the torrents served, kept current by
+    /// `messages`: finding a torrent never takes a lock.
+    torrents: HashMap<InfoHash, Arc<Torrent>>,
+    messages: crossbeam_channel::Receiver<WorkerMessage>,
+    /// Unchoked peers per torrent as last added to the gauges.
+    reported_unchoked: HashMap<InfoHash, (Arc<Torrent>, i64)>,
 }
 
 impl Worker {
@@ -181,11 +187,13 @@ impl Worker {
         shared: Arc<Shared>,
         config: Arc<SeedConfig>,
         check_tx: crossbeam_channel::Sender<CheckJob>,
+        messages: crossbeam_channel::Receiver<WorkerMessage>,
     ) -> io::Result<Self> {
         let ring = build_ring(config.ring_entries)?;
         let now = Duration::ZERO;
         let workers = config.workers.max(1) as u64;
         let rate_share = config.max_upload_rate.div_ceil(workers);
+        let torrents = shared.catalog().clone();
         Ok(Worker {
             index,
             ring,
@@ -214,6 +222,9 @@ impl Worker {
             leeching: HashMap::new(),
             last_rate_tick: now,
             half_open: 0,
+            torrents,
+            messages,
+            reported_unchoked: HashMap::new(),
             peer_id: shared.peer_id,
             shared,
             config,
@@ -269,6 +280,7 @@ impl Worker {
                     .completion()
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
+            self.delta.ring_completions += completions.len() as u64;
             for &(data, result, flags) in &completions {
                 self.complete(UserData::unpack(data), result, flags);
             }
@@ -288,6 +300,7 @@ impl Worker {
             // every op still in flight if `run` ends early.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 self.in_flight += 1;
+                self.delta.ring_submissions += 1;
                 return;
             }
             if let Err(e) = self.ring.submit() {
@@ -363,11 +376,37 @@ impl Worker {
                     self.begin_shutdown();
                 } else {
                     self.arm_wake();
+                    self.take_messages();
                     self.take_checked();
                     self.dial_queued();
                 }
             }
             UserData::Ignore => {}
+        }
+    }
+
+    /// Applies what the control side sent: torrents added or removed, new
+    /// settings.
+    fn take_messages(&mut self) {
+        while let Ok(message) = self.messages.try_recv() {
+            match message {
+                WorkerMessage::AddTorrent(t) => {
+                    self.torrents.insert(t.metainfo.info_hash, t);
+                }
+                // Its peers go at the next housekeeping (it is retired).
+                WorkerMessage::RemoveTorrent(h) => {
+                    self.torrents.remove(&h);
+                }
+                WorkerMessage::Reconfigure(config) => {
+                    let now = self.now();
+                    let workers = config.workers.max(1) as u64;
+                    self.bucket = TokenBucket::new(config.max_upload_rate.div_ceil(workers), now);
+                    self.choker.set_config(config.choker_share(self.index));
+                    self.leech_choker
+                        .set_slots(config.leech_slots_share(self.index));
+                    self.config = config;
+                }
+            }
         }
     }
 
@@ -415,7 +454,6 @@ impl Worker {
                 return;
             }
             let banned = self
-                .shared
                 .torrents
                 .get(&info_hash)
                 .is_some_and(|t| t.download().is_some_and(|d| d.is_banned(&addr.ip())));
@@ -599,7 +637,7 @@ impl Worker {
                 // We dialed ourselves (our own address from a tracker).
                 return Err(CloseReason::UnknownTorrent);
             }
-            let torrent = shared
+            let torrent = self
                 .torrents
                 .get(&hs.info_hash)
                 .filter(|t| !t.is_errored())
@@ -646,11 +684,8 @@ impl Worker {
                 torrent: Arc::clone(torrent),
                 session: Box::new(session),
             };
-            self.torrent_deltas
-                .entry(hs.info_hash)
-                .or_insert_with(|| (Arc::clone(torrent), StatsDelta::default()))
-                .1
-                .peers += 1;
+            let torrent = Arc::clone(torrent);
+            torrent_delta(&mut self.torrent_deltas, &torrent).peers += 1;
             self.delta.peers += 1;
             consumed = wire::HANDSHAKE_LEN;
             let free_slot = if torrent.is_downloading() {
@@ -805,10 +840,12 @@ impl Worker {
                 send.headers
                     .push(wire::piece_header(req.piece, req.offset, req.length));
                 if !torrent.is_resident(&req) {
+                    self.delta.cache_misses += 1;
                     let covered = conn.prefetched.is_some_and(|(piece, start, end)| {
                         piece == req.piece && req.offset >= start && req.offset + req.length <= end
                     });
                     if !covered {
+                        self.delta.prefetches += 1;
                         let end = torrent.prefetch(&req);
                         conn.prefetched = Some((req.piece, req.offset, end));
                     }
@@ -998,11 +1035,7 @@ impl Worker {
                 }
             }
             let counters = session.counters();
-            let d = &mut self
-                .torrent_deltas
-                .entry(torrent.metainfo.info_hash)
-                .or_insert_with(|| (Arc::clone(&torrent), StatsDelta::default()))
-                .1;
+            let d = torrent_delta(&mut self.torrent_deltas, &torrent);
             d.peers -= 1;
             d.rejected_requests += counters.rejected_requests;
             d.metadata_pieces_served += counters.metadata_pieces_served;
@@ -1155,7 +1188,7 @@ impl Worker {
     fn leech_tick(&mut self, now: Duration) {
         let hashes: Vec<InfoHash> = self.leeching.keys().copied().collect();
         for info_hash in hashes {
-            let Some(torrent) = self.shared.torrents.get(&info_hash).cloned() else {
+            let Some(torrent) = self.torrents.get(&info_hash).cloned() else {
                 continue;
             };
             let progress = self.leeching.get_mut(&info_hash).expect("listed above");
@@ -1253,6 +1286,7 @@ impl Worker {
             return;
         }
         self.arm_tick();
+        self.shared.heartbeat(self.index);
         if !self.accept_armed {
             // Re-arm after running out of descriptors, at most once a tick.
             self.arm_accept();
@@ -1280,7 +1314,7 @@ impl Worker {
     fn housekeeping(&mut self, now: Duration) {
         if self.index == 0 {
             // One worker checks file sizes for everyone.
-            for t in self.shared.torrents.values() {
+            for t in self.torrents.values() {
                 t.check_files();
             }
         }
@@ -1342,6 +1376,7 @@ impl Worker {
     }
 
     fn flush_stats(&mut self) {
+        self.count_unchoked();
         if !self.delta.is_empty() {
             self.shared.worker_stats[self.index].add(&self.delta);
             self.delta = StatsDelta::default();
@@ -1354,6 +1389,39 @@ impl Worker {
         }
         self.torrent_deltas
             .retain(|_, (t, _)| Arc::strong_count(t) > 1);
+    }
+
+    /// Turns the number of peers unchoked now, per torrent and in all, into
+    /// gauge changes since the last flush.
+    fn count_unchoked(&mut self) {
+        let mut now: HashMap<InfoHash, (Arc<Torrent>, i64)> = HashMap::new();
+        for (_, c) in self.conns.iter() {
+            if let Phase::Active { session, torrent } = &c.phase {
+                if !c.closing && !session.is_choking() {
+                    now.entry(torrent.metainfo.info_hash)
+                        .or_insert_with(|| (Arc::clone(torrent), 0))
+                        .1 += 1;
+                }
+            }
+        }
+        let total: i64 = now.values().map(|(_, n)| n).sum();
+        self.delta.unchoked += total - self.reported_unchoked.values().map(|(_, n)| n).sum::<i64>();
+        for (hash, (torrent, n)) in &now {
+            let before = self.reported_unchoked.get(hash).map_or(0, |(_, n)| *n);
+            if *n != before {
+                torrent_delta(&mut self.torrent_deltas, torrent).unchoked += n - before;
+            }
+        }
+        let gone: Vec<(Arc<Torrent>, i64)> = self
+            .reported_unchoked
+            .iter()
+            .filter(|(hash, _)| !now.contains_key(*hash))
+            .map(|(_, (t, n))| (Arc::clone(t), *n))
+            .collect();
+        for (torrent, before) in gone {
+            torrent_delta(&mut self.torrent_deltas, &torrent).unchoked -= before;
+        }
+        self.reported_unchoked = now;
     }
 
     /// Seeded torrents rotate slots round-robin; downloaded ones reward
@@ -1488,6 +1556,22 @@ fn peer_addr(fd: &OwnedFd) -> Option<SocketAddr> {
         },
         v4 => v4,
     })
+}
+
+/// A worker's tally for `torrent` in `deltas`. A torrent replaced by a newer
+/// copy with the same info-hash gets its own tally (the old one is flushed).
+fn torrent_delta<'a>(
+    deltas: &'a mut HashMap<InfoHash, (Arc<Torrent>, StatsDelta)>,
+    torrent: &Arc<Torrent>,
+) -> &'a mut StatsDelta {
+    let entry = deltas
+        .entry(torrent.metainfo.info_hash)
+        .or_insert_with(|| (Arc::clone(torrent), StatsDelta::default()));
+    if !Arc::ptr_eq(&entry.0, torrent) {
+        entry.0.stats.add(&entry.1);
+        *entry = (Arc::clone(torrent), StatsDelta::default());
+    }
+    &mut entry.1
 }
 
 /// Connections of torrents being downloaded that we unchoke.
