@@ -59,6 +59,116 @@ pub enum Command {
     /// Drive simulated peers against a seeder (or UDP announces against a
     /// tracker) and report throughput, latency and the target's cost.
     Loadtest(LoadtestArgs),
+    /// Run as a service: seed what watched directories hold, follow their
+    /// changes, resume without hashing, report metrics (see `config default`).
+    Daemon(DaemonArgs),
+    /// Control a running daemon over its Unix socket.
+    Ctl(CtlArgs),
+    /// The daemon's configuration file.
+    Config(ConfigArgs),
+}
+
+/// Arguments of `ringseed daemon`. Each key of the config file can also be
+/// set by a `RINGSEED_<KEY>` variable (see `ringseed config default`);
+/// these flags win over both.
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    /// The TOML config file [default: none; built-in defaults].
+    #[arg(short, long, value_name = "FILE", env = "RINGSEED_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// BitTorrent address and port (`listen`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// A directory of data files to make torrents of and seed (a
+    /// `[[data_dir]]`); repeat for more.
+    #[arg(long, value_name = "DIR")]
+    pub watch: Vec<PathBuf>,
+    /// A directory of .torrent files, data beside them (a
+    /// `[[torrent_dir]]`); repeat for more.
+    #[arg(long, value_name = "DIR")]
+    pub watch_torrents: Vec<PathBuf>,
+    /// The state directory (`state_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Address of /metrics and /status, "" for none (`metrics`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
+    /// The control socket (`control_socket`).
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Data-plane workers, 0 for one per core (`workers`).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Log level or directives (`log_level`).
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// Arguments of `ringseed ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The daemon's control socket [default: $RINGSEED_CONTROL_SOCKET,
+    /// /run/ringseed/control.sock if it exists, else the one in the state
+    /// directory].
+    #[arg(long, value_name = "PATH", env = "RINGSEED_CONTROL_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// Commands of `ringseed ctl`.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Show every torrent's state and the daemon's figures.
+    Status {
+        /// Print the full status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Seed a .torrent (data beside it or in --data), or make a torrent of
+    /// a file or directory and seed it; kept across restarts.
+    Add {
+        /// The .torrent, file or directory.
+        path: PathBuf,
+        /// Where the .torrent's data is.
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+    },
+    /// Stop seeding a torrent (by info-hash, name or source path); kept
+    /// across restarts until it is added again.
+    Remove {
+        /// Info-hash, name or source path.
+        target: String,
+    },
+    /// Re-read the configuration file (as SIGHUP does).
+    Reload,
+    /// Change the log level until the next reload (e.g. `debug`).
+    LogLevel {
+        /// A level or directives.
+        level: String,
+    },
+}
+
+/// Arguments of `ringseed config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+/// Commands of `ringseed config`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the default configuration, every key commented.
+    Default,
+    /// Check a configuration file (with the environment's overrides) and
+    /// print the settings it gives.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 /// Arguments of `ringseed download`.
@@ -434,7 +544,8 @@ pub struct SeedArgs {
     pub hashing: HashingArgs,
 }
 
-fn parse_rate(text: &str) -> Result<u64, String> {
+/// Parses a byte rate or size: `0`, `500K`, `100M`, `1G` (powers of 1024).
+pub fn parse_rate(text: &str) -> Result<u64, String> {
     let lower = text.trim().to_ascii_lowercase();
     let trimmed = lower
         .trim_end_matches("/s")

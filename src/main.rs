@@ -4,7 +4,9 @@
 
 mod cli;
 mod commands;
+mod daemon;
 mod display;
+mod logging;
 
 use std::process::ExitCode;
 

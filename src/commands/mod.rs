@@ -1,6 +1,7 @@
 //! One module per subcommand; each returns the exit status it earned.
 
 mod create;
+mod ctl;
 mod download;
 mod info;
 mod loadtest;
@@ -22,6 +23,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Download(args) => download::run(args),
         Command::Tracker(args) => tracker::run(args),
         Command::Loadtest(args) => loadtest::run(args),
+        Command::Daemon(args) => crate::daemon::run(args),
+        Command::Ctl(args) => ctl::run(args),
+        Command::Config(args) => ctl::config(args),
     }
 }
 

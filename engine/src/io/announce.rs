@@ -412,6 +412,10 @@ pub struct TrackerStatus {
     pub warning: Option<String>,
     /// Seeds and leechers the tracker reported.
     pub swarm: Option<(u32, u32)>,
+    /// Announces it answered.
+    pub successes: u64,
+    /// Announces that failed (no answer, or an error reply).
+    pub failures: u64,
 }
 
 /// A torrent the announcer keeps registered.
@@ -580,6 +584,8 @@ impl Announcer {
                                             last: None,
                                             warning: None,
                                             swarm: None,
+                                            successes: 0,
+                                            failures: 0,
                                         });
                                         all.last_mut().expect("just pushed")
                                     }
@@ -587,12 +593,16 @@ impl Announcer {
                                 match outcome {
                                     Ok(reply) => {
                                         entry.last = Some(Ok(reply.peers.len()));
+                                        entry.successes += 1;
                                         entry.warning = reply.warning.clone();
                                         entry.swarm = reply.complete.zip(reply.incomplete);
                                         answered = Some((tier, index, reply));
                                         break;
                                     }
-                                    Err(e) => entry.last = Some(Err(e.to_string())),
+                                    Err(e) => {
+                                        entry.last = Some(Err(e.to_string()));
+                                        entry.failures += 1;
+                                    }
                                 }
                             }
                             match answered {

@@ -50,6 +50,29 @@ impl DataPaths {
     }
 }
 
+/// Replaces `path` with `bytes` atomically (temporary file, fsync, rename,
+/// fsync of the directory): a crash leaves the old file or the new one,
+/// never a torn one. The directory is created if missing.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(path.file_name().unwrap_or_default());
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    // The rename itself must survive a crash.
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// A problem with one file found while opening it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileProblem {

@@ -11,8 +11,7 @@
 //! finds the pieces written after the save too, so nothing verified is
 //! fetched again.
 
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -186,16 +185,7 @@ impl ResumeData {
     /// Saves atomically to `path`: the old file stays until the new one is
     /// complete on disk.
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = path.with_extension("resume.tmp");
-        let mut file = File::create(&tmp)?;
-        file.write_all(&self.to_bytes())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)?;
-        // The rename itself must survive a crash.
-        File::open(dir)?.sync_all()
+        crate::io::files::write_atomic(path, &self.to_bytes())
     }
 }
 

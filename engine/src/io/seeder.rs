@@ -550,11 +550,6 @@ impl Seeder {
         self.shared.catalog().values().cloned().collect()
     }
 
-    /// The torrent with `info_hash`, if it is served.
-    pub fn torrent(&self, info_hash: &InfoHash) -> Option<Arc<Torrent>> {
-        self.shared.catalog().get(info_hash).cloned()
-    }
-
     /// Serves `torrent` from now on. One with the same info-hash (an older
     /// copy of its files) is retired: its peers are dropped and reconnect
     /// to the new one.
@@ -599,16 +594,61 @@ impl Seeder {
     /// Whether every worker ran its tick within `max_age` (a worker stuck
     /// in a syscall or a loop stops ticking).
     pub fn workers_alive(&self, max_age: Duration) -> bool {
-        let now = self.shared.epoch.elapsed().as_millis() as u64;
         let max = max_age.as_millis() as u64;
         !self.workers.iter().any(|h| h.is_finished())
             && self
-                .shared
-                .heartbeats
+                .observer()
+                .heartbeat_ages()
                 .iter()
-                .all(|h| now.saturating_sub(h.load(Ordering::Relaxed)) <= max)
+                .all(|&age| age <= max)
     }
 
+    /// Counters now (updated by the workers once a second).
+    pub fn stats(&self) -> SeederStats {
+        self.observer().stats()
+    }
+
+    /// A handle that reads counters and liveness from any thread.
+    pub fn observer(&self) -> Observer {
+        Observer {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+    fn stop_workers(&mut self) -> io::Result<()> {
+        self.shared.stop.store(true, Ordering::Release);
+        for index in 0..self.shared.wake_fds.len() {
+            self.shared.wake(index);
+        }
+        let mut result = Ok(());
+        for handle in self.workers.drain(..) {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(io::Error::other("a worker panicked")),
+            }
+        }
+        for handle in self.checkers.drain(..) {
+            let _ = handle.join();
+        }
+        result
+    }
+
+    /// Closes every connection, stops the workers and returns the final
+    /// counters (the workers flush theirs as they stop).
+    pub fn shutdown(mut self) -> io::Result<SeederStats> {
+        self.stop_workers()?;
+        Ok(self.stats())
+    }
+}
+
+/// Reads the data plane's counters and liveness; cheap to clone, usable
+/// from any thread (metrics, status).
+#[derive(Clone)]
+pub struct Observer {
+    shared: Arc<Shared>,
+}
+
+impl Observer {
     /// Counters now (updated by the workers once a second).
     pub fn stats(&self) -> SeederStats {
         let workers: Vec<StatsSnapshot> = self
@@ -641,30 +681,19 @@ impl Seeder {
         }
     }
 
-    fn stop_workers(&mut self) -> io::Result<()> {
-        self.shared.stop.store(true, Ordering::Release);
-        for index in 0..self.shared.wake_fds.len() {
-            self.shared.wake(index);
-        }
-        let mut result = Ok(());
-        for handle in self.workers.drain(..) {
-            match handle.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = Err(e),
-                Err(_) => result = Err(io::Error::other("a worker panicked")),
-            }
-        }
-        for handle in self.checkers.drain(..) {
-            let _ = handle.join();
-        }
-        result
+    /// The torrent with `info_hash`, if it is served.
+    pub fn torrent(&self, info_hash: &InfoHash) -> Option<Arc<Torrent>> {
+        self.shared.catalog().get(info_hash).cloned()
     }
 
-    /// Closes every connection, stops the workers and returns the final
-    /// counters (the workers flush theirs as they stop).
-    pub fn shutdown(mut self) -> io::Result<SeederStats> {
-        self.stop_workers()?;
-        Ok(self.stats())
+    /// Milliseconds since each worker last ran its tick.
+    pub fn heartbeat_ages(&self) -> Vec<u64> {
+        let now = self.shared.epoch.elapsed().as_millis() as u64;
+        self.shared
+            .heartbeats
+            .iter()
+            .map(|h| now.saturating_sub(h.load(Ordering::Relaxed)))
+            .collect()
     }
 }
 

@@ -1,0 +1,102 @@
+//! `ringseed ctl`: commands to a running daemon over its control socket;
+//! `ringseed config`: the daemon's configuration file.
+
+use std::path::PathBuf;
+
+use crate::cli::{ConfigArgs, ConfigCommand, CtlArgs, CtlCommand, DaemonArgs, Exit};
+use crate::daemon::config::{default_control_socket, Config, DEFAULT_CONFIG};
+use crate::daemon::control::{call, Request};
+use crate::display::human_bytes;
+
+/// Where the installed service's socket is (systemd's RuntimeDirectory).
+const SERVICE_SOCKET: &str = "/run/ringseed/control.sock";
+
+pub fn run(args: CtlArgs) -> anyhow::Result<Exit> {
+    let socket = args.socket.unwrap_or_else(|| {
+        let service = PathBuf::from(SERVICE_SOCKET);
+        if service.exists() {
+            service
+        } else {
+            default_control_socket(&PathBuf::new(), &Config::default().state_dir())
+        }
+    });
+    let (request, json) = match args.command {
+        CtlCommand::Status { json } => (Request::Status, json),
+        CtlCommand::Add { path, data } => {
+            // The daemon resolves paths itself; relative ones are ours.
+            let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+            (
+                Request::Add {
+                    path: absolute(path),
+                    data: data.map(absolute),
+                },
+                false,
+            )
+        }
+        CtlCommand::Remove { target } => (Request::Remove { target }, false),
+        CtlCommand::Reload => (Request::Reload, false),
+        CtlCommand::LogLevel { level } => (Request::LogLevel { level }, false),
+    };
+    let reply = call(&socket, &request)?;
+    if !reply.ok {
+        eprintln!("ringseed: error: {}", reply.message);
+        return Ok(Exit::Error);
+    }
+    match reply.status {
+        Some(status) if json => println!("{}", serde_json::to_string_pretty(&status)?),
+        Some(status) => {
+            println!("{}", reply.message);
+            println!(
+                "{:<9} {:>6} {:>6} {:>10}  {:<40}  NAME",
+                "STATE", "DONE", "PEERS", "SENT", "INFO-HASH"
+            );
+            for t in &status.torrents {
+                let get = |k: &str| t.figures.get(k).copied().unwrap_or(0);
+                let done = match (t.state.as_str(), t.progress) {
+                    ("seeding", _) => "100%".to_owned(),
+                    (_, Some(p)) => format!("{:.0}%", p * 100.0),
+                    _ => "-".to_owned(),
+                };
+                println!(
+                    "{:<9} {:>6} {:>6} {:>10}  {:<40}  {}",
+                    t.state,
+                    done,
+                    get("peers"),
+                    human_bytes(get("bytes_sent")),
+                    t.info_hash.as_deref().unwrap_or("-"),
+                    t.name
+                );
+                if let Some(reason) = &t.reason {
+                    println!("          {reason}");
+                }
+            }
+            for d in &status.directory_errors {
+                println!("cannot read {}: {}", d.path, d.error);
+            }
+        }
+        None => println!("{}", reply.message),
+    }
+    Ok(Exit::Success)
+}
+
+pub fn config(args: ConfigArgs) -> anyhow::Result<Exit> {
+    match args.command {
+        ConfigCommand::Default => print!("{DEFAULT_CONFIG}"),
+        ConfigCommand::Check { file } => {
+            let config = Config::load(&DaemonArgs {
+                config: Some(file.clone()),
+                listen: None,
+                watch: Vec::new(),
+                watch_torrents: Vec::new(),
+                state: None,
+                metrics: None,
+                control_socket: None,
+                workers: None,
+                log_level: None,
+            })?;
+            println!("{}: valid", file.display());
+            println!("{config:#?}");
+        }
+    }
+    Ok(Exit::Success)
+}

@@ -1,0 +1,273 @@
+//! The control socket of `ringseed ctl` and the metrics endpoint: both
+//! turn a request into a [`Query`] for the daemon's main loop and write
+//! back its answer, so they never touch the catalog themselves.
+//!
+//! The control protocol is one JSON object per line each way. Who may use
+//! it is decided by the socket file's mode (`control_socket_mode`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use super::status::Status;
+
+/// A command of `ringseed ctl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// The daemon's figures.
+    Status,
+    /// Seed a .torrent (data in `data`, else beside it) or a file or
+    /// directory (a torrent is made); remembered across restarts.
+    Add {
+        /// The .torrent, file or directory (absolute).
+        path: PathBuf,
+        /// Where a .torrent's data is.
+        data: Option<PathBuf>,
+    },
+    /// Stop seeding torrents matching `target` (info-hash, name or source
+    /// path); remembered across restarts until added again.
+    Remove {
+        /// What to remove.
+        target: String,
+    },
+    /// Re-read the configuration (as SIGHUP does).
+    Reload,
+    /// Change the log level (until the next reload).
+    LogLevel {
+        /// Directives, e.g. `debug` or `info,ringseed::daemon=debug`.
+        level: String,
+    },
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Reply {
+    /// Whether the command worked.
+    pub ok: bool,
+    /// What happened, or why not.
+    pub message: String,
+    /// For `status`.
+    pub status: Option<Status>,
+}
+
+/// What the servers ask the main loop.
+pub enum Query {
+    /// A control command.
+    Control(Request),
+    /// The figures (for `/metrics` and `/status`).
+    Status,
+}
+
+/// Sends a query to the main loop and waits for the answer.
+pub type Ask = Box<dyn Fn(Query) -> Option<Reply> + Send + Sync>;
+
+/// Makes an [`Ask`] that hands queries to the main loop through `events`.
+pub fn asker<E: Send + 'static>(
+    events: mpsc::Sender<E>,
+    wrap: fn(Query, mpsc::Sender<Reply>) -> E,
+) -> Ask {
+    let events = std::sync::Mutex::new(events);
+    Box::new(move |query| {
+        let (tx, rx) = mpsc::channel();
+        let sent = events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(wrap(query, tx));
+        sent.ok()?;
+        rx.recv_timeout(Duration::from_secs(30)).ok()
+    })
+}
+
+/// Binds the control socket at `path` with file mode `mode`; a stale socket
+/// left by a killed daemon is replaced, a live one is an error.
+pub fn bind_control(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!(
+                "{} is in use: is another ringseed daemon running?",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot create the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Serves the control socket on a thread of its own.
+pub fn serve_control(listener: UnixListener, ask: Ask) -> std::io::Result<()> {
+    let ask = std::sync::Arc::new(ask);
+    std::thread::Builder::new()
+        .name("ringseed-ctl".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let ask = std::sync::Arc::clone(&ask);
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                    let mut line = String::new();
+                    let mut reader = BufReader::new(&stream);
+                    if reader.by_ref().take(1 << 20).read_line(&mut line).is_err() {
+                        return;
+                    }
+                    let reply = match serde_json::from_str::<Request>(&line) {
+                        Ok(request) => ask(Query::Control(request)).unwrap_or_else(|| Reply {
+                            message: "the daemon did not answer (it is stopping?)".into(),
+                            ..Reply::default()
+                        }),
+                        Err(e) => Reply {
+                            message: format!("not a control request: {e}"),
+                            ..Reply::default()
+                        },
+                    };
+                    let mut out = serde_json::to_string(&reply).unwrap_or_default();
+                    out.push('\n');
+                    let _ = (&stream).write_all(out.as_bytes());
+                });
+            }
+        })
+        .map(drop)
+}
+
+/// Sends one request to the daemon at `socket` and returns its reply.
+pub fn call(socket: &Path, request: &Request) -> anyhow::Result<Reply> {
+    let stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot connect to the daemon's control socket {} (is the daemon running, and may \
+             this user use the socket?)",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .context("no answer from the daemon")?;
+    serde_json::from_str(&answer).with_context(|| format!("a bad answer: {answer:?}"))
+}
+
+/// Serves `/metrics` (Prometheus) and `/status` (JSON) over HTTP on a
+/// thread; returns the bound address.
+pub fn serve_metrics(addr: SocketAddr, ask: Ask) -> anyhow::Result<SocketAddr> {
+    let listener =
+        TcpListener::bind(addr).with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    let local = listener.local_addr()?;
+    let ask = std::sync::Arc::new(ask);
+    std::thread::Builder::new()
+        .name("ringseed-metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let ask = std::sync::Arc::clone(&ask);
+                std::thread::spawn(move || {
+                    let _ = serve_http(stream, &ask);
+                });
+            }
+        })?;
+    Ok(local)
+}
+
+fn serve_http(mut stream: TcpStream, ask: &Ask) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let path = loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => break request.path.unwrap_or("/").to_owned(),
+            Ok(httparse::Status::Partial) if buf.len() < 16 << 10 => continue,
+            _ => {
+                return respond(
+                    &mut stream,
+                    "400 Bad Request",
+                    "text/plain",
+                    b"bad request\n",
+                )
+            }
+        }
+    };
+    let route = path.split('?').next().unwrap_or("");
+    if route != "/metrics" && route != "/status" {
+        return respond(
+            &mut stream,
+            "404 Not Found",
+            "text/plain",
+            b"try /metrics or /status\n",
+        );
+    }
+    let Some(status) = ask(Query::Status).and_then(|r| r.status) else {
+        return respond(
+            &mut stream,
+            "503 Service Unavailable",
+            "text/plain",
+            b"stopping\n",
+        );
+    };
+    if route == "/metrics" {
+        respond(
+            &mut stream,
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            status.to_prometheus().as_bytes(),
+        )
+    } else {
+        let body = serde_json::to_vec_pretty(&status).unwrap_or_default();
+        respond(&mut stream, "200 OK", "application/json", &body)
+    }
+}
+
+fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &[u8]) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_one_json_object_each() {
+        let r = Request::Add {
+            path: "/srv/x.iso".into(),
+            data: None,
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(text, r#"{"cmd":"add","path":"/srv/x.iso","data":null}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
+        let level: Request =
+            serde_json::from_str(r#"{"cmd":"log-level","level":"debug"}"#).unwrap();
+        assert_eq!(
+            level,
+            Request::LogLevel {
+                level: "debug".into()
+            }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
+    }
+}

@@ -1,0 +1,1038 @@
+//! `ringseed daemon`: the mirror operator's service. It seeds what the
+//! watched directories hold (and what `ringseed ctl add` adds), follows
+//! their changes, resumes without hashing after a restart, talks to
+//! systemd, and reports through `/metrics`, `/status` and the control
+//! socket.
+//!
+//! One main loop owns every decision; the other threads (signals, inotify,
+//! hashing jobs, control and metrics servers) only send it [`Event`]s. The
+//! data plane is the same `Seeder` as `ringseed seed`, told about torrents
+//! as they come and go.
+
+pub mod catalog;
+pub mod config;
+pub mod control;
+pub mod status;
+mod systemd;
+mod watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ringseed_engine::create::CreateOptions;
+use ringseed_engine::io::announce::{AnnounceTarget, Announcer, ClientConfig, Transfer};
+use ringseed_engine::io::files::{write_atomic, DataPaths};
+use ringseed_engine::io::hasher::thread_count;
+use ringseed_engine::io::seeder::{SeedConfig, Seeder};
+use ringseed_engine::io::storage::Torrent;
+use ringseed_engine::io::tracker_server::{TrackerConfig, TrackerServer};
+use ringseed_engine::{InfoHash, MagnetLink, Metainfo};
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use self::catalog::{
+    data_fingerprint, desired_sources, locate, paths_fingerprint, run_job, settled, stamp, Item,
+    Items, Job, JobDone, MakeOptions, Ready, Source, State, StateFiles, Work,
+};
+use self::config::Config;
+use self::control::{Query, Reply, Request};
+use self::status::{figures, DirectoryError, Status, TorrentStatus, TrackerStatus, WorkerStatus};
+use self::systemd::Systemd;
+use self::watch::Watcher;
+use crate::cli::{DaemonArgs, Exit};
+use crate::logging::{self, LogLevel};
+
+/// What the main loop reacts to.
+pub enum Event {
+    /// SIGHUP, SIGTERM or SIGINT.
+    Signal(i32),
+    /// Something changed in a watched directory.
+    Changed,
+    /// A hashing job ended.
+    JobDone(Box<JobDone>),
+    /// A question from the control socket or the metrics endpoint.
+    Query(Query, mpsc::Sender<Reply>),
+}
+
+/// A worker whose tick is older than this is stuck: no watchdog ping.
+const WORKER_STUCK_AFTER: Duration = Duration::from_secs(5);
+/// How often the main loop looks at the time when nothing happens.
+const TICK: Duration = Duration::from_millis(250);
+/// Changes are gathered this long before a scan (a copy makes many events).
+const DEBOUNCE: Duration = Duration::from_millis(200);
+/// How often systemd's STATUS= line is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// Sources added and removed with `ringseed ctl`, kept in the state
+/// directory across restarts.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Overrides {
+    added: Vec<Added>,
+    removed: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Added {
+    path: PathBuf,
+    data: Option<PathBuf>,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
+    let config = Config::load(&args)?;
+    let log = logging::init(&config.log_level)?;
+    super::commands::raise_open_file_limit();
+    let state = StateFiles::new(config.state_dir());
+    std::fs::create_dir_all(state.dir()).with_context(|| {
+        format!(
+            "cannot create the state directory {}",
+            state.dir().display()
+        )
+    })?;
+    let systemd = Systemd::from_env();
+
+    let seeder = Seeder::start(seed_config(&config), Vec::new())?;
+    let (events_tx, events) = mpsc::channel::<Event>();
+    let tracker = match config.tracker_addr()? {
+        Some(addr) => {
+            let server = TrackerServer::start(TrackerConfig {
+                udp: Some(addr),
+                http: Some(addr),
+                ..TrackerConfig::default()
+            })
+            .with_context(|| format!("cannot start the tracker on {addr}"))?;
+            info!("tracker on udp://{addr}/announce and http://{addr}/announce");
+            Some(server)
+        }
+        None => None,
+    };
+    let announcer = if config.announce {
+        Some(start_announcer(&seeder)?)
+    } else {
+        None
+    };
+
+    spawn_signal_thread(events_tx.clone())?;
+    let jobs = spawn_job_thread(events_tx.clone(), thread_count(None).max(1))?;
+    let control_path = config.control_socket();
+    let listener = control::bind_control(&control_path, config.socket_mode()?)?;
+    control::serve_control(listener, control::asker(events_tx.clone(), Event::Query))?;
+    let metrics = match config.metrics_addr()? {
+        Some(addr) => Some(control::serve_metrics(
+            addr,
+            control::asker(events_tx.clone(), Event::Query),
+        )?),
+        None => None,
+    };
+
+    let overrides = load_overrides(&state);
+    let mut daemon = Daemon {
+        args,
+        config,
+        log,
+        state,
+        seeder,
+        announcer,
+        _tracker: tracker,
+        items: Items::new(),
+        overrides,
+        dir_errors: Vec::new(),
+        jobs,
+        next_generation: 1,
+        bytes_hashed: 0,
+        hash_failures: 0,
+        started: Instant::now(),
+        systemd,
+        watcher: None,
+        events_tx,
+        changed_at: None,
+        last_scan: Instant::now(),
+        control_path,
+    };
+    daemon.watch();
+    daemon.scan();
+    let addr = daemon.seeder.local_addr();
+    info!(
+        "listening on {addr}; control socket {}{}",
+        daemon.control_path.display(),
+        metrics.map_or_else(String::new, |m| format!("; metrics on http://{m}/metrics"))
+    );
+    daemon.systemd.ready(&daemon.status_line());
+    daemon.run(events)
+}
+
+/// The data plane's settings from the configuration.
+fn seed_config(config: &Config) -> SeedConfig {
+    let defaults = SeedConfig::default();
+    SeedConfig {
+        listen: config.listen,
+        workers: if config.workers == 0 {
+            defaults.workers
+        } else {
+            config.workers
+        },
+        upload_slots: config.limits.upload_slots,
+        max_upload_rate: config.limits.max_upload_rate,
+        max_connections: config.limits.max_connections,
+        max_connections_per_torrent: config.limits.max_connections_per_torrent,
+        max_connections_per_ip: config.limits.max_connections_per_ip,
+        ..defaults
+    }
+}
+
+/// The announcer, with no torrent yet: they are added as they go live.
+fn start_announcer(seeder: &Seeder) -> anyhow::Result<Announcer> {
+    let observer = seeder.observer();
+    let transfer = Arc::new(move |h: &InfoHash| Transfer {
+        uploaded: observer
+            .torrent(h)
+            .map_or(0, |t| t.stats.snapshot().bytes_sent),
+        ..Transfer::default()
+    });
+    let dialer = seeder.dialer();
+    let on_peers =
+        Arc::new(move |h: &InfoHash, peers: &[std::net::SocketAddr]| dialer.dial(*h, peers));
+    Ok(Announcer::start(
+        Vec::new(),
+        seeder.peer_id(),
+        seeder.local_addr().port(),
+        ClientConfig::default(),
+        transfer,
+        Some(on_peers),
+    )?)
+}
+
+fn spawn_signal_thread(events: mpsc::Sender<Event>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])
+        .context("cannot install signal handlers")?;
+    std::thread::Builder::new()
+        .name("ringseed-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if events.send(Event::Signal(signal)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// The thread that hashes: one job at a time, each on every core.
+fn spawn_job_thread(
+    events: mpsc::Sender<Event>,
+    threads: usize,
+) -> anyhow::Result<mpsc::Sender<Job>> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("ringseed-hash".into())
+        .spawn(move || {
+            for job in rx {
+                if events
+                    .send(Event::JobDone(Box::new(run_job(job, threads))))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
+fn load_overrides(state: &StateFiles) -> Overrides {
+    let path = state.overrides();
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            warn!("{} is not valid ({e}); starting without it", path.display());
+            Overrides::default()
+        }),
+        Err(_) => Overrides::default(),
+    }
+}
+
+struct Daemon {
+    args: DaemonArgs,
+    config: Config,
+    log: LogLevel,
+    state: StateFiles,
+    seeder: Seeder,
+    announcer: Option<Announcer>,
+    _tracker: Option<TrackerServer>,
+    items: Items,
+    overrides: Overrides,
+    dir_errors: Vec<(PathBuf, String)>,
+    jobs: mpsc::Sender<Job>,
+    next_generation: u64,
+    bytes_hashed: u64,
+    hash_failures: u64,
+    started: Instant,
+    systemd: Systemd,
+    watcher: Option<Watcher>,
+    events_tx: mpsc::Sender<Event>,
+    changed_at: Option<Instant>,
+    last_scan: Instant,
+    control_path: PathBuf,
+}
+
+impl Daemon {
+    fn run(mut self, events: mpsc::Receiver<Event>) -> anyhow::Result<Exit> {
+        let mut last_ping = Instant::now();
+        let mut last_status = Instant::now();
+        loop {
+            match events.recv_timeout(TICK) {
+                Ok(Event::Signal(signal)) if signal == signal_hook::consts::SIGHUP => {
+                    if let Err(e) = self.reload() {
+                        error!("reload failed, the old configuration stays: {e:#}");
+                    }
+                }
+                Ok(Event::Signal(_)) => break,
+                Ok(Event::Changed) => {
+                    self.changed_at.get_or_insert_with(Instant::now);
+                }
+                Ok(Event::JobDone(done)) => self.job_done(*done),
+                Ok(Event::Query(query, reply)) => {
+                    let _ = reply.send(self.answer(query));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            let settling = self
+                .items
+                .values()
+                .any(|i| i.settling_since.is_some() && !matches!(i.state, State::Seeding));
+            let rescan = Duration::from_secs(self.config.rescan_secs.max(1));
+            let due = self.changed_at.is_some_and(|t| t.elapsed() >= DEBOUNCE)
+                || (settling && self.last_scan.elapsed() >= Duration::from_secs(1))
+                || self.last_scan.elapsed() >= rescan;
+            if due {
+                self.scan();
+            }
+            if let Some(every) = self.systemd.watchdog_every() {
+                if last_ping.elapsed() >= every && self.seeder.workers_alive(WORKER_STUCK_AFTER) {
+                    self.systemd.watchdog();
+                    last_ping = Instant::now();
+                }
+            }
+            if last_status.elapsed() >= STATUS_EVERY {
+                self.systemd.status(&self.status_line());
+                last_status = Instant::now();
+            }
+        }
+        self.stop()
+    }
+
+    /// Watches every directory the configuration names.
+    fn watch(&mut self) {
+        self.watcher = None;
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for d in &self.config.data_dir {
+            dirs.push(d.path.clone());
+        }
+        for d in &self.config.torrent_dir {
+            dirs.push(d.path.clone());
+            dirs.extend(d.data.iter().cloned());
+        }
+        dirs.sort();
+        dirs.dedup();
+        if dirs.is_empty() {
+            return;
+        }
+        let events = std::sync::Mutex::new(self.events_tx.clone());
+        let changed = move |_: &PathBuf| {
+            let _ = events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(Event::Changed);
+        };
+        let failed = |dir: &PathBuf, e: std::io::Error| {
+            warn!(
+                "cannot watch {}: {e} (it is rescanned every rescan_secs)",
+                dir.display()
+            )
+        };
+        match Watcher::start(dirs, changed, failed) {
+            Ok(w) => self.watcher = Some(w),
+            Err(e) => {
+                warn!("inotify is unavailable ({e}); directories are rescanned every rescan_secs")
+            }
+        }
+    }
+
+    /// Compares what the directories hold with what is served, and acts.
+    fn scan(&mut self) {
+        self.changed_at = None;
+        self.last_scan = Instant::now();
+        let added: Vec<Source> = self
+            .overrides
+            .added
+            .iter()
+            .map(|a| self.added_source(a))
+            .collect();
+        let (desired, errors) = desired_sources(&self.config, &added, &self.overrides.removed);
+        for (dir, e) in &errors {
+            if !self.dir_errors.iter().any(|(d, old)| d == dir && old == e) {
+                error!(
+                    "cannot read {}: {e}; the rest is still served",
+                    dir.display()
+                );
+            }
+        }
+        self.dir_errors = errors;
+        let gone: Vec<PathBuf> = self
+            .items
+            .keys()
+            .filter(|k| !desired.iter().any(|s| s.path() == k.as_path()))
+            .cloned()
+            .collect();
+        for key in gone {
+            // A source in a directory that cannot be read now is kept: an
+            // unreadable directory is not an empty one.
+            let unreadable = self
+                .dir_errors
+                .iter()
+                .any(|(d, _)| key.parent() == Some(d.as_path()));
+            if !unreadable {
+                self.drop_item(&key);
+            }
+        }
+        for source in desired {
+            let key = source.path().to_path_buf();
+            let item = self.items.entry(key.clone()).or_insert_with(|| Item {
+                source: source.clone(),
+                state: State::Waiting("new".into()),
+                fingerprint: Vec::new(),
+                torrent: None,
+                generation: 0,
+                settling_since: None,
+            });
+            if item.source != source {
+                // Its settings changed (e.g. trackers): make it again.
+                item.source = source;
+                item.fingerprint.clear();
+            }
+            self.refresh(&key);
+        }
+    }
+
+    fn added_source(&self, added: &Added) -> Source {
+        if added.path.extension().is_some_and(|e| e == "torrent") {
+            let data = added
+                .data
+                .clone()
+                .or_else(|| added.path.parent().map(Path::to_path_buf))
+                .unwrap_or_default();
+            Source::TorrentFile {
+                path: added.path.clone(),
+                data_dirs: vec![data],
+            }
+        } else {
+            Source::Data {
+                path: added.path.clone(),
+                options: MakeOptions::default(),
+                publish: self.state.dir().join("published"),
+            }
+        }
+    }
+
+    /// Looks at one source again: unchanged, it is left alone; new or
+    /// changed, it is resumed or queued for hashing.
+    fn refresh(&mut self, key: &Path) {
+        let Some(item) = self.items.get(key) else {
+            return;
+        };
+        match item.source.clone() {
+            Source::TorrentFile { path, data_dirs } => {
+                self.refresh_torrent_file(key, &path, &data_dirs)
+            }
+            Source::Data { path, options, .. } => self.refresh_data(key, &path, &options),
+        }
+    }
+
+    fn refresh_torrent_file(&mut self, key: &Path, path: &Path, data_dirs: &[PathBuf]) {
+        let mut fingerprint = vec![(path.to_path_buf(), stamp(path))];
+        let loaded = std::fs::read(path)
+            .map_err(|e| format!("cannot read it: {e}"))
+            .and_then(|b| {
+                Metainfo::from_bytes(&b).map_err(|e| format!("not a valid .torrent: {e}"))
+            });
+        let metainfo = match loaded {
+            Ok(m) => m,
+            Err(reason) => return self.set_unservable(key, fingerprint, State::Failed(reason)),
+        };
+        let paths = match locate(&metainfo, data_dirs) {
+            Ok(p) => p,
+            Err(reason) => return self.set_unservable(key, fingerprint, State::Waiting(reason)),
+        };
+        fingerprint.extend(paths_fingerprint(&metainfo, &paths));
+        let item = self.items.get_mut(key).expect("refreshed items exist");
+        if item.fingerprint == fingerprint {
+            return;
+        }
+        if self.state.resumable(&metainfo, &paths) {
+            info!(
+                "{}: resumed without hashing (files unchanged)",
+                metainfo.info.name
+            );
+            let ready = Ready {
+                metainfo,
+                paths,
+                made: None,
+            };
+            return self.go_live(key, fingerprint, ready, false);
+        }
+        let total = metainfo.total_length();
+        self.start_job(
+            key,
+            fingerprint,
+            total,
+            Work::Check {
+                metainfo: Box::new(metainfo),
+                paths,
+            },
+        );
+    }
+
+    fn refresh_data(&mut self, key: &Path, path: &Path, options: &MakeOptions) {
+        let fingerprint = match data_fingerprint(path) {
+            Ok(f) => f,
+            Err(e) => {
+                let reason = format!("cannot read it: {e}");
+                return self.set_unservable(key, Vec::new(), State::Failed(reason));
+            }
+        };
+        let settle = Duration::from_secs(self.config.settle_secs);
+        let item = self.items.get_mut(key).expect("refreshed items exist");
+        if item.fingerprint == fingerprint {
+            item.settling_since = None;
+            return;
+        }
+        if !settled(item, &fingerprint, settle) {
+            if !matches!(item.state, State::Seeding) {
+                item.state = State::Waiting(format!(
+                    "waiting for it to stay unchanged for {}s",
+                    settle.as_secs()
+                ));
+            }
+            return;
+        }
+        item.settling_since = None;
+        // Made before, and unchanged since: serve that torrent as it is.
+        if let Some(ready) = self.made_before(path, options) {
+            info!(
+                "{}: resumed without hashing (files unchanged)",
+                ready.metainfo.info.name
+            );
+            return self.go_live(key, fingerprint, ready, false);
+        }
+        let total = fingerprint
+            .iter()
+            .map(|(_, s)| s.map_or(0, |s| s.len))
+            .sum();
+        let options = CreateOptions {
+            trackers: options.trackers.iter().map(|t| vec![t.clone()]).collect(),
+            web_seeds: options.web_seeds.clone(),
+            piece_length: (options.piece_size > 0).then_some(options.piece_size),
+            private: options.private,
+            created_by: Some(concat!("ringseed/", env!("CARGO_PKG_VERSION")).to_owned()),
+            ..CreateOptions::default()
+        };
+        self.start_job(
+            key,
+            fingerprint,
+            total,
+            Work::Make {
+                path: path.to_path_buf(),
+                options,
+            },
+        );
+    }
+
+    /// The torrent made earlier for `path`, if its options are still the
+    /// configured ones and the files are unchanged since.
+    fn made_before(&self, path: &Path, options: &MakeOptions) -> Option<Ready> {
+        let bytes = std::fs::read(self.state.made(path)).ok()?;
+        let metainfo = Metainfo::from_bytes(&bytes).ok()?;
+        let trackers: Vec<String> = metainfo.trackers.iter().flatten().cloned().collect();
+        let same_options = trackers == options.trackers
+            && metainfo.web_seeds == options.web_seeds
+            && metainfo.info.private == options.private
+            && (options.piece_size == 0 || options.piece_size == metainfo.info.piece_length);
+        let paths = DataPaths::locate(&metainfo.info, path);
+        (same_options && self.state.resumable(&metainfo, &paths)).then_some(Ready {
+            metainfo,
+            paths,
+            made: Some(bytes),
+        })
+    }
+
+    /// A source that cannot be served now: stop serving it if it was, and
+    /// say why (once per change).
+    fn set_unservable(&mut self, key: &Path, fingerprint: catalog::Fingerprint, state: State) {
+        let item = self.items.get_mut(key).expect("refreshed items exist");
+        if item.fingerprint == fingerprint && item.state.name() == state.name() {
+            return;
+        }
+        match &state {
+            State::Failed(reason) => error!("{}: {reason}", key.display()),
+            State::Waiting(reason) => warn!("{}: {reason}", key.display()),
+            _ => {}
+        }
+        item.fingerprint = fingerprint;
+        item.state = state;
+        item.generation += 1;
+        let old = item.torrent.take();
+        if let Some(old) = old {
+            self.stop_serving(&old);
+        }
+    }
+
+    fn start_job(&mut self, key: &Path, fingerprint: catalog::Fingerprint, total: u64, work: Work) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let item = self.items.get_mut(key).expect("refreshed items exist");
+        item.generation = generation;
+        // The fingerprint is recorded now, so the scans during the job do
+        // not queue it again; the job's result decides the state.
+        item.fingerprint = fingerprint.clone();
+        item.state = State::Checking {
+            done: Arc::clone(&progress),
+            total,
+        };
+        info!("{}: hashing {} bytes", key.display(), total);
+        let job = Job {
+            key: key.to_path_buf(),
+            generation,
+            fingerprint,
+            progress,
+            work,
+        };
+        if self.jobs.send(job).is_err() {
+            error!("the hashing thread has ended");
+        }
+    }
+
+    fn job_done(&mut self, done: JobDone) {
+        let Some(item) = self.items.get_mut(&done.key) else {
+            return;
+        };
+        if let State::Checking { done: progress, .. } = &item.state {
+            self.bytes_hashed += progress.load(Ordering::Relaxed);
+        }
+        if item.generation != done.generation {
+            return;
+        }
+        match done.outcome {
+            Ok(ready) => {
+                if let Err(e) = self.state.save_resume(&ready.metainfo, &ready.paths) {
+                    warn!("cannot save resume data: {e} (the next start hashes it again)");
+                }
+                self.go_live(&done.key, done.fingerprint, ready, true);
+            }
+            Err(failure) => {
+                self.hash_failures += failure.bad_pieces;
+                let item = self.items.get_mut(&done.key).expect("checked above");
+                item.generation += 1;
+                self.set_unservable(&done.key, done.fingerprint, State::Failed(failure.reason));
+            }
+        }
+    }
+
+    /// Serves a checked source (replacing the torrent it served before).
+    fn go_live(
+        &mut self,
+        key: &Path,
+        fingerprint: catalog::Fingerprint,
+        ready: Ready,
+        hashed: bool,
+    ) {
+        let Ready {
+            metainfo,
+            paths,
+            made,
+        } = ready;
+        let name = metainfo.info.name.clone();
+        let torrent = match Torrent::open(metainfo, &paths) {
+            Ok(t) => t,
+            Err(e) => {
+                let state = State::Failed(format!("cannot open its data: {e}"));
+                return self.set_unservable(key, fingerprint, state);
+            }
+        };
+        let item = self.items.get_mut(key).expect("live items exist");
+        item.fingerprint = fingerprint;
+        item.state = State::Seeding;
+        let old = item.torrent.replace(Arc::clone(&torrent));
+        let source = item.source.clone();
+        if let Some(old) = old {
+            if old.metainfo.info_hash != torrent.metainfo.info_hash {
+                self.stop_serving(&old);
+            }
+        }
+        self.seeder.add_torrent(Arc::clone(&torrent));
+        if let Some(announcer) = &self.announcer {
+            if !torrent.metainfo.trackers.is_empty() {
+                announcer.add(AnnounceTarget {
+                    info_hash: torrent.metainfo.info_hash,
+                    tiers: torrent.metainfo.trackers.clone(),
+                });
+            }
+        }
+        if let (Source::Data { path, publish, .. }, Some(bytes)) = (&source, made) {
+            if hashed {
+                if let Err(e) = write_atomic(&self.state.made(path), &bytes) {
+                    warn!("cannot keep the torrent made of {}: {e}", path.display());
+                }
+            }
+            let out = publish.join(format!("{name}.torrent"));
+            if let Err(e) = write_atomic(&out, &bytes) {
+                error!("cannot publish {}: {e}", out.display());
+            }
+            self.publish_magnets(publish);
+        }
+        info!(
+            "seeding {name} ({}) from {}",
+            torrent.metainfo.info_hash,
+            key.display()
+        );
+    }
+
+    /// Stops serving `torrent`: its peers are dropped, trackers hear
+    /// `stopped`.
+    fn stop_serving(&mut self, torrent: &Arc<Torrent>) {
+        let h = torrent.metainfo.info_hash;
+        // Only if no other item serves the same torrent.
+        let shared = self.items.values().any(|i| {
+            i.torrent
+                .as_ref()
+                .is_some_and(|t| t.metainfo.info_hash == h)
+        });
+        if shared {
+            return;
+        }
+        self.seeder.remove_torrent(&h);
+        if let Some(announcer) = &self.announcer {
+            announcer.remove(h);
+        }
+        info!("stopped seeding {} ({h})", torrent.metainfo.info.name);
+    }
+
+    /// A source is gone (deleted, or its directory left the config).
+    fn drop_item(&mut self, key: &Path) {
+        let Some(item) = self.items.remove(key) else {
+            return;
+        };
+        info!("{} is gone", key.display());
+        if let Some(torrent) = &item.torrent {
+            self.stop_serving(torrent);
+            if let Source::Data { publish, .. } = &item.source {
+                let out = publish.join(format!("{}.torrent", torrent.metainfo.info.name));
+                let _ = std::fs::remove_file(out);
+                self.publish_magnets(publish);
+            }
+        }
+    }
+
+    /// Rewrites `publish/magnets.txt`: one magnet link per torrent made for
+    /// that directory, sorted by name.
+    fn publish_magnets(&self, publish: &Path) {
+        let mut lines: Vec<(String, String)> = self
+            .items
+            .values()
+            .filter(|i| matches!(&i.source, Source::Data { publish: p, .. } if p == publish))
+            .filter_map(|i| i.torrent.as_ref())
+            .map(|t| {
+                (
+                    t.metainfo.info.name.clone(),
+                    MagnetLink::from_metainfo(&t.metainfo).to_string(),
+                )
+            })
+            .collect();
+        lines.sort();
+        let text: String = lines.into_iter().map(|(_, m)| m + "\n").collect();
+        let out = publish.join("magnets.txt");
+        if let Err(e) = write_atomic(&out, text.as_bytes()) {
+            error!("cannot write {}: {e}", out.display());
+        }
+    }
+
+    /// Re-reads the configuration and applies what can change live.
+    fn reload(&mut self) -> anyhow::Result<()> {
+        self.systemd.reloading();
+        let result = (|| {
+            let new = Config::load(&self.args)?;
+            self.log.set(&new.log_level)?;
+            let fixed = [
+                ("listen", new.listen != self.config.listen),
+                ("workers", new.workers != self.config.workers),
+                ("metrics", new.metrics != self.config.metrics),
+                (
+                    "control_socket",
+                    new.control_socket != self.config.control_socket,
+                ),
+                ("tracker", new.tracker != self.config.tracker),
+                ("state_dir", new.state_dir != self.config.state_dir),
+            ];
+            for (key, changed) in fixed {
+                if changed {
+                    warn!("`{key}` changed: it takes effect at the next restart");
+                }
+            }
+            self.seeder.reconfigure(seed_config(&new));
+            self.config = new;
+            self.watch();
+            self.scan();
+            info!("configuration reloaded");
+            Ok(())
+        })();
+        self.systemd.ready(&self.status_line());
+        result
+    }
+
+    fn answer(&mut self, query: Query) -> Reply {
+        let done = |message: String| Reply {
+            ok: true,
+            message,
+            status: None,
+        };
+        let failed = |e: anyhow::Error| Reply {
+            ok: false,
+            message: format!("{e:#}"),
+            status: None,
+        };
+        match query {
+            Query::Status | Query::Control(Request::Status) => Reply {
+                ok: true,
+                message: self.status_line(),
+                status: Some(self.status()),
+            },
+            Query::Control(Request::Reload) => match self.reload() {
+                Ok(()) => done("configuration reloaded".into()),
+                Err(e) => failed(e.context("reload failed, the old configuration stays")),
+            },
+            Query::Control(Request::LogLevel { level }) => match self.log.set(&level) {
+                Ok(()) => done(format!("log level is now {level:?}")),
+                Err(e) => failed(e),
+            },
+            Query::Control(Request::Add { path, data }) => match self.add(path, data) {
+                Ok(m) => done(m),
+                Err(e) => failed(e),
+            },
+            Query::Control(Request::Remove { target }) => match self.remove(&target) {
+                Ok(m) => done(m),
+                Err(e) => failed(e),
+            },
+        }
+    }
+
+    fn add(&mut self, path: PathBuf, data: Option<PathBuf>) -> anyhow::Result<String> {
+        let path = path
+            .canonicalize()
+            .with_context(|| format!("cannot add {}", path.display()))?;
+        let data = data
+            .map(|d| {
+                d.canonicalize()
+                    .with_context(|| format!("cannot use {}", d.display()))
+            })
+            .transpose()?;
+        self.overrides.removed.retain(|r| r != &path);
+        let added = Added {
+            path: path.clone(),
+            data,
+        };
+        if !self.overrides.added.contains(&added) {
+            self.overrides.added.retain(|a| a.path != path);
+            self.overrides.added.push(added);
+        }
+        self.save_overrides()?;
+        self.scan();
+        let state = self.items.get(&path).map_or("unknown", |i| i.state.name());
+        Ok(format!("added {} ({state})", path.display()))
+    }
+
+    fn remove(&mut self, target: &str) -> anyhow::Result<String> {
+        let keys: Vec<PathBuf> = self
+            .items
+            .iter()
+            .filter(|(key, item)| {
+                key.as_os_str() == target
+                    || item.name() == target
+                    || item.torrent.as_ref().is_some_and(|t| {
+                        t.metainfo.info_hash.to_string() == target.to_ascii_lowercase()
+                    })
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if keys.is_empty() {
+            anyhow::bail!(
+                "nothing matches {target:?} (give an info-hash, a name or a source path)"
+            );
+        }
+        for key in &keys {
+            let was_added = self.overrides.added.iter().any(|a| &a.path == key);
+            self.overrides.added.retain(|a| &a.path != key);
+            if !was_added && !self.overrides.removed.contains(key) {
+                self.overrides.removed.push(key.clone());
+            }
+        }
+        self.save_overrides()?;
+        self.scan();
+        let names: Vec<String> = keys.iter().map(|k| k.display().to_string()).collect();
+        Ok(format!("removed {}", names.join(", ")))
+    }
+
+    fn save_overrides(&self) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec_pretty(&self.overrides)?;
+        let path = self.state.overrides();
+        write_atomic(&path, &bytes).with_context(|| format!("cannot save {}", path.display()))
+    }
+
+    fn status(&self) -> Status {
+        let stats = self.seeder.stats();
+        let by_hash: HashMap<InfoHash, _> = stats
+            .torrents
+            .iter()
+            .map(|t| (t.info_hash, t.stats))
+            .collect();
+        let ages = self.seeder.observer().heartbeat_ages();
+        let torrents = self
+            .items
+            .iter()
+            .map(|(key, item)| {
+                let t = item.torrent.as_ref();
+                let (progress, reason) = match &item.state {
+                    State::Checking { done, total } => (
+                        Some(done.load(Ordering::Relaxed) as f64 / (*total).max(1) as f64),
+                        None,
+                    ),
+                    State::Waiting(r) | State::Failed(r) => (None, Some(r.clone())),
+                    State::Seeding => (None, None),
+                };
+                TorrentStatus {
+                    name: item.name(),
+                    source: key.display().to_string(),
+                    state: item.state.name().into(),
+                    info_hash: t.map(|t| t.metainfo.info_hash.to_string()),
+                    size: t.map(|t| t.metainfo.total_length()),
+                    progress,
+                    reason,
+                    magnet: t.map(|t| MagnetLink::from_metainfo(&t.metainfo).to_string()),
+                    figures: t
+                        .and_then(|t| by_hash.get(&t.metainfo.info_hash))
+                        .map(figures)
+                        .unwrap_or_else(|| figures(&Default::default())),
+                }
+            })
+            .collect();
+        let trackers = self
+            .announcer
+            .as_ref()
+            .map(|a| a.status())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| TrackerStatus {
+                info_hash: t.info_hash.to_string(),
+                url: t.url,
+                successes: t.successes,
+                failures: t.failures,
+                last_error: match t.last {
+                    Some(Err(e)) => Some(e),
+                    _ => None,
+                },
+            })
+            .collect();
+        let hashing_now: u64 = self
+            .items
+            .values()
+            .map(|i| match &i.state {
+                State::Checking { done, .. } => done.load(Ordering::Relaxed),
+                _ => 0,
+            })
+            .sum();
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            listen: self.seeder.local_addr().to_string(),
+            totals: figures(&stats.total),
+            workers: stats
+                .workers
+                .iter()
+                .enumerate()
+                .map(|(index, w)| WorkerStatus {
+                    index,
+                    heartbeat_age_ms: ages.get(index).copied().unwrap_or(0),
+                    figures: figures(w),
+                })
+                .collect(),
+            torrents,
+            trackers,
+            directory_errors: self
+                .dir_errors
+                .iter()
+                .map(|(d, e)| DirectoryError {
+                    path: d.display().to_string(),
+                    error: e.clone(),
+                })
+                .collect(),
+            bytes_hashed: self.bytes_hashed + hashing_now,
+            hash_failures: self.hash_failures,
+        }
+    }
+
+    /// One line for `systemctl status` and `ringseed ctl status`.
+    fn status_line(&self) -> String {
+        let mut states: BTreeMap<&str, usize> = BTreeMap::new();
+        for item in self.items.values() {
+            *states.entry(item.state.name()).or_default() += 1;
+        }
+        let total = self.seeder.stats().total;
+        let states: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        format!(
+            "{} | {} peers | sent {}",
+            if states.is_empty() {
+                "no torrents".to_owned()
+            } else {
+                states.join(", ")
+            },
+            total.peers,
+            crate::display::human_bytes(total.bytes_sent)
+        )
+    }
+
+    /// SIGTERM: trackers hear `stopped` (within the deadline), then the
+    /// workers close every connection.
+    fn stop(mut self) -> anyhow::Result<Exit> {
+        self.systemd.stopping();
+        info!("stopping");
+        self.watcher = None;
+        let deadline = Duration::from_secs(self.config.stop_timeout_secs);
+        if let Some(announcer) = self.announcer.take() {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                announcer.stop();
+                let _ = tx.send(());
+            });
+            if rx.recv_timeout(deadline).is_err() {
+                warn!(
+                    "trackers did not all hear `stopped` within {}s; exiting anyway",
+                    deadline.as_secs()
+                );
+            }
+        }
+        let stats = self
+            .seeder
+            .shutdown()
+            .context("a worker failed while stopping")?;
+        let _ = std::fs::remove_file(&self.control_path);
+        info!(
+            "stopped: sent {} to {} connections",
+            crate::display::human_bytes(stats.total.bytes_sent),
+            stats.total.connections_accepted
+        );
+        Ok(Exit::Success)
+    }
+}
