@@ -16,9 +16,15 @@ impl Systemd {
     /// nothing else uses them).
     pub fn from_env() -> Self {
         let enabled = std::env::var_os("NOTIFY_SOCKET").is_some();
-        let mut usec = 0;
-        let watchdog = (enabled && sd_notify::watchdog_enabled(false, &mut usec))
-            .then(|| Duration::from_micros(usec));
+        // As sd_watchdog_enabled(3): WATCHDOG_PID, when set, must be ours.
+        // (sd-notify's own check also rejects an unset WATCHDOG_PID.)
+        let ours = std::env::var("WATCHDOG_PID")
+            .map_or(true, |pid| pid.trim() == std::process::id().to_string());
+        let watchdog = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&usec| enabled && ours && usec > 0)
+            .map(Duration::from_micros);
         Systemd { enabled, watchdog }
     }
 

@@ -1,0 +1,703 @@
+//! `ringseed daemon` end to end: watch directories with a real libtorrent
+//! leecher, fast resume after kill -9, reload, SIGTERM, systemd's notify
+//! protocol, the control socket and the metrics endpoint, and bad input.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A running daemon with its log (stderr) collected line by line.
+struct Daemon {
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+    socket: PathBuf,
+    listen: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Daemon {
+    /// Starts `ringseed daemon` with its state in `state` and `args`, and
+    /// waits for its "listening" line.
+    fn start(state: &Path, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Daemon {
+        Self::start_with(state, args, &[])
+    }
+
+    fn start_with(
+        state: &Path,
+        args: &[&dyn AsRef<std::ffi::OsStr>],
+        env: &[(&str, &dyn AsRef<std::ffi::OsStr>)],
+    ) -> Daemon {
+        let socket = state.join("control.sock");
+        let mut cmd = ringseed();
+        cmd.arg("daemon")
+            .arg("--state")
+            .arg(state)
+            .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+            .args(["--workers", "2"])
+            .args(args)
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start the daemon");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut daemon = Daemon {
+            child: Some(child),
+            log,
+            socket,
+            listen: "0.0.0.0:0".parse().unwrap(),
+            metrics: "0.0.0.0:0".parse().unwrap(),
+        };
+        let line = daemon.wait_for_log("listening on ");
+        let field = |after: &str, until: char| -> String {
+            let start = line.find(after).unwrap() + after.len();
+            line[start..].split(until).next().unwrap().to_owned()
+        };
+        daemon.listen = field("listening on ", ';').parse().unwrap();
+        daemon.metrics = field("http://", '/').parse().unwrap();
+        daemon
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits (up to 60 s) for a log line containing `text`.
+    fn wait_for_log(&mut self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(text)) {
+                return line.clone();
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "the daemon exited ({status}) before logging {text:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {text:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `ringseed ctl` against this daemon.
+    fn ctl(&self, args: &[&str]) -> std::process::Output {
+        run(ringseed()
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args))
+    }
+
+    /// The daemon's status, through `ringseed ctl status --json`.
+    fn status(&self) -> Value {
+        let out = self.ctl(&["status", "--json"]);
+        assert!(out.status.success(), "ctl status: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Waits (up to 120 s) until `check(status)` holds; returns that status.
+    fn wait_status(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let status = self.status();
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never {what}; last status:\n{status:#}\nlog:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// GET `path` from the metrics endpoint.
+    fn http_get(&self, path: &str) -> String {
+        let mut stream = TcpStream::connect(self.metrics).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// SIGTERM, then waits for the exit; returns the status and the log.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        self.signal(libc::SIGTERM);
+        let status = wait_exit(self.child.as_mut().unwrap(), Duration::from_secs(60));
+        self.child = None;
+        std::thread::sleep(Duration::from_millis(100));
+        (status, self.log_text())
+    }
+
+    /// SIGKILL: a crash.
+    fn kill(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.take().unwrap().wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            // SAFETY: signalling our own child by its PID.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The torrents of a status that are in `state`.
+fn in_state<'a>(status: &'a Value, state: &str) -> Vec<&'a Value> {
+    status["torrents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] == state)
+        .collect()
+}
+
+fn torrent_named<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["torrents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+}
+
+/// Writes `len` bytes as an rsync would: a hidden temporary name, then a
+/// rename into place.
+fn publish_like_rsync(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
+    let tmp = dir.join(format!(".{name}.XXXXXX"));
+    write_data(&tmp, len, seed);
+    let target = dir.join(name);
+    std::fs::rename(&tmp, &target).unwrap();
+    target
+}
+
+fn write_config(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+#[ignore = "interop: needs python3-libtorrent (scripts/test runs it)"]
+fn a_dropped_iso_is_downloaded_by_libtorrent_replaced_and_removed() {
+    require_libtorrent();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, publish, state) = (
+        dir.path().join("data"),
+        dir.path().join("pub"),
+        dir.path().join("state"),
+    );
+    std::fs::create_dir_all(&data).unwrap();
+    let config = dir.path().join("ringseed.toml");
+    write_config(
+        &config,
+        &format!("settle_secs = 1\n[[data_dir]]\npath = {data:?}\npublish = {publish:?}\n"),
+    );
+    let mut daemon = Daemon::start(&state, &[&"--config", &config]);
+
+    // Drop an ISO in: it is hashed, published and seeded.
+    let iso = publish_like_rsync(&data, "distro.iso", 6 << 20, 1);
+    daemon.wait_for_log("seeding distro.iso");
+    let torrent = publish.join("distro.iso.torrent");
+    assert!(torrent.is_file());
+    let magnets = std::fs::read_to_string(publish.join("magnets.txt")).unwrap();
+    assert_eq!(magnets.lines().count(), 1, "{magnets}");
+    let first_hash = info_json(&torrent)["info_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(magnets.contains(&first_hash));
+
+    // A real client downloads it.
+    let out = tempfile::tempdir().unwrap();
+    let leecher = spawn_lt_leecher(&torrent, out.path(), Some(daemon.listen), "127.0.0.2");
+    wait_leecher(leecher);
+    assert_eq!(sha256(&out.path().join("distro.iso")), sha256(&iso));
+
+    // The metrics show the transfer, per torrent and in all (workers add
+    // their counts once a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = daemon.http_get("/metrics");
+        let sent_line = metrics
+            .lines()
+            .find(|l| l.starts_with("ringseed_torrent_bytes_sent_total") && l.contains(&first_hash))
+            .unwrap_or_else(|| panic!("no per-torrent bytes_sent:\n{metrics}"))
+            .to_owned();
+        let sent: f64 = sent_line.rsplit(' ').next().unwrap().parse().unwrap();
+        if sent >= (6 << 20) as f64 {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "{sent_line}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(metrics.contains("ringseed_ring_submissions_total"));
+    assert!(metrics.contains("ringseed_torrents{state=\"seeding\"} 1"));
+    let json = daemon.http_get("/status");
+    assert!(json.contains("application/json") && json.contains(&first_hash));
+
+    // Replaced by rsync with a new version: seeded under its new hash, the
+    // old one is no longer served or published.
+    publish_like_rsync(&data, "distro.iso", 5 << 20, 2);
+    let status = daemon.wait_status("seeding the new version", |s| {
+        torrent_named(s, "distro.iso").is_some_and(|t| {
+            t["state"] == "seeding" && t["info_hash"].as_str() != Some(&first_hash)
+        })
+    });
+    let second_hash = torrent_named(&status, "distro.iso").unwrap()["info_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(info_json(&torrent)["info_hash"], second_hash.as_str());
+    let magnets = std::fs::read_to_string(publish.join("magnets.txt")).unwrap();
+    assert!(magnets.contains(&second_hash) && !magnets.contains(&first_hash));
+    // The old torrent is no longer served: nothing stale goes out.
+    let metrics = daemon.http_get("/metrics");
+    assert!(
+        !metrics.contains(&first_hash),
+        "the old torrent is still listed"
+    );
+
+    // Removed: no longer seeded, no longer published.
+    std::fs::remove_file(data.join("distro.iso")).unwrap();
+    daemon.wait_status("dropping the removed ISO", |s| {
+        s["torrents"].as_array().unwrap().is_empty()
+    });
+    assert!(!torrent.exists());
+    assert_eq!(
+        std::fs::read_to_string(publish.join("magnets.txt")).unwrap(),
+        ""
+    );
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn kill_9_then_restart_seeds_at_once_without_hashing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, state) = (dir.path().join("data"), dir.path().join("state"));
+    std::fs::create_dir_all(&data).unwrap();
+    let sizes = [3 << 20, 2 << 20, 1 << 20];
+    for (i, len) in sizes.iter().enumerate() {
+        write_data(&data.join(format!("f{i}.iso")), *len, i as u64);
+    }
+    let settle: &[(&str, &dyn AsRef<std::ffi::OsStr>)] = &[("RINGSEED_SETTLE_SECS", &"0")];
+    let daemon = Daemon::start_with(&state, &[&"--watch", &data], settle);
+    let status = daemon.wait_status("seeding all three", |s| in_state(s, "seeding").len() == 3);
+    let total: u64 = sizes.iter().map(|&s| s as u64).sum();
+    assert_eq!(status["bytes_hashed"], total);
+    daemon.kill();
+
+    // Unchanged files: everything is seeding as soon as the daemon listens,
+    // and nothing was hashed.
+    let daemon = Daemon::start_with(&state, &[&"--watch", &data], settle);
+    let status = daemon.status();
+    assert_eq!(in_state(&status, "seeding").len(), 3, "{status:#}");
+    assert_eq!(status["bytes_hashed"], 0);
+    assert_eq!(
+        daemon.log_text().matches("resumed without hashing").count(),
+        3
+    );
+    daemon.kill();
+
+    // One file changed behind our back: only it is hashed again.
+    write_data(&data.join("f1.iso"), 2 << 20, 99);
+    let daemon = Daemon::start_with(&state, &[&"--watch", &data], settle);
+    let status = daemon.wait_status("rehashing f1 only", |s| {
+        in_state(s, "seeding").len() == 3 && s["bytes_hashed"] != 0
+    });
+    assert_eq!(status["bytes_hashed"], 2 << 20);
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+}
+
+#[test]
+fn sd_notify_messages_come_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let state = dir.path().join("state");
+    let env: &[(&str, &dyn AsRef<std::ffi::OsStr>)] = &[
+        ("NOTIFY_SOCKET", &socket_path),
+        // Pings every half second.
+        ("WATCHDOG_USEC", &"1000000"),
+    ];
+    let mut daemon = Daemon::start_with(&state, &[], env);
+    // `start_with` removes NOTIFY_SOCKET first; `env` sets it again.
+    let mut messages: Vec<String> = Vec::new();
+    let receive_until = |wanted: &str, messages: &mut Vec<String>| {
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "no {wanted} in {messages:?}");
+            let n = socket
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no {wanted} (got {messages:?}): {e}"));
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = text.lines().any(|l| l == wanted);
+            messages.push(text);
+            if done {
+                return;
+            }
+        }
+    };
+    receive_until("READY=1", &mut messages);
+    assert!(messages[0].contains("STATUS="), "{messages:?}");
+    receive_until("WATCHDOG=1", &mut messages);
+    daemon.signal(libc::SIGHUP);
+    receive_until("RELOADING=1", &mut messages);
+    receive_until("READY=1", &mut messages);
+    daemon.wait_for_log("configuration reloaded");
+    daemon.signal(libc::SIGTERM);
+    receive_until("STOPPING=1", &mut messages);
+    let status = wait_exit(daemon.child.as_mut().unwrap(), Duration::from_secs(30));
+    daemon.child = None;
+    assert!(status.success());
+    // In order: READY before any WATCHDOG, RELOADING before the second
+    // READY, STOPPING last.
+    let kinds: Vec<&str> = messages
+        .iter()
+        .flat_map(|m| m.lines())
+        .filter(|l| !l.starts_with("STATUS=") && !l.starts_with("MONOTONIC_USEC="))
+        .collect();
+    let first = |k: &str| kinds.iter().position(|x| *x == k).unwrap();
+    let last = |k: &str| kinds.iter().rposition(|x| *x == k).unwrap();
+    assert!(first("READY=1") < first("WATCHDOG=1"), "{kinds:?}");
+    assert!(first("RELOADING=1") < last("READY=1"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"STOPPING=1"), "{kinds:?}");
+}
+
+#[test]
+fn reload_applies_a_new_connection_limit_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("ringseed.toml");
+    write_config(&config, "[limits]\nmax_connections_per_ip = 8\n");
+    let mut daemon = Daemon::start(&state, &[&"--config", &config]);
+    let listen = daemon.listen;
+    let connect_all = |n: usize| -> Vec<TcpStream> {
+        (0..n)
+            .map(|_| TcpStream::connect(listen).unwrap())
+            .collect()
+    };
+    let dropped = |s: &Value| s["totals"]["dropped_connections"].as_u64().unwrap();
+    // Four connections from one address are within the limit of 8.
+    let open = connect_all(4);
+    daemon.wait_status("accepting 4", |s| s["totals"]["connections_accepted"] == 4);
+    assert_eq!(dropped(&daemon.status()), 0);
+    drop(open);
+
+    write_config(&config, "[limits]\nmax_connections_per_ip = 1\n");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("configuration reloaded");
+    // Connections still closing count against the limit: wait for them.
+    std::thread::sleep(Duration::from_millis(500));
+    let _open = connect_all(4);
+    // One is admitted, three are refused by the new limit.
+    let status = daemon.wait_status("refusing 3 by the new limit", |s| dropped(s) >= 3);
+    assert_eq!(dropped(&status), 3, "{status:#}");
+
+    // `ctl reload` does the same, and a bad file is refused with its key,
+    // keeping the old settings.
+    write_config(&config, "[limits]\nmax_connections_per_ip = \"many\"\n");
+    let out = daemon.ctl(&["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("max_connections_per_ip"),
+        "{err}"
+    );
+    assert!(daemon.status()["torrents"].is_array());
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+}
+
+/// An HTTP tracker that records the `event` of each announce.
+fn recording_tracker() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/announce", listener.local_addr().unwrap());
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&events);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(&stream);
+            let mut first = String::new();
+            if reader.read_line(&mut first).is_err() {
+                continue;
+            }
+            let event = first
+                .split(['?', '&', ' '])
+                .find_map(|kv| kv.strip_prefix("event="))
+                .unwrap_or("none")
+                .to_owned();
+            sink.lock().unwrap().push(event);
+            let body = b"d8:intervali1800e5:peers0:e";
+            let _ = write!(
+                &stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = (&stream).write_all(body);
+        }
+    });
+    (url, events)
+}
+
+#[test]
+fn sigterm_tells_the_tracker_stopped() {
+    let (url, events) = recording_tracker();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, state) = (dir.path().join("data"), dir.path().join("state"));
+    std::fs::create_dir_all(&data).unwrap();
+    write_data(&data.join("a.iso"), 1 << 20, 7);
+    let config = dir.path().join("ringseed.toml");
+    write_config(
+        &config,
+        &format!("settle_secs = 0\n[[data_dir]]\npath = {data:?}\ntrackers = [{url:?}]\n"),
+    );
+    let daemon = Daemon::start(&state, &[&"--config", &config]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !events.lock().unwrap().contains(&"started".to_owned()) {
+        assert!(Instant::now() < deadline, "no `started` announce");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = daemon.wait_status("a successful announce", |s| {
+        s["trackers"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["successes"] == 1))
+    });
+    assert_eq!(status["trackers"][0]["url"], url.as_str());
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    assert_eq!(
+        events.lock().unwrap().as_slice(),
+        ["started", "stopped"],
+        "{log}"
+    );
+}
+
+#[test]
+fn garbage_torrents_and_missing_directories_do_not_stop_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (torrents, state) = (dir.path().join("torrents"), dir.path().join("state"));
+    std::fs::create_dir_all(&torrents).unwrap();
+    // A good torrent with its data beside it, and garbage.
+    write_data(&torrents.join("good.iso"), 1 << 20, 3);
+    create_torrent(
+        &torrents.join("good.iso"),
+        &torrents.join("good.iso.torrent"),
+        &[],
+    );
+    std::fs::write(torrents.join("bad.torrent"), b"d4:infoi3ee garbage").unwrap();
+    let missing = dir.path().join("does-not-exist");
+    let settle: &[(&str, &dyn AsRef<std::ffi::OsStr>)] = &[("RINGSEED_SETTLE_SECS", &"0")];
+    let mut daemon = Daemon::start_with(
+        &state,
+        &[&"--watch-torrents", &torrents, &"--watch", &missing],
+        settle,
+    );
+    let status = daemon.wait_status("seeding the good one", |s| {
+        in_state(s, "seeding").len() == 1 && in_state(s, "failed").len() == 1
+    });
+    let bad = in_state(&status, "failed")[0];
+    assert!(bad["source"].as_str().unwrap().ends_with("bad.torrent"));
+    assert!(
+        bad["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid .torrent"),
+        "{bad}"
+    );
+    assert!(
+        status["directory_errors"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("does-not-exist"),
+        "{status:#}"
+    );
+    daemon.wait_for_log("bad.torrent: not a valid .torrent");
+
+    // Data that does not match its torrent fails that torrent only.
+    std::fs::create_dir_all(torrents.join("sub")).unwrap();
+    write_data(&dir.path().join("other.iso"), 1 << 20, 4);
+    create_torrent(
+        &dir.path().join("other.iso"),
+        &torrents.join("other.torrent"),
+        &[],
+    );
+    write_data(&torrents.join("other.iso"), 1 << 20, 5);
+    let status = daemon.wait_status("failing the mismatched data", |s| {
+        in_state(s, "failed").len() == 2
+    });
+    assert_eq!(in_state(&status, "seeding").len(), 1);
+    assert!(status["hash_failures"].as_u64().unwrap() > 0);
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+}
+
+#[test]
+fn ctl_add_and_remove_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = dir.path().join("extra.iso");
+    write_data(&file, 1 << 20, 11);
+    let settle: &[(&str, &dyn AsRef<std::ffi::OsStr>)] = &[("RINGSEED_SETTLE_SECS", &"0")];
+    let daemon = Daemon::start_with(&state, &[], settle);
+    let out = daemon.ctl(&["add", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let status = daemon.wait_status("seeding the added file", |s| {
+        in_state(s, "seeding").len() == 1
+    });
+    let hash = in_state(&status, "seeding")[0]["info_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = daemon.ctl(&["status"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("extra.iso"));
+    daemon.kill();
+
+    // Still there after a restart, and removed by info-hash.
+    let daemon = Daemon::start_with(&state, &[], settle);
+    assert_eq!(in_state(&daemon.status(), "seeding").len(), 1);
+    let out = daemon.ctl(&["remove", &hash]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(daemon.status()["torrents"].as_array().unwrap().is_empty());
+    let out = daemon.ctl(&["remove", "no-such-torrent"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing matches"));
+    daemon.kill();
+    let daemon = Daemon::start_with(&state, &[], settle);
+    assert!(daemon.status()["torrents"].as_array().unwrap().is_empty());
+    drop(daemon);
+}
+
+#[test]
+fn bad_config_is_refused_naming_the_file_key_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    write_config(
+        &config,
+        "listen = \"[::]:6881\"\n[limits]\nmax_upload_rate = \"fast\"\n",
+    );
+    let out = run(ringseed()
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .arg("--state")
+        .arg(dir.path()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("max_upload_rate") && err.contains("fast"),
+        "{err}"
+    );
+    write_config(&config, "lissten = \"[::]:6881\"\n");
+    let out = run(ringseed().args(["config", "check"]).arg(&config));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("lissten"), "{err}");
+    let out = run(ringseed()
+        .args(["daemon", "--state"])
+        .arg(dir.path())
+        .env("RINGSEED_WORKERS", "lots"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("RINGSEED_WORKERS"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_printed_default_config_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = run_ok(ringseed().args(["config", "default"]));
+    let path = dir.path().join("default.toml");
+    std::fs::write(&path, &text).unwrap();
+    let out = run_ok(ringseed().args(["config", "check"]).arg(&path));
+    assert!(out.contains("valid"), "{out}");
+    // Uncommenting the example sections gives a valid config too.
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with("[[")
+                    || rest.split_once(" = ").is_some_and(|(key, _)| {
+                        key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+            {
+                rest.to_owned()
+            }
+            _ => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&path, uncommented).unwrap();
+    run_ok(ringseed().args(["config", "check"]).arg(&path));
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let daemon = Daemon::start(&state, &[]);
+    let out = run(ringseed()
+        .args([
+            "daemon",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "",
+            "--state",
+        ])
+        .arg(&state));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("in use"), "{err}");
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    assert!(!state.join("control.sock").exists());
+}
