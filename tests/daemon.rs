@@ -564,6 +564,31 @@ fn garbage_torrents_and_missing_directories_do_not_stop_the_rest() {
     );
     daemon.wait_for_log("bad.torrent: not a valid .torrent");
 
+    // A second .torrent of the same torrent is refused, not served twice.
+    std::fs::copy(
+        torrents.join("good.iso.torrent"),
+        torrents.join("good-copy.torrent"),
+    )
+    .unwrap();
+    let status = daemon.wait_status("refusing the duplicate", |s| {
+        in_state(s, "failed").len() == 2
+    });
+    assert_eq!(in_state(&status, "seeding").len(), 1);
+    let duplicate = in_state(&status, "failed")
+        .into_iter()
+        .find(|t| t["reason"].as_str().unwrap().contains("the same torrent"))
+        .unwrap_or_else(|| panic!("no duplicate refused: {status:#}"));
+    assert!(duplicate["source"].as_str().unwrap().contains("good"));
+    // Once the first source goes, the duplicate is served in its place.
+    std::fs::remove_file(torrents.join("good.iso.torrent")).unwrap();
+    let status = daemon.wait_status("serving the duplicate instead", |s| {
+        in_state(s, "failed").len() == 1 && in_state(s, "seeding").len() == 1
+    });
+    assert!(in_state(&status, "seeding")[0]["source"]
+        .as_str()
+        .unwrap()
+        .ends_with("good-copy.torrent"));
+
     // Data that does not match its torrent fails that torrent only.
     std::fs::create_dir_all(torrents.join("sub")).unwrap();
     write_data(&dir.path().join("other.iso"), 1 << 20, 4);

@@ -174,6 +174,8 @@ pub struct JobDone {
     pub generation: u64,
     /// The stamps the job's inputs had.
     pub fingerprint: Fingerprint,
+    /// Bytes hashed.
+    pub hashed: u64,
     /// The torrent and its data, with the .torrent file's bytes if the job
     /// made it; or why not.
     pub outcome: Result<Ready, Failure>,
@@ -249,6 +251,7 @@ pub fn run_job(job: Job, threads: usize) -> JobDone {
         key: job.key,
         generation: job.generation,
         fingerprint: job.fingerprint,
+        hashed: job.progress.load(Ordering::Relaxed),
         outcome,
     }
 }

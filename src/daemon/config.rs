@@ -243,6 +243,13 @@ impl Config {
             if d.path.as_os_str().is_empty() {
                 anyhow::bail!("data_dir[{i}]: key `path` is missing");
             }
+            // Its magnets.txt would become a source, and change with it.
+            if self.publish_dir(d) == d.path {
+                anyhow::bail!(
+                    "data_dir[{i}]: `publish` is the data directory {} itself; use another",
+                    d.path.display()
+                );
+            }
         }
         for (i, d) in self.torrent_dir.iter().enumerate() {
             if d.path.as_os_str().is_empty() {

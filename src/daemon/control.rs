@@ -92,7 +92,14 @@ pub fn bind_control(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    if path.exists() {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!(
+                "{} exists and is not a socket: refusing to replace it",
+                path.display()
+            );
+        }
         if UnixStream::connect(path).is_ok() {
             bail!(
                 "{} is in use: is another ringseed daemon running?",
@@ -102,8 +109,16 @@ pub fn bind_control(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("cannot create the control socket {}", path.display()))?;
+    // Created with its final mode: no moment where the umask's applies.
+    // SAFETY: umask only changes this process's file-creation mask, and it
+    // is restored at once; the daemon calls this before starting any other
+    // thread, so no other file is created with this mask.
+    let old = unsafe { libc::umask(!mode & 0o777) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener =
+        bound.with_context(|| format!("cannot create the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;
     Ok(listener)

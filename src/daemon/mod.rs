@@ -64,6 +64,9 @@ const WORKER_STUCK_AFTER: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(250);
 /// Changes are gathered this long before a scan (a copy makes many events).
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// The start of the reason of a source refused for naming a torrent that
+/// another source serves.
+const DUPLICATE: &str = "the same torrent";
 /// How often systemd's STATUS= line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
@@ -95,6 +98,10 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
     })?;
     let systemd = Systemd::from_env();
 
+    // First, while this is the only thread: a second daemon on the same
+    // state stops here, and the socket's mode is set as it is created.
+    let control_path = config.control_socket();
+    let listener = control::bind_control(&control_path, config.socket_mode()?)?;
     let seeder = Seeder::start(seed_config(&config), Vec::new())?;
     let (events_tx, events) = mpsc::channel::<Event>();
     let tracker = match config.tracker_addr()? {
@@ -117,9 +124,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
     };
 
     spawn_signal_thread(events_tx.clone())?;
-    let jobs = spawn_job_thread(events_tx.clone(), thread_count(None).max(1))?;
-    let control_path = config.control_socket();
-    let listener = control::bind_control(&control_path, config.socket_mode()?)?;
+    let threads = thread_count(std::num::NonZeroUsize::new(config.verify_threads));
+    let jobs = spawn_job_thread(events_tx.clone(), threads.max(1))?;
     control::serve_control(listener, control::asker(events_tx.clone(), Event::Query))?;
     let metrics = match config.metrics_addr()? {
         Some(addr) => Some(control::serve_metrics(
@@ -232,10 +238,24 @@ fn spawn_job_thread(
         .name("ringseed-hash".into())
         .spawn(move || {
             for job in rx {
-                if events
-                    .send(Event::JobDone(Box::new(run_job(job, threads))))
-                    .is_err()
-                {
+                let (key, generation, fingerprint) =
+                    (job.key.clone(), job.generation, job.fingerprint.clone());
+                let progress = Arc::clone(&job.progress);
+                // A bug in hashing must fail that item, not every later one.
+                let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_job(job, threads)
+                }))
+                .unwrap_or_else(|_| JobDone {
+                    key,
+                    generation,
+                    fingerprint,
+                    hashed: progress.load(Ordering::Relaxed),
+                    outcome: Err(catalog::Failure {
+                        reason: "hashing it failed (a bug: please report it)".into(),
+                        bad_pieces: 0,
+                    }),
+                });
+                if events.send(Event::JobDone(Box::new(done))).is_err() {
                     return;
                 }
             }
@@ -300,10 +320,7 @@ impl Daemon {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            let settling = self
-                .items
-                .values()
-                .any(|i| i.settling_since.is_some() && !matches!(i.state, State::Seeding));
+            let settling = self.items.values().any(|i| i.settling_since.is_some());
             let rescan = Duration::from_secs(self.config.rescan_secs.max(1));
             let due = self.changed_at.is_some_and(|t| t.elapsed() >= DEBOUNCE)
                 || (settling && self.last_scan.elapsed() >= Duration::from_secs(1))
@@ -382,6 +399,7 @@ impl Daemon {
             }
         }
         self.dir_errors = errors;
+        self.recheck_errored();
         let gone: Vec<PathBuf> = self
             .items
             .keys()
@@ -415,6 +433,27 @@ impl Daemon {
                 item.fingerprint.clear();
             }
             self.refresh(&key);
+        }
+    }
+
+    /// A torrent the workers stopped serving (a file truncated or unreadable
+    /// under them) is dropped and its source looked at again.
+    fn recheck_errored(&mut self) {
+        let errored: Vec<(PathBuf, Arc<Torrent>)> = self
+            .items
+            .iter()
+            .filter_map(|(k, i)| Some((k.clone(), Arc::clone(i.torrent.as_ref()?))))
+            .filter(|(_, t)| t.is_errored())
+            .collect();
+        for (key, torrent) in errored {
+            let reason = torrent.error().unwrap_or_default();
+            error!("{}: {reason}; it is checked again", key.display());
+            self.stop_serving(&torrent);
+            let item = self.items.get_mut(&key).expect("listed above");
+            item.torrent = None;
+            item.fingerprint.clear();
+            item.generation += 1;
+            item.state = State::Failed(reason);
         }
     }
 
@@ -472,6 +511,16 @@ impl Daemon {
         if item.fingerprint == fingerprint {
             return;
         }
+        // The .torrent was rewritten (touched, copied again) but names the
+        // same torrent and the data is unchanged: nothing to do.
+        let same_torrent = item
+            .torrent
+            .as_ref()
+            .is_some_and(|t| t.metainfo.info_hash == metainfo.info_hash);
+        if same_torrent && item.fingerprint.get(1..) == fingerprint.get(1..) {
+            item.fingerprint = fingerprint;
+            return;
+        }
         if self.state.resumable(&metainfo, &paths) {
             info!(
                 "{}: resumed without hashing (files unchanged)",
@@ -510,7 +559,23 @@ impl Daemon {
             item.settling_since = None;
             return;
         }
+        // Made before, and unchanged since: serve that torrent as it is,
+        // with no wait (a restart is ready at once).
+        if let Some(ready) = self.made_before(path, options) {
+            info!(
+                "{}: resumed without hashing (files unchanged)",
+                ready.metainfo.info.name
+            );
+            return self.go_live(key, fingerprint, ready, false);
+        }
+        let item = self.items.get_mut(key).expect("refreshed items exist");
         if !settled(item, &fingerprint, settle) {
+            if matches!(item.state, State::Checking { .. }) {
+                // The job hashes what is being replaced: its result is void.
+                item.generation += 1;
+            }
+            // A version already seeded stays seeded until the new one is
+            // ready: its mapping keeps the old file's bytes.
             if !matches!(item.state, State::Seeding) {
                 item.state = State::Waiting(format!(
                     "waiting for it to stay unchanged for {}s",
@@ -520,14 +585,6 @@ impl Daemon {
             return;
         }
         item.settling_since = None;
-        // Made before, and unchanged since: serve that torrent as it is.
-        if let Some(ready) = self.made_before(path, options) {
-            info!(
-                "{}: resumed without hashing (files unchanged)",
-                ready.metainfo.info.name
-            );
-            return self.go_live(key, fingerprint, ready, false);
-        }
         let total = fingerprint
             .iter()
             .map(|(_, s)| s.map_or(0, |s| s.len))
@@ -617,13 +674,24 @@ impl Daemon {
     }
 
     fn job_done(&mut self, done: JobDone) {
+        self.bytes_hashed += done.hashed;
         let Some(item) = self.items.get_mut(&done.key) else {
             return;
         };
-        if let State::Checking { done: progress, .. } = &item.state {
-            self.bytes_hashed += progress.load(Ordering::Relaxed);
-        }
         if item.generation != done.generation {
+            return;
+        }
+        // The files must be the ones that were hashed: one replaced while
+        // the job ran is hashed again, never served under these hashes.
+        let unchanged = done.fingerprint.iter().all(|(p, s)| stamp(p) == *s);
+        if !unchanged {
+            info!(
+                "{}: changed while it was hashed; hashing it again",
+                done.key.display()
+            );
+            item.fingerprint.clear();
+            item.generation += 1;
+            self.changed_at.get_or_insert_with(Instant::now);
             return;
         }
         match done.outcome {
@@ -656,6 +724,20 @@ impl Daemon {
             made,
         } = ready;
         let name = metainfo.info.name.clone();
+        let duplicate = self.items.iter().find(|(k, i)| {
+            k.as_path() != key
+                && i.torrent
+                    .as_ref()
+                    .is_some_and(|t| t.metainfo.info_hash == metainfo.info_hash)
+        });
+        if let Some((other, _)) = duplicate {
+            let reason = format!(
+                "{DUPLICATE} ({}) as {}, which is seeded",
+                metainfo.info_hash,
+                other.display()
+            );
+            return self.set_unservable(key, fingerprint, State::Failed(reason));
+        }
         let torrent = match Torrent::open(metainfo, &paths) {
             Ok(t) => t,
             Err(e) => {
@@ -704,16 +786,8 @@ impl Daemon {
     /// Stops serving `torrent`: its peers are dropped, trackers hear
     /// `stopped`.
     fn stop_serving(&mut self, torrent: &Arc<Torrent>) {
+        // One item serves a given info-hash (see `go_live`).
         let h = torrent.metainfo.info_hash;
-        // Only if no other item serves the same torrent.
-        let shared = self.items.values().any(|i| {
-            i.torrent
-                .as_ref()
-                .is_some_and(|t| t.metainfo.info_hash == h)
-        });
-        if shared {
-            return;
-        }
         self.seeder.remove_torrent(&h);
         if let Some(announcer) = &self.announcer {
             announcer.remove(h);
@@ -729,6 +803,12 @@ impl Daemon {
         info!("{} is gone", key.display());
         if let Some(torrent) = &item.torrent {
             self.stop_serving(torrent);
+            // A duplicate of it may be served now.
+            for other in self.items.values_mut() {
+                if matches!(&other.state, State::Failed(r) if r.starts_with(DUPLICATE)) {
+                    other.fingerprint.clear();
+                }
+            }
             if let Source::Data { publish, .. } = &item.source {
                 let out = publish.join(format!("{}.torrent", torrent.metainfo.info.name));
                 let _ = std::fs::remove_file(out);
@@ -776,6 +856,11 @@ impl Daemon {
                 ),
                 ("tracker", new.tracker != self.config.tracker),
                 ("state_dir", new.state_dir != self.config.state_dir),
+                ("announce", new.announce != self.config.announce),
+                (
+                    "verify_threads",
+                    new.verify_threads != self.config.verify_threads,
+                ),
             ];
             for (key, changed) in fixed {
                 if changed {

@@ -645,6 +645,14 @@ impl Announcer {
                         Ok(Command::Add(target)) => {
                             let h = target.info_hash;
                             registrations.retain(|r| r.target.info_hash != h);
+                            // Trackers it no longer lists leave the status.
+                            shared_status
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .retain(|s| {
+                                    s.info_hash != h
+                                        || target.tiers.iter().flatten().any(|u| *u == s.url)
+                                });
                             registrations.extend(register(target));
                         }
                         Ok(Command::Remove(h)) => {

@@ -174,7 +174,7 @@ pub struct Worker {
     torrents: HashMap<InfoHash, Arc<Torrent>>,
     messages: crossbeam_channel::Receiver<WorkerMessage>,
     /// Unchoked peers per torrent as last added to the gauges.
-    reported_unchoked: HashMap<InfoHash, (Arc<Torrent>, i64)>,
+    reported_unchoked: HashMap<*const Torrent, (Arc<Torrent>, i64)>,
 }
 
 impl Worker {
@@ -920,7 +920,8 @@ impl Worker {
             return;
         };
         conn.send.in_flight = false;
-        let info_hash = conn.torrent().map(|t| t.metainfo.info_hash);
+        // Its own torrent (not one by the same info-hash that replaced it).
+        let torrent = conn.torrent().cloned();
         let key = key as usize;
         if result < 0 {
             if result == -libc::EFAULT {
@@ -936,10 +937,8 @@ impl Worker {
         }
         let sent = result as usize;
         self.delta.bytes_sent += sent as u64;
-        if let Some(h) = info_hash {
-            if let Some((_, d)) = self.torrent_deltas.get_mut(&h) {
-                d.bytes_sent += sent as u64;
-            }
+        if let Some(t) = &torrent {
+            torrent_delta(&mut self.torrent_deltas, t).bytes_sent += sent as u64;
         }
         let conn = &mut self.conns[key];
         if conn.closing {
@@ -964,10 +963,8 @@ impl Worker {
         conn.served_since_unchoke += block_bytes;
         conn.send.reset();
         self.delta.blocks_sent += blocks;
-        if let Some(h) = info_hash {
-            if let Some((_, d)) = self.torrent_deltas.get_mut(&h) {
-                d.blocks_sent += blocks;
-            }
+        if let Some(t) = &torrent {
+            torrent_delta(&mut self.torrent_deltas, t).blocks_sent += blocks;
         }
         self.try_send(key);
         // Reading may have paused for this send to complete.
@@ -993,10 +990,7 @@ impl Worker {
             }
             if reason == Some(CloseReason::Violation) {
                 if let Some(t) = conn.torrent() {
-                    let h = t.metainfo.info_hash;
-                    if let Some((_, d)) = self.torrent_deltas.get_mut(&h) {
-                        d.protocol_errors += 1;
-                    }
+                    torrent_delta(&mut self.torrent_deltas, t).protocol_errors += 1;
                 }
             }
         }
@@ -1394,11 +1388,12 @@ impl Worker {
     /// Turns the number of peers unchoked now, per torrent and in all, into
     /// gauge changes since the last flush.
     fn count_unchoked(&mut self) {
-        let mut now: HashMap<InfoHash, (Arc<Torrent>, i64)> = HashMap::new();
+        // Keyed by the torrent itself: a replacement shares the info-hash.
+        let mut now: HashMap<*const Torrent, (Arc<Torrent>, i64)> = HashMap::new();
         for (_, c) in self.conns.iter() {
             if let Phase::Active { session, torrent } = &c.phase {
                 if !c.closing && !session.is_choking() {
-                    now.entry(torrent.metainfo.info_hash)
+                    now.entry(Arc::as_ptr(torrent))
                         .or_insert_with(|| (Arc::clone(torrent), 0))
                         .1 += 1;
                 }
