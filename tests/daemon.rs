@@ -626,6 +626,12 @@ fn ctl_add_and_remove_survive_a_restart() {
         .to_owned();
     let out = daemon.ctl(&["status"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("extra.iso"));
+    // The log level changes at run time; a bad one is refused.
+    let out = daemon.ctl(&["log-level", "debug"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = daemon.ctl(&["log-level", "info,ringseed=loud"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loud"), "{out:?}");
     daemon.kill();
 
     // Still there after a restart, and removed by info-hash.
