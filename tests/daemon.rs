@@ -631,7 +631,10 @@ fn ctl_add_and_remove_survive_a_restart() {
     assert!(out.status.success(), "{out:?}");
     let out = daemon.ctl(&["log-level", "info,ringseed=loud"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("loud"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("loud"),
+        "{out:?}"
+    );
     daemon.kill();
 
     // Still there after a restart, and removed by info-hash.
