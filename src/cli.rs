@@ -114,40 +114,7 @@ pub struct CtlArgs {
     pub socket: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
-    pub command: CtlCommand,
-}
-
-/// Commands of `ringseed ctl`.
-#[derive(Debug, Subcommand)]
-pub enum CtlCommand {
-    /// Show every torrent's state and the daemon's figures.
-    Status {
-        /// Print the full status as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Seed a .torrent (data beside it or in --data), or make a torrent of
-    /// a file or directory and seed it; kept across restarts.
-    Add {
-        /// The .torrent, file or directory.
-        path: PathBuf,
-        /// Where the .torrent's data is.
-        #[arg(long, value_name = "DIR")]
-        data: Option<PathBuf>,
-    },
-    /// Stop seeding a torrent (by info-hash, name or source path); kept
-    /// across restarts until it is added again.
-    Remove {
-        /// Info-hash, name or source path.
-        target: String,
-    },
-    /// Re-read the configuration file (as SIGHUP does).
-    Reload,
-    /// Change the log level until the next reload (e.g. `debug`).
-    LogLevel {
-        /// A level or directives.
-        level: String,
-    },
+    pub command: crate::daemon::control::Request,
 }
 
 /// Arguments of `ringseed config`.

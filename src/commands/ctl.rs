@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::cli::{ConfigArgs, ConfigCommand, CtlArgs, CtlCommand, DaemonArgs, Exit};
+use crate::cli::{ConfigArgs, ConfigCommand, CtlArgs, DaemonArgs, Exit};
 use crate::daemon::config::{default_control_socket, Config, DEFAULT_CONFIG};
 use crate::daemon::control::{call, Request};
 use crate::display::human_bytes;
@@ -20,22 +20,17 @@ pub fn run(args: CtlArgs) -> anyhow::Result<Exit> {
             default_control_socket(&PathBuf::new(), &Config::default().state_dir())
         }
     });
-    let (request, json) = match args.command {
-        CtlCommand::Status { json } => (Request::Status, json),
-        CtlCommand::Add { path, data } => {
-            // The daemon resolves paths itself; relative ones are ours.
+    let json = matches!(args.command, Request::Status { json: true });
+    let request = match args.command {
+        // Relative paths are relative to us, not to the daemon.
+        Request::Add { path, data } => {
             let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
-            (
-                Request::Add {
-                    path: absolute(path),
-                    data: data.map(absolute),
-                },
-                false,
-            )
+            Request::Add {
+                path: absolute(path),
+                data: data.map(absolute),
+            }
         }
-        CtlCommand::Remove { target } => (Request::Remove { target }, false),
-        CtlCommand::Reload => (Request::Reload, false),
-        CtlCommand::LogLevel { level } => (Request::LogLevel { level }, false),
+        other => other,
     };
     let reply = call(&socket, &request)?;
     if !reply.ok {

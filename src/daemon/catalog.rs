@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,8 +77,10 @@ pub enum State {
     /// Not ready to be checked: the reason (data not found, still being
     /// copied...).
     Waiting(String),
-    /// Being hashed: bytes done of `total`.
+    /// Queued for hashing, or being hashed: bytes done of `total`.
     Checking {
+        /// Whether the job thread has started it.
+        started: Arc<AtomicBool>,
         /// Bytes hashed so far.
         done: Arc<AtomicU64>,
         /// Bytes to hash.
@@ -95,6 +97,7 @@ impl State {
     pub fn name(&self) -> &'static str {
         match self {
             State::Waiting(_) => "waiting",
+            State::Checking { started, .. } if !started.load(Ordering::Relaxed) => "queued",
             State::Checking { .. } => "checking",
             State::Seeding => "seeding",
             State::Failed(_) => "failed",
@@ -118,6 +121,9 @@ pub struct Item {
     /// For data sources: when the current stamps were first seen (they
     /// must stay unchanged for `settle_secs`).
     pub settling_since: Option<(Fingerprint, Instant)>,
+    /// For .torrent sources: the parsed file and the stamp it was read at,
+    /// so a scan does not parse unchanged files again.
+    pub parsed: Option<(Option<FileStamp>, Arc<Metainfo>)>,
 }
 
 impl Item {
@@ -144,6 +150,8 @@ pub struct Job {
     pub fingerprint: Fingerprint,
     /// Bytes hashed so far.
     pub progress: Arc<AtomicU64>,
+    /// Set when the job thread takes it.
+    pub started: Arc<AtomicBool>,
     /// What to do.
     pub work: Work,
 }
@@ -209,6 +217,7 @@ impl Progress for AtomicProgress {
 
 /// Runs a job with `threads` hashing threads (on the job thread).
 pub fn run_job(job: Job, threads: usize) -> JobDone {
+    job.started.store(true, Ordering::Relaxed);
     let progress = AtomicProgress(Arc::clone(&job.progress));
     let outcome = match job.work {
         Work::Check { metainfo, paths } => {
@@ -514,6 +523,7 @@ mod tests {
             torrent: None,
             generation: 0,
             settling_since: None,
+            parsed: None,
         };
         let a = vec![(PathBuf::from("/x"), None)];
         let b = vec![(

@@ -18,31 +18,39 @@ use serde::{Deserialize, Serialize};
 
 use super::status::Status;
 
-/// A command of `ringseed ctl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A command of `ringseed ctl`: parsed from its command line, sent to the
+/// daemon as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Subcommand)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Request {
-    /// The daemon's figures.
-    Status,
-    /// Seed a .torrent (data in `data`, else beside it) or a file or
-    /// directory (a torrent is made); remembered across restarts.
+    /// Show every torrent's state and the daemon's figures.
+    Status {
+        /// Print the full status as JSON (for the client only).
+        #[arg(long)]
+        #[serde(skip)]
+        json: bool,
+    },
+    /// Seed a .torrent (data beside it or in --data), or make a torrent of
+    /// a file or directory and seed it; kept across restarts.
     Add {
-        /// The .torrent, file or directory (absolute).
+        /// The .torrent, file or directory.
         path: PathBuf,
-        /// Where a .torrent's data is.
+        /// Where the .torrent's data is.
+        #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
     },
-    /// Stop seeding torrents matching `target` (info-hash, name or source
-    /// path); remembered across restarts until added again.
+    /// Stop seeding a torrent (by info-hash, name or source path); kept
+    /// across restarts until it is added again.
     Remove {
-        /// What to remove.
+        /// Info-hash, name or source path.
         target: String,
     },
-    /// Re-read the configuration (as SIGHUP does).
+    /// Re-read the configuration file (as SIGHUP does).
     Reload,
-    /// Change the log level (until the next reload).
+    /// Change the log level until the next reload (e.g. `debug`, or
+    /// `info,ringseed::daemon=debug`).
     LogLevel {
-        /// Directives, e.g. `debug` or `info,ringseed::daemon=debug`.
+        /// A level or directives.
         level: String,
     },
 }
@@ -275,6 +283,8 @@ mod tests {
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(text, r#"{"cmd":"add","path":"/srv/x.iso","data":null}"#);
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
+        let status = serde_json::to_string(&Request::Status { json: true }).unwrap();
+        assert_eq!(status, r#"{"cmd":"status"}"#);
         let level: Request =
             serde_json::from_str(r#"{"cmd":"log-level","level":"debug"}"#).unwrap();
         assert_eq!(

@@ -426,6 +426,7 @@ impl Daemon {
                 torrent: None,
                 generation: 0,
                 settling_since: None,
+                parsed: None,
             });
             if item.source != source {
                 // Its settings changed (e.g. trackers): make it again.
@@ -492,15 +493,33 @@ impl Daemon {
     }
 
     fn refresh_torrent_file(&mut self, key: &Path, path: &Path, data_dirs: &[PathBuf]) {
-        let mut fingerprint = vec![(path.to_path_buf(), stamp(path))];
-        let loaded = std::fs::read(path)
-            .map_err(|e| format!("cannot read it: {e}"))
-            .and_then(|b| {
-                Metainfo::from_bytes(&b).map_err(|e| format!("not a valid .torrent: {e}"))
-            });
-        let metainfo = match loaded {
-            Ok(m) => m,
-            Err(reason) => return self.set_unservable(key, fingerprint, State::Failed(reason)),
+        let torrent_stamp = stamp(path);
+        let mut fingerprint = vec![(path.to_path_buf(), torrent_stamp)];
+        let item = self.items.get_mut(key).expect("refreshed items exist");
+        let cached = item
+            .parsed
+            .as_ref()
+            .filter(|(s, _)| torrent_stamp.is_some() && *s == torrent_stamp)
+            .map(|(_, m)| Arc::clone(m));
+        let metainfo = match cached {
+            Some(m) => m,
+            None => {
+                let loaded = std::fs::read(path)
+                    .map_err(|e| format!("cannot read it: {e}"))
+                    .and_then(|b| {
+                        Metainfo::from_bytes(&b).map_err(|e| format!("not a valid .torrent: {e}"))
+                    });
+                match loaded {
+                    Ok(m) => {
+                        let m = Arc::new(m);
+                        item.parsed = Some((torrent_stamp, Arc::clone(&m)));
+                        m
+                    }
+                    Err(reason) => {
+                        return self.set_unservable(key, fingerprint, State::Failed(reason))
+                    }
+                }
+            }
         };
         let paths = match locate(&metainfo, data_dirs) {
             Ok(p) => p,
@@ -527,7 +546,7 @@ impl Daemon {
                 metainfo.info.name
             );
             let ready = Ready {
-                metainfo,
+                metainfo: (*metainfo).clone(),
                 paths,
                 made: None,
             };
@@ -539,7 +558,7 @@ impl Daemon {
             fingerprint,
             total,
             Work::Check {
-                metainfo: Box::new(metainfo),
+                metainfo: Box::new((*metainfo).clone()),
                 paths,
             },
         );
@@ -651,12 +670,14 @@ impl Daemon {
         let generation = self.next_generation;
         self.next_generation += 1;
         let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let item = self.items.get_mut(key).expect("refreshed items exist");
         item.generation = generation;
         // The fingerprint is recorded now, so the scans during the job do
         // not queue it again; the job's result decides the state.
         item.fingerprint = fingerprint.clone();
         item.state = State::Checking {
+            started: Arc::clone(&started),
             done: Arc::clone(&progress),
             total,
         };
@@ -666,6 +687,7 @@ impl Daemon {
             generation,
             fingerprint,
             progress,
+            started,
             work,
         };
         if self.jobs.send(job).is_err() {
@@ -890,7 +912,7 @@ impl Daemon {
             status: None,
         };
         match query {
-            Query::Status | Query::Control(Request::Status) => Reply {
+            Query::Status | Query::Control(Request::Status { .. }) => Reply {
                 ok: true,
                 message: self.status_line(),
                 status: Some(self.status()),
@@ -990,7 +1012,7 @@ impl Daemon {
             .map(|(key, item)| {
                 let t = item.torrent.as_ref();
                 let (progress, reason) = match &item.state {
-                    State::Checking { done, total } => (
+                    State::Checking { done, total, .. } => (
                         Some(done.load(Ordering::Relaxed) as f64 / (*total).max(1) as f64),
                         None,
                     ),

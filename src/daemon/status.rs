@@ -50,7 +50,7 @@ pub struct TorrentStatus {
     pub name: String,
     /// The .torrent file or data it comes from.
     pub source: String,
-    /// `waiting`, `checking`, `seeding` or `failed`.
+    /// `waiting`, `queued`, `checking`, `seeding` or `failed`.
     pub state: String,
     /// The info-hash, once known.
     pub info_hash: Option<String>,
@@ -195,7 +195,7 @@ impl Status {
                 &per_torrent,
             );
         }
-        let states = ["waiting", "checking", "seeding", "failed"].map(|s| {
+        let states = ["waiting", "queued", "checking", "seeding", "failed"].map(|s| {
             let n = self.torrents.iter().filter(|t| t.state == s).count();
             (format!("state=\"{s}\""), n as f64)
         });
