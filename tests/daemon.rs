@@ -589,6 +589,18 @@ fn garbage_torrents_and_missing_directories_do_not_stop_the_rest() {
         .unwrap()
         .ends_with("good-copy.torrent"));
 
+    // The missing directory, once created, is scanned and watched.
+    std::fs::create_dir_all(&missing).unwrap();
+    daemon.wait_status("reading the created directory", |s| {
+        s["directory_errors"].as_array().unwrap().is_empty()
+    });
+    write_data(&missing.join("late.iso"), 1 << 20, 6);
+    daemon.wait_status("seeding a file of the created directory", |s| {
+        torrent_named(s, "late.iso").is_some_and(|t| t["state"] == "seeding")
+    });
+    std::fs::remove_file(missing.join("late.iso")).unwrap();
+    daemon.wait_status("dropping it", |s| torrent_named(s, "late.iso").is_none());
+
     // Data that does not match its torrent fails that torrent only.
     std::fs::create_dir_all(torrents.join("sub")).unwrap();
     write_data(&dir.path().join("other.iso"), 1 << 20, 4);

@@ -132,38 +132,74 @@ pub fn bind_control(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the control socket on a thread of its own.
-pub fn serve_control(listener: UnixListener, ask: Ask) -> std::io::Result<()> {
+/// Connections served at once by each server; more wait in the listen
+/// backlog. A handful of slow or stuck clients cannot exhaust threads.
+const MAX_CLIENTS: usize = 16;
+
+/// Accepts connections on a thread named `name` and serves each on a
+/// thread of its own with `handle`, at most [`MAX_CLIENTS`] at once.
+fn serve_each<S: Send + 'static>(
+    name: &str,
+    incoming: impl Iterator<Item = std::io::Result<S>> + Send + 'static,
+    ask: Ask,
+    handle: fn(S, &Ask),
+) -> std::io::Result<()> {
     let ask = std::sync::Arc::new(ask);
+    let (slots, freed) = mpsc::sync_channel::<()>(MAX_CLIENTS);
+    for _ in 0..MAX_CLIENTS {
+        let _ = slots.send(());
+    }
     std::thread::Builder::new()
-        .name("ringseed-ctl".into())
+        .name(name.into())
         .spawn(move || {
-            for stream in listener.incoming().flatten() {
+            for stream in incoming {
+                let Ok(stream) = stream else {
+                    // Out of descriptors, most likely: do not spin on it.
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                };
+                // Wait for a free slot; each client thread returns its own.
+                if freed.recv().is_err() {
+                    return;
+                }
                 let ask = std::sync::Arc::clone(&ask);
+                let slot = slots.clone();
                 std::thread::spawn(move || {
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                    let mut line = String::new();
-                    let mut reader = BufReader::new(&stream);
-                    if reader.by_ref().take(1 << 20).read_line(&mut line).is_err() {
-                        return;
-                    }
-                    let reply = match serde_json::from_str::<Request>(&line) {
-                        Ok(request) => ask(Query::Control(request)).unwrap_or_else(|| Reply {
-                            message: "the daemon did not answer (it is stopping?)".into(),
-                            ..Reply::default()
-                        }),
-                        Err(e) => Reply {
-                            message: format!("not a control request: {e}"),
-                            ..Reply::default()
-                        },
-                    };
-                    let mut out = serde_json::to_string(&reply).unwrap_or_default();
-                    out.push('\n');
-                    let _ = (&stream).write_all(out.as_bytes());
+                    handle(stream, &ask);
+                    let _ = slot.send(());
                 });
             }
         })
         .map(drop)
+}
+
+/// Serves the control socket on a thread of its own.
+pub fn serve_control(listener: UnixListener, ask: Ask) -> std::io::Result<()> {
+    let incoming = std::iter::repeat_with(move || listener.accept().map(|(s, _)| s));
+    serve_each("ringseed-ctl", incoming, ask, answer_control)
+}
+
+/// Reads one request line from a `ringseed ctl` client and writes the reply.
+fn answer_control(stream: UnixStream, ask: &Ask) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut line = String::new();
+    let mut reader = BufReader::new(&stream);
+    if reader.by_ref().take(1 << 20).read_line(&mut line).is_err() {
+        return;
+    }
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => ask(Query::Control(request)).unwrap_or_else(|| Reply {
+            message: "the daemon did not answer (it is stopping?)".into(),
+            ..Reply::default()
+        }),
+        Err(e) => Reply {
+            message: format!("not a control request: {e}"),
+            ..Reply::default()
+        },
+    };
+    let mut out = serde_json::to_string(&reply).unwrap_or_default();
+    out.push('\n');
+    let _ = (&stream).write_all(out.as_bytes());
 }
 
 /// Sends one request to the daemon at `socket` and returns its reply.
@@ -192,25 +228,23 @@ pub fn serve_metrics(addr: SocketAddr, ask: Ask) -> anyhow::Result<SocketAddr> {
     let listener =
         TcpListener::bind(addr).with_context(|| format!("cannot listen for metrics on {addr}"))?;
     let local = listener.local_addr()?;
-    let ask = std::sync::Arc::new(ask);
-    std::thread::Builder::new()
-        .name("ringseed-metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let ask = std::sync::Arc::clone(&ask);
-                std::thread::spawn(move || {
-                    let _ = serve_http(stream, &ask);
-                });
-            }
-        })?;
+    let incoming = std::iter::repeat_with(move || listener.accept().map(|(s, _)| s));
+    serve_each("ringseed-metrics", incoming, ask, |stream, ask| {
+        let _ = serve_http(stream, ask);
+    })?;
     Ok(local)
 }
 
 fn serve_http(mut stream: TcpStream, ask: &Ask) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // A client trickling bytes gets 10 s in all, not 10 s per read.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let path = loop {
+        if std::time::Instant::now() > deadline {
+            return Ok(());
+        }
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Ok(());

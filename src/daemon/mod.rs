@@ -67,6 +67,8 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 /// The start of the reason of a source refused for naming a torrent that
 /// another source serves.
 const DUPLICATE: &str = "the same torrent";
+/// How often directories that cannot be read are looked for.
+const MISSING_DIR_SCAN: Duration = Duration::from_secs(5);
 /// How often systemd's STATUS= line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
@@ -324,6 +326,8 @@ impl Daemon {
             let rescan = Duration::from_secs(self.config.rescan_secs.max(1));
             let due = self.changed_at.is_some_and(|t| t.elapsed() >= DEBOUNCE)
                 || (settling && self.last_scan.elapsed() >= Duration::from_secs(1))
+                // A missing directory cannot be watched: look for it often.
+                || (!self.dir_errors.is_empty() && self.last_scan.elapsed() >= MISSING_DIR_SCAN)
                 || self.last_scan.elapsed() >= rescan;
             if due {
                 self.scan();
@@ -398,7 +402,15 @@ impl Daemon {
                 );
             }
         }
+        // A directory readable again (created, remounted) is watched again.
+        let recovered = self
+            .dir_errors
+            .iter()
+            .any(|(d, _)| !errors.iter().any(|(e, _)| e == d));
         self.dir_errors = errors;
+        if recovered {
+            self.watch();
+        }
         self.recheck_errored();
         let gone: Vec<PathBuf> = self
             .items
