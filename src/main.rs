@@ -17,6 +17,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // The daemon sets up its logs from its config; every other command logs
+    // the engine's warnings and errors (a torrent errored, a peer banned).
+    if !matches!(cli.command, cli::Command::Daemon(_)) {
+        let level = std::env::var("RINGSEED_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+        if let Err(e) = logging::init(&level) {
+            eprintln!("ringseed: error: {e:#}");
+            return cli::Exit::Error.into();
+        }
+    }
     match commands::run(cli) {
         Ok(code) => code.into(),
         Err(err) => {

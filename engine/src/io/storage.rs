@@ -414,14 +414,14 @@ impl Torrent {
     }
 
     /// Marks the torrent failed; its peers are dropped by their workers. The
-    /// first reason is kept and reported once on stderr, whichever worker
-    /// noticed first.
+    /// first reason is kept and logged once, whichever worker noticed first.
     pub fn set_errored(&self, reason: String) {
         let mut error = self.error.lock().unwrap_or_else(|e| e.into_inner());
         if error.is_none() {
-            eprintln!(
-                "ringseed: torrent {} ({}) errored: {reason}",
-                self.metainfo.info_hash, self.metainfo.info.name
+            tracing::error!(
+                "torrent {} ({}) errored: {reason}",
+                self.metainfo.info_hash,
+                self.metainfo.info.name
             );
             *error = Some(reason);
         }

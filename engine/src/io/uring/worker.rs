@@ -414,7 +414,7 @@ impl Worker {
         if result < 0 {
             if result != -libc::ECANCELED {
                 let err = io::Error::from_raw_os_error(-result);
-                eprintln!("ringseed: worker {}: accept failed: {err}", self.index);
+                tracing::error!("worker {}: accept failed: {err}", self.index);
             }
             return;
         }
@@ -1067,8 +1067,8 @@ impl Worker {
             };
             if !banned.is_empty() {
                 for ip in &banned {
-                    eprintln!(
-                        "ringseed: banned {ip} from {}: it sent data that failed the hash check",
+                    tracing::warn!(
+                        "banned {ip} from {}: it sent data that failed the hash check",
                         c.torrent.metainfo.info.name
                     );
                 }
