@@ -288,4 +288,35 @@ mod tests {
         assert_eq!(auto_piece_length(4 << 30), 2 << 20);
         assert_eq!(auto_piece_length(1 << 50), 16 << 20);
     }
+
+    /// Counts hashed bytes; cancelled from the start if asked.
+    struct Counting(std::sync::atomic::AtomicU64, bool);
+
+    impl Progress for Counting {
+        fn advance(&self, bytes: u64) {
+            self.0
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn cancelled(&self) -> bool {
+            self.1
+        }
+    }
+
+    #[test]
+    fn a_cancelled_hash_stops_without_reading_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data.bin");
+        std::fs::write(&file, vec![7u8; 3 << 20]).unwrap();
+        let options = CreateOptions {
+            piece_length: Some(256 << 10),
+            threads: 2,
+            ..CreateOptions::default()
+        };
+        let full = Counting(Default::default(), false);
+        assert!(create(&file, &options, &full).is_ok());
+        assert_eq!(full.0.into_inner(), 3 << 20);
+        let cancelled = Counting(Default::default(), true);
+        assert!(create(&file, &options, &cancelled).is_err());
+        assert_eq!(cancelled.0.into_inner(), 0);
+    }
 }

@@ -81,6 +81,8 @@ pub enum State {
     Checking {
         /// Whether the job thread has started it.
         started: Arc<AtomicBool>,
+        /// Set to stop the job: its result would be thrown away.
+        cancel: Arc<AtomicBool>,
         /// Bytes hashed so far.
         done: Arc<AtomicU64>,
         /// Bytes to hash.
@@ -127,6 +129,15 @@ pub struct Item {
 }
 
 impl Item {
+    /// Voids the item's job, if one is queued or running (it stops hashing
+    /// at its next batch, and its result is ignored).
+    pub fn supersede(&mut self) {
+        if let State::Checking { cancel, .. } = &self.state {
+            cancel.store(true, Ordering::Relaxed);
+        }
+        self.generation += 1;
+    }
+
     /// The torrent's name, or the source's file name until it has one.
     pub fn name(&self) -> String {
         match &self.torrent {
@@ -152,6 +163,8 @@ pub struct Job {
     pub progress: Arc<AtomicU64>,
     /// Set when the job thread takes it.
     pub started: Arc<AtomicBool>,
+    /// Set when its result is no longer wanted.
+    pub cancel: Arc<AtomicBool>,
     /// What to do.
     pub work: Work,
 }
@@ -207,18 +220,28 @@ pub struct Ready {
     pub made: Option<Vec<u8>>,
 }
 
-struct AtomicProgress(Arc<AtomicU64>);
+struct AtomicProgress {
+    done: Arc<AtomicU64>,
+    cancel: Arc<AtomicBool>,
+}
 
 impl Progress for AtomicProgress {
     fn advance(&self, bytes: u64) {
-        self.0.fetch_add(bytes, Ordering::Relaxed);
+        self.done.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
     }
 }
 
 /// Runs a job with `threads` hashing threads (on the job thread).
 pub fn run_job(job: Job, threads: usize) -> JobDone {
     job.started.store(true, Ordering::Relaxed);
-    let progress = AtomicProgress(Arc::clone(&job.progress));
+    let progress = AtomicProgress {
+        done: Arc::clone(&job.progress),
+        cancel: Arc::clone(&job.cancel),
+    };
     let outcome = match job.work {
         Work::Check { metainfo, paths } => {
             let layout = Layout::new(&metainfo.info);

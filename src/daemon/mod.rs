@@ -465,7 +465,7 @@ impl Daemon {
             let item = self.items.get_mut(&key).expect("listed above");
             item.torrent = None;
             item.fingerprint.clear();
-            item.generation += 1;
+            item.supersede();
             item.state = State::Failed(reason);
         }
     }
@@ -603,7 +603,7 @@ impl Daemon {
         if !settled(item, &fingerprint, settle) {
             if matches!(item.state, State::Checking { .. }) {
                 // The job hashes what is being replaced: its result is void.
-                item.generation += 1;
+                item.supersede();
             }
             // A version already seeded stays seeded until the new one is
             // ready: its mapping keeps the old file's bytes.
@@ -669,9 +669,9 @@ impl Daemon {
             State::Waiting(reason) => warn!("{}: {reason}", key.display()),
             _ => {}
         }
+        item.supersede();
         item.fingerprint = fingerprint;
         item.state = state;
-        item.generation += 1;
         let old = item.torrent.take();
         if let Some(old) = old {
             self.stop_serving(&old);
@@ -683,13 +683,16 @@ impl Daemon {
         self.next_generation += 1;
         let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let item = self.items.get_mut(key).expect("refreshed items exist");
+        item.supersede();
         item.generation = generation;
         // The fingerprint is recorded now, so the scans during the job do
         // not queue it again; the job's result decides the state.
         item.fingerprint = fingerprint.clone();
         item.state = State::Checking {
             started: Arc::clone(&started),
+            cancel: Arc::clone(&cancel),
             done: Arc::clone(&progress),
             total,
         };
@@ -700,6 +703,7 @@ impl Daemon {
             fingerprint,
             progress,
             started,
+            cancel,
             work,
         };
         if self.jobs.send(job).is_err() {
@@ -724,7 +728,7 @@ impl Daemon {
                 done.key.display()
             );
             item.fingerprint.clear();
-            item.generation += 1;
+            item.supersede();
             self.changed_at.get_or_insert_with(Instant::now);
             return;
         }
@@ -737,8 +741,6 @@ impl Daemon {
             }
             Err(failure) => {
                 self.hash_failures += failure.bad_pieces;
-                let item = self.items.get_mut(&done.key).expect("checked above");
-                item.generation += 1;
                 self.set_unservable(&done.key, done.fingerprint, State::Failed(failure.reason));
             }
         }
@@ -831,9 +833,10 @@ impl Daemon {
 
     /// A source is gone (deleted, or its directory left the config).
     fn drop_item(&mut self, key: &Path) {
-        let Some(item) = self.items.remove(key) else {
+        let Some(mut item) = self.items.remove(key) else {
             return;
         };
+        item.supersede();
         info!("{} is gone", key.display());
         if let Some(torrent) = &item.torrent {
             self.stop_serving(torrent);

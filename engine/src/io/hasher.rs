@@ -24,6 +24,12 @@ const READ_CHUNK: usize = 64 << 10;
 pub trait Progress: Sync {
     /// `bytes` more bytes were hashed.
     fn advance(&self, bytes: u64);
+
+    /// Whether the caller no longer wants the result: hashing threads stop
+    /// at their next batch (pieces not hashed then count as unreadable).
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 impl Progress for () {
@@ -64,7 +70,7 @@ pub fn hash_pieces(
                     let mut scratch = vec![0u8; READ_CHUNK];
                     loop {
                         let b = next_batch.fetch_add(1, Ordering::Relaxed);
-                        if b >= num_batches {
+                        if b >= num_batches || progress.cancelled() {
                             break;
                         }
                         let ahead = b + threads as u32;
