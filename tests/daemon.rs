@@ -747,3 +747,42 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
     assert!(exit.success(), "{log}");
     assert!(!state.join("control.sock").exists());
 }
+
+#[test]
+fn a_file_written_in_place_stops_being_served_until_rehashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, state) = (dir.path().join("data"), dir.path().join("state"));
+    std::fs::create_dir_all(&data).unwrap();
+    let file = data.join("x.iso");
+    write_data(&file, 2 << 20, 1);
+    let settle: &[(&str, &dyn AsRef<std::ffi::OsStr>)] = &[("RINGSEED_SETTLE_SECS", &"3")];
+    let daemon = Daemon::start_with(&state, &[&"--watch", &data], settle);
+    let status = daemon.wait_status("seeding", |s| in_state(s, "seeding").len() == 1);
+    let old_hash = in_state(&status, "seeding")[0]["info_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Overwrite a block where it is (as `rsync --inplace` or `cp` would):
+    // the mapping now shows bytes the old hashes do not match.
+    let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(1 << 20)).unwrap();
+    f.write_all(&[0xAB; 4096]).unwrap();
+    drop(f);
+    let status = daemon.wait_status("no longer serving the old bytes", |s| {
+        torrent_named(s, "x.iso").is_some_and(|t| t["state"] != "seeding")
+    });
+    let item = torrent_named(&status, "x.iso").unwrap();
+    assert!(item["info_hash"].is_null(), "{item}");
+    // Then the new content is hashed and seeded under its own hash.
+    let status = daemon.wait_status("seeding the new content", |s| {
+        torrent_named(s, "x.iso").is_some_and(|t| t["state"] == "seeding")
+    });
+    assert_ne!(
+        torrent_named(&status, "x.iso").unwrap()["info_hash"],
+        old_hash.as_str()
+    );
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("changed in place"), "{log}");
+}

@@ -391,6 +391,18 @@ pub fn data_fingerprint(path: &Path) -> Result<Fingerprint, String> {
         .collect())
 }
 
+/// Whether a file of `old` was modified where it is (same inode, new size
+/// or mtime), rather than replaced by a rename: a mapping of it then shows
+/// the new bytes, which no longer match the torrent's hashes.
+pub fn changed_in_place(old: &Fingerprint, new: &Fingerprint) -> bool {
+    old.iter().any(|(path, before)| {
+        let Some(before) = before else { return false };
+        new.iter().any(|(p, now)| {
+            p == path && now.is_some_and(|now| now.inode == before.inode && now != *before)
+        })
+    })
+}
+
 /// The stamps of a torrent's data files, pad files left out.
 pub fn paths_fingerprint(metainfo: &Metainfo, paths: &DataPaths) -> Fingerprint {
     metainfo
@@ -525,6 +537,27 @@ mod tests {
         for name in [".debian-13.iso.Xy12", "x.iso.part", "x.iso~", "x.tmp"] {
             assert!(!is_candidate(name), "{name}");
         }
+    }
+
+    #[test]
+    fn in_place_changes_are_told_from_renames() {
+        let stamp = |inode, mtime_ns| {
+            vec![(
+                PathBuf::from("/d/x.iso"),
+                Some(FileStamp {
+                    len: 10,
+                    mtime_ns,
+                    inode,
+                }),
+            )]
+        };
+        assert!(changed_in_place(&stamp(1, 1), &stamp(1, 2)));
+        assert!(!changed_in_place(&stamp(1, 1), &stamp(2, 2)));
+        assert!(!changed_in_place(&stamp(1, 1), &stamp(1, 1)));
+        assert!(!changed_in_place(
+            &stamp(1, 1),
+            &vec![(PathBuf::from("/d/x.iso"), None)]
+        ));
     }
 
     #[test]

@@ -552,6 +552,7 @@ impl Daemon {
             item.fingerprint = fingerprint;
             return;
         }
+        self.stop_if_changed_in_place(key, &fingerprint);
         if self.state.resumable(&metainfo, &paths) {
             info!(
                 "{}: resumed without hashing (files unchanged)",
@@ -590,6 +591,7 @@ impl Daemon {
             item.settling_since = None;
             return;
         }
+        self.stop_if_changed_in_place(key, &fingerprint);
         // Made before, and unchanged since: serve that torrent as it is,
         // with no wait (a restart is ready at once).
         if let Some(ready) = self.made_before(path, options) {
@@ -637,6 +639,28 @@ impl Daemon {
                 options,
             },
         );
+    }
+
+    /// A seeded file written where it is (`cp` over it, `rsync --inplace`)
+    /// shows its new bytes through our mapping: stop serving it at once,
+    /// rather than send bytes that fail the old hashes until the rehash.
+    /// (A file replaced by a rename keeps being served: the mapping holds
+    /// the old inode.)
+    fn stop_if_changed_in_place(&mut self, key: &Path, fingerprint: &catalog::Fingerprint) {
+        let item = self.items.get_mut(key).expect("refreshed items exist");
+        if !matches!(item.state, State::Seeding)
+            || !catalog::changed_in_place(&item.fingerprint, fingerprint)
+        {
+            return;
+        }
+        warn!(
+            "{}: changed in place; not served until rehashed",
+            key.display()
+        );
+        item.state = State::Waiting("changed in place; rehashing it".into());
+        if let Some(old) = item.torrent.take() {
+            self.stop_serving(&old);
+        }
     }
 
     /// The torrent made earlier for `path`, if its options are still the
