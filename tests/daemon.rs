@@ -755,9 +755,16 @@ fn a_file_written_in_place_stops_being_served_until_rehashed() {
     std::fs::create_dir_all(&data).unwrap();
     let file = data.join("x.iso");
     write_data(&file, 2 << 20, 1);
-    let settle: &[(&str, &dyn AsRef<std::ffi::OsStr>)] = &[("RINGSEED_SETTLE_SECS", &"3")];
-    let daemon = Daemon::start_with(&state, &[&"--watch", &data], settle);
-    let status = daemon.wait_status("seeding", |s| in_state(s, "seeding").len() == 1);
+    let deep = data.join("tree/sub/f.bin");
+    std::fs::create_dir_all(deep.parent().unwrap()).unwrap();
+    write_data(&deep, 1 << 20, 2);
+    // No periodic rescan during the test: only inotify can notice.
+    let env: &[(&str, &dyn AsRef<std::ffi::OsStr>)] = &[
+        ("RINGSEED_SETTLE_SECS", &"3"),
+        ("RINGSEED_RESCAN_SECS", &"3600"),
+    ];
+    let daemon = Daemon::start_with(&state, &[&"--watch", &data], env);
+    let status = daemon.wait_status("seeding", |s| in_state(s, "seeding").len() == 2);
     let old_hash = in_state(&status, "seeding")[0]["info_hash"]
         .as_str()
         .unwrap()
@@ -782,6 +789,17 @@ fn a_file_written_in_place_stops_being_served_until_rehashed() {
         torrent_named(&status, "x.iso").unwrap()["info_hash"],
         old_hash.as_str()
     );
+
+    // The same for a file deep inside a directory torrent (watched too).
+    let mut f = std::fs::OpenOptions::new().write(true).open(&deep).unwrap();
+    f.write_all(&[0xCD; 4096]).unwrap();
+    drop(f);
+    daemon.wait_status("no longer serving the old tree", |s| {
+        torrent_named(s, "tree").is_some_and(|t| t["state"] != "seeding")
+    });
+    daemon.wait_status("seeding the new tree", |s| {
+        torrent_named(s, "tree").is_some_and(|t| t["state"] == "seeding")
+    });
     let (exit, log) = daemon.stop();
     assert!(exit.success(), "{log}");
     assert!(log.contains("changed in place"), "{log}");

@@ -366,6 +366,29 @@ pub fn desired_sources(
     (out, errors)
 }
 
+/// `roots` and every directory below them (symlinks not followed; hidden
+/// ones skipped), sorted, at most `max`.
+pub fn directory_tree(roots: Vec<PathBuf>, max: usize) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut stack = roots;
+    while let Some(dir) = stack.pop() {
+        if out.len() >= max || out.contains(&dir) {
+            continue;
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let hidden = e.file_name().to_str().is_none_or(|n| n.starts_with('.'));
+                if !hidden && e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                }
+            }
+        }
+        out.push(dir);
+    }
+    out.sort();
+    out
+}
+
 /// The stamp of one file now.
 pub fn stamp(path: &Path) -> Option<FileStamp> {
     let paths = DataPaths {

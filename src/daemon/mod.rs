@@ -67,6 +67,9 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 /// The start of the reason of a source refused for naming a torrent that
 /// another source serves.
 const DUPLICATE: &str = "the same torrent";
+/// At most this many directories are watched (inotify watches cost kernel
+/// memory; deeper trees are still seen by the periodic rescan).
+const MAX_WATCHED_DIRS: usize = 8192;
 /// How often directories that cannot be read are looked for.
 const MISSING_DIR_SCAN: Duration = Duration::from_secs(5);
 /// How often systemd's STATUS= line is refreshed.
@@ -156,12 +159,12 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
         started: Instant::now(),
         systemd,
         watcher: None,
+        watched: Vec::new(),
         events_tx,
         changed_at: None,
         last_scan: Instant::now(),
         control_path,
     };
-    daemon.watch();
     daemon.scan();
     let addr = daemon.seeder.local_addr();
     info!(
@@ -294,6 +297,8 @@ struct Daemon {
     started: Instant,
     systemd: Systemd,
     watcher: Option<Watcher>,
+    /// The directories `watcher` watches.
+    watched: Vec<PathBuf>,
     events_tx: mpsc::Sender<Event>,
     changed_at: Option<Instant>,
     last_scan: Instant,
@@ -346,19 +351,29 @@ impl Daemon {
         self.stop()
     }
 
-    /// Watches every directory the configuration names.
-    fn watch(&mut self) {
-        self.watcher = None;
-        let mut dirs: Vec<PathBuf> = Vec::new();
+    /// Watches every directory the configuration names, and every
+    /// directory below them (a directory torrent changes inside), and those
+    /// holding sources added with `ctl`. The watcher is rebuilt only when
+    /// that list changed, or when `force`d (a directory came back).
+    fn watch(&mut self, force: bool) {
+        let mut roots: Vec<PathBuf> = Vec::new();
         for d in &self.config.data_dir {
-            dirs.push(d.path.clone());
+            roots.push(d.path.clone());
         }
         for d in &self.config.torrent_dir {
-            dirs.push(d.path.clone());
-            dirs.extend(d.data.iter().cloned());
+            roots.push(d.path.clone());
+            roots.extend(d.data.iter().cloned());
         }
-        dirs.sort();
-        dirs.dedup();
+        for a in &self.overrides.added {
+            roots.extend(a.path.parent().map(Path::to_path_buf));
+            roots.extend(a.data.iter().cloned());
+        }
+        let dirs = catalog::directory_tree(roots, MAX_WATCHED_DIRS);
+        if !force && self.watcher.is_some() && dirs == self.watched {
+            return;
+        }
+        self.watcher = None;
+        self.watched = dirs.clone();
         if dirs.is_empty() {
             return;
         }
@@ -371,8 +386,9 @@ impl Daemon {
         };
         let failed = |dir: &PathBuf, e: std::io::Error| {
             warn!(
-                "cannot watch {}: {e} (it is rescanned every rescan_secs)",
-                dir.display()
+                "cannot watch {}: {e} (it is looked for every {}s)",
+                dir.display(),
+                MISSING_DIR_SCAN.as_secs()
             )
         };
         match Watcher::start(dirs, changed, failed) {
@@ -408,9 +424,7 @@ impl Daemon {
             .iter()
             .any(|(d, _)| !errors.iter().any(|(e, _)| e == d));
         self.dir_errors = errors;
-        if recovered {
-            self.watch();
-        }
+        self.watch(recovered);
         self.recheck_errored();
         let gone: Vec<PathBuf> = self
             .items
@@ -930,7 +944,6 @@ impl Daemon {
             }
             self.seeder.reconfigure(seed_config(&new));
             self.config = new;
-            self.watch();
             self.scan();
             info!("configuration reloaded");
             Ok(())

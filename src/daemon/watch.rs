@@ -27,7 +27,10 @@ impl Watcher {
         failed: impl Fn(&PathBuf, std::io::Error),
     ) -> std::io::Result<Self> {
         let mut inotify = Inotify::init()?;
+        // MODIFY too: the first write into a seeded file must stop it being
+        // served (see `stop_if_changed_in_place`), not the last one.
         let mask = WatchMask::CREATE
+            | WatchMask::MODIFY
             | WatchMask::CLOSE_WRITE
             | WatchMask::MOVED_TO
             | WatchMask::MOVED_FROM
