@@ -25,7 +25,41 @@ impl LogLevel {
 /// Parses `info`, or `warn,ringseed::daemon=debug`: a default level and
 /// levels per module.
 pub fn parse_filter(directives: &str) -> Result<Targets, String> {
+    // `Targets` takes a bare word as a module name ("verbose" would mean
+    // "module verbose, every level" and silence everything else): each
+    // directive must name a level.
+    if directives.trim().is_empty() {
+        return Err("empty (use \"off\" for no logs)".into());
+    }
+    for directive in directives.split(',').map(str::trim) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        level
+            .parse::<tracing_subscriber::filter::LevelFilter>()
+            .map_err(|_| {
+                format!("{directive:?} names no level (error, warn, info, debug, trace or off)")
+            })?;
+    }
     directives.parse::<Targets>().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_filter;
+
+    #[test]
+    fn every_directive_names_a_level() {
+        for good in [
+            "info",
+            "warn,ringseed::daemon=debug",
+            "off",
+            "ringseed_engine=trace",
+        ] {
+            assert!(parse_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["verbose", "infoo", "info,ringseed=loud", ""] {
+            assert!(parse_filter(bad).is_err(), "{bad}");
+        }
+    }
 }
 
 /// Installs the logger for the process with `directives`.

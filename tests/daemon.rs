@@ -687,6 +687,11 @@ fn bad_config_is_refused_naming_the_file_key_and_value() {
     let out = run(ringseed().args(["config", "check"]).arg(&config));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("lissten"), "{err}");
+    // A log level that names no level would silence everything.
+    write_config(&config, "log_level = \"verbose\"\n");
+    let out = run(ringseed().args(["config", "check"]).arg(&config));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("verbose"), "{err}");
     let out = run(ringseed()
         .args(["daemon", "--state"])
         .arg(dir.path())
@@ -743,6 +748,18 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
         .arg(&state));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("in use"), "{err}");
+    // Another socket does not make sharing the state directory safe.
+    let out = run(ringseed()
+        .args(["daemon", "--listen", "127.0.0.1:0", "--metrics", ""])
+        .arg("--control-socket")
+        .arg(dir.path().join("other.sock"))
+        .arg("--state")
+        .arg(&state));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("state directory"),
+        "{err}"
+    );
     let (exit, log) = daemon.stop();
     assert!(exit.success(), "{log}");
     assert!(!state.join("control.sock").exists());
@@ -803,4 +820,57 @@ fn a_file_written_in_place_stops_being_served_until_rehashed() {
     let (exit, log) = daemon.stop();
     assert!(exit.success(), "{log}");
     assert!(log.contains("changed in place"), "{log}");
+}
+
+#[test]
+fn sources_that_would_publish_the_same_name_and_ambiguous_removals_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, state) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("state"),
+    );
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    write_data(&a.join("same.iso"), 1 << 20, 1);
+    let env: &[(&str, &dyn AsRef<std::ffi::OsStr>)] = &[("RINGSEED_SETTLE_SECS", &"0")];
+    // Both directories publish to the default STATE/published.
+    let daemon = Daemon::start_with(&state, &[&"--watch", &a, &"--watch", &b], env);
+    daemon.wait_status("seeding a/same.iso", |s| in_state(s, "seeding").len() == 1);
+    write_data(&b.join("same.iso"), 1 << 20, 2);
+    let status = daemon.wait_status("refusing b/same.iso", |s| in_state(s, "failed").len() == 1);
+    let refused = in_state(&status, "failed")[0];
+    assert!(refused["source"]
+        .as_str()
+        .unwrap()
+        .starts_with(b.to_str().unwrap()));
+    assert!(refused["reason"]
+        .as_str()
+        .unwrap()
+        .contains("already publishes same.iso.torrent"));
+    let published = state.join("published/same.iso.torrent");
+    let hash = in_state(&status, "seeding")[0]["info_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(info_json(&published)["info_hash"], hash.as_str());
+
+    // `remove same.iso` is ambiguous: refused, nothing removed.
+    let out = daemon.ctl(&["remove", "same.iso"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("2 sources"), "{err}");
+    assert_eq!(daemon.status()["torrents"].as_array().unwrap().len(), 2);
+    // By path it is not; then the other one takes the name.
+    let out = daemon.ctl(&["remove", a.join("same.iso").to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let status = daemon.wait_status("seeding b/same.iso instead", |s| {
+        in_state(s, "seeding").len() == 1 && in_state(s, "failed").is_empty()
+    });
+    let hash = in_state(&status, "seeding")[0]["info_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(info_json(&published)["info_hash"], hash.as_str());
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
 }

@@ -142,12 +142,17 @@ pub fn create(
     options: &CreateOptions,
     progress: &dyn Progress,
 ) -> Result<CreatedTorrent, CreateError> {
-    let name = path
-        .canonicalize()
-        .map_err(|source| CreateError::Io {
+    // The name the user gave (a symlink is named as the link, as
+    // mktorrent does); `.` and `..` are named after what they are.
+    let given = path.file_name().map(std::path::PathBuf::from);
+    let resolved = match given {
+        Some(name) => name,
+        None => path.canonicalize().map_err(|source| CreateError::Io {
             path: path.to_path_buf(),
             source,
-        })?
+        })?,
+    };
+    let name = resolved
         .file_name()
         .and_then(|n| n.to_str())
         .map(str::to_owned)

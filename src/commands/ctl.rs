@@ -12,6 +12,12 @@ use crate::display::human_bytes;
 const SERVICE_SOCKET: &str = "/run/ringseed/control.sock";
 
 pub fn run(args: CtlArgs) -> anyhow::Result<Exit> {
+    // `ringseed ctl status | head` ends quietly, like other Unix tools,
+    // rather than panic on a closed pipe.
+    // SAFETY: restoring the default disposition of SIGPIPE; this command
+    // writes only to stdout and its one socket, which it never reads after
+    // the peer is gone.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let socket = args.socket.unwrap_or_else(|| {
         let service = PathBuf::from(SERVICE_SOCKET);
         if service.exists() {
@@ -30,6 +36,11 @@ pub fn run(args: CtlArgs) -> anyhow::Result<Exit> {
                 data: data.map(absolute),
             }
         }
+        // A path is one for the daemon too; a name or hash is left alone.
+        Request::Remove { target } if std::path::Path::new(&target).exists() => Request::Remove {
+            target: std::path::absolute(&target)
+                .map_or(target, |p| p.to_string_lossy().into_owned()),
+        },
         other => other,
     };
     let reply = call(&socket, &request)?;

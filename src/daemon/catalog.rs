@@ -126,6 +126,12 @@ pub struct Item {
     /// For .torrent sources: the parsed file and the stamp it was read at,
     /// so a scan does not parse unchanged files again.
     pub parsed: Option<(Option<FileStamp>, Arc<Metainfo>)>,
+    /// For data sources: why its .torrent could not be published (retried
+    /// at each scan).
+    pub publish_error: Option<String>,
+    /// The source that keeps this one from being served (same info-hash,
+    /// or same published name): it is looked at again when that one stops.
+    pub blocked_by: Option<PathBuf>,
 }
 
 impl Item {
@@ -603,6 +609,8 @@ mod tests {
             generation: 0,
             settling_since: None,
             parsed: None,
+            publish_error: None,
+            blocked_by: None,
         };
         let a = vec![(PathBuf::from("/x"), None)];
         let b = vec![(

@@ -243,6 +243,12 @@ impl Config {
             if d.path.as_os_str().is_empty() {
                 anyhow::bail!("data_dir[{i}]: key `path` is missing");
             }
+            let p = d.piece_size;
+            if p != 0 && (p < 16 << 10 || !p.is_power_of_two()) {
+                anyhow::bail!(
+                    "data_dir[{i}]: `piece_size` {p} is not a power of two of at least 16 KiB"
+                );
+            }
             // Its magnets.txt would become a source, and change with it.
             if self.publish_dir(d) == d.path {
                 anyhow::bail!(

@@ -64,9 +64,6 @@ const WORKER_STUCK_AFTER: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(250);
 /// Changes are gathered this long before a scan (a copy makes many events).
 const DEBOUNCE: Duration = Duration::from_millis(200);
-/// The start of the reason of a source refused for naming a torrent that
-/// another source serves.
-const DUPLICATE: &str = "the same torrent";
 /// At most this many directories are watched (inotify watches cost kernel
 /// memory; deeper trees are still seen by the periodic rescan).
 const MAX_WATCHED_DIRS: usize = 8192;
@@ -101,6 +98,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
             state.dir().display()
         )
     })?;
+    let state_lock = lock_state(state.dir())?;
     let systemd = Systemd::from_env();
 
     // First, while this is the only thread: a second daemon on the same
@@ -142,6 +140,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
 
     let overrides = load_overrides(&state);
     let mut daemon = Daemon {
+        _state_lock: state_lock,
         args,
         config,
         log,
@@ -268,6 +267,23 @@ fn spawn_job_thread(
     Ok(tx)
 }
 
+/// Takes the state directory for this process (`STATE/lock`, flock): two
+/// daemons on one state would make and delete each other's files.
+fn lock_state(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; the lock lives as long as it.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "the state directory {} is in use by another ringseed daemon",
+            dir.display()
+        );
+    }
+    Ok(file)
+}
+
 fn load_overrides(state: &StateFiles) -> Overrides {
     let path = state.overrides();
     match std::fs::read(&path) {
@@ -280,6 +296,8 @@ fn load_overrides(state: &StateFiles) -> Overrides {
 }
 
 struct Daemon {
+    /// Held while the daemon runs (see `lock_state`).
+    _state_lock: std::fs::File,
     args: DaemonArgs,
     config: Config,
     log: LogLevel,
@@ -426,6 +444,7 @@ impl Daemon {
         self.dir_errors = errors;
         self.watch(recovered);
         self.recheck_errored();
+        self.retry_publishing();
         let gone: Vec<PathBuf> = self
             .items
             .keys()
@@ -453,6 +472,8 @@ impl Daemon {
                 generation: 0,
                 settling_since: None,
                 parsed: None,
+                publish_error: None,
+                blocked_by: None,
             });
             if item.source != source {
                 // Its settings changed (e.g. trackers): make it again.
@@ -475,7 +496,7 @@ impl Daemon {
         for (key, torrent) in errored {
             let reason = torrent.error().unwrap_or_default();
             error!("{}: {reason}; it is checked again", key.display());
-            self.stop_serving(&torrent);
+            self.stop_serving(&key, &torrent);
             let item = self.items.get_mut(&key).expect("listed above");
             item.torrent = None;
             item.fingerprint.clear();
@@ -673,7 +694,7 @@ impl Daemon {
         );
         item.state = State::Waiting("changed in place; rehashing it".into());
         if let Some(old) = item.torrent.take() {
-            self.stop_serving(&old);
+            self.stop_serving(key, &old);
         }
     }
 
@@ -710,9 +731,10 @@ impl Daemon {
         item.supersede();
         item.fingerprint = fingerprint;
         item.state = state;
+        item.blocked_by = None;
         let old = item.torrent.take();
         if let Some(old) = old {
-            self.stop_serving(&old);
+            self.stop_serving(key, &old);
         }
     }
 
@@ -798,6 +820,27 @@ impl Daemon {
             made,
         } = ready;
         let name = metainfo.info.name.clone();
+        // Two sources publishing the same file name in one directory would
+        // overwrite (and on removal, delete) each other's .torrent.
+        let source = &self.items[key].source;
+        if let Source::Data { publish, .. } = source {
+            let clash = self.items.iter().find(|(k, i)| {
+                k.as_path() != key
+                    && matches!(&i.source, Source::Data { publish: p, .. } if p == publish)
+                    && i.torrent
+                        .as_ref()
+                        .is_some_and(|t| t.metainfo.info.name == name)
+            });
+            if let Some((other, _)) = clash {
+                let other = other.clone();
+                let reason = format!(
+                    "{} already publishes {name}.torrent in {}",
+                    other.display(),
+                    publish.display()
+                );
+                return self.set_blocked(key, fingerprint, other, reason);
+            }
+        }
         let duplicate = self.items.iter().find(|(k, i)| {
             k.as_path() != key
                 && i.torrent
@@ -805,12 +848,13 @@ impl Daemon {
                     .is_some_and(|t| t.metainfo.info_hash == metainfo.info_hash)
         });
         if let Some((other, _)) = duplicate {
+            let other = other.clone();
             let reason = format!(
-                "{DUPLICATE} ({}) as {}, which is seeded",
+                "the same torrent ({}) as {}, which is seeded",
                 metainfo.info_hash,
                 other.display()
             );
-            return self.set_unservable(key, fingerprint, State::Failed(reason));
+            return self.set_blocked(key, fingerprint, other, reason);
         }
         let torrent = match Torrent::open(metainfo, &paths) {
             Ok(t) => t,
@@ -822,11 +866,12 @@ impl Daemon {
         let item = self.items.get_mut(key).expect("live items exist");
         item.fingerprint = fingerprint;
         item.state = State::Seeding;
+        item.blocked_by = None;
         let old = item.torrent.replace(Arc::clone(&torrent));
         let source = item.source.clone();
         if let Some(old) = old {
             if old.metainfo.info_hash != torrent.metainfo.info_hash {
-                self.stop_serving(&old);
+                self.stop_serving(key, &old);
             }
         }
         self.seeder.add_torrent(Arc::clone(&torrent));
@@ -838,17 +883,13 @@ impl Daemon {
                 });
             }
         }
-        if let (Source::Data { path, publish, .. }, Some(bytes)) = (&source, made) {
+        if let (Source::Data { path, .. }, Some(bytes)) = (&source, made) {
             if hashed {
                 if let Err(e) = write_atomic(&self.state.made(path), &bytes) {
                     warn!("cannot keep the torrent made of {}: {e}", path.display());
                 }
             }
-            let out = publish.join(format!("{name}.torrent"));
-            if let Err(e) = write_atomic(&out, &bytes) {
-                error!("cannot publish {}: {e}", out.display());
-            }
-            self.publish_magnets(publish);
+            self.publish(key, &bytes);
         }
         info!(
             "seeding {name} ({}) from {}",
@@ -857,9 +898,24 @@ impl Daemon {
         );
     }
 
-    /// Stops serving `torrent`: its peers are dropped, trackers hear
-    /// `stopped`.
-    fn stop_serving(&mut self, torrent: &Arc<Torrent>) {
+    /// A source that cannot be served while `other` is: failed, and
+    /// looked at again when `other` stops (see `stop_serving`).
+    fn set_blocked(
+        &mut self,
+        key: &Path,
+        fingerprint: catalog::Fingerprint,
+        other: PathBuf,
+        reason: String,
+    ) {
+        self.set_unservable(key, fingerprint, State::Failed(reason));
+        if let Some(item) = self.items.get_mut(key) {
+            item.blocked_by = Some(other);
+        }
+    }
+
+    /// Stops serving `torrent` of source `key`: its peers are dropped,
+    /// trackers hear `stopped`, and sources it blocked are looked at again.
+    fn stop_serving(&mut self, key: &Path, torrent: &Arc<Torrent>) {
         // One item serves a given info-hash (see `go_live`).
         let h = torrent.metainfo.info_hash;
         self.seeder.remove_torrent(&h);
@@ -867,6 +923,13 @@ impl Daemon {
             announcer.remove(h);
         }
         info!("stopped seeding {} ({h})", torrent.metainfo.info.name);
+        for other in self.items.values_mut() {
+            if other.blocked_by.as_deref() == Some(key) {
+                other.blocked_by = None;
+                other.fingerprint.clear();
+            }
+        }
+        self.changed_at.get_or_insert_with(Instant::now);
     }
 
     /// A source is gone (deleted, or its directory left the config).
@@ -877,17 +940,53 @@ impl Daemon {
         item.supersede();
         info!("{} is gone", key.display());
         if let Some(torrent) = &item.torrent {
-            self.stop_serving(torrent);
-            // A duplicate of it may be served now.
-            for other in self.items.values_mut() {
-                if matches!(&other.state, State::Failed(r) if r.starts_with(DUPLICATE)) {
-                    other.fingerprint.clear();
-                }
-            }
+            self.stop_serving(key, torrent);
             if let Source::Data { publish, .. } = &item.source {
                 let out = publish.join(format!("{}.torrent", torrent.metainfo.info.name));
                 let _ = std::fs::remove_file(out);
                 self.publish_magnets(publish);
+            }
+        }
+    }
+
+    /// Writes a data source's .torrent to its publish directory, and the
+    /// directory's magnets.txt. A failure is kept on the item (shown in its
+    /// status, logged once) and retried at each scan.
+    fn publish(&mut self, key: &Path, bytes: &[u8]) {
+        let Some(item) = self.items.get(key) else {
+            return;
+        };
+        let (Source::Data { publish, .. }, Some(torrent)) = (&item.source, &item.torrent) else {
+            return;
+        };
+        let publish = publish.clone();
+        let out = publish.join(format!("{}.torrent", torrent.metainfo.info.name));
+        let error = write_atomic(&out, bytes)
+            .err()
+            .map(|e| format!("cannot publish {}: {e}", out.display()));
+        let item = self.items.get_mut(key).expect("looked up above");
+        match &error {
+            Some(e) if item.publish_error.as_ref() != Some(e) => {
+                error!("{e}; retried at each scan")
+            }
+            None if item.publish_error.is_some() => info!("published {}", out.display()),
+            _ => {}
+        }
+        item.publish_error = error;
+        self.publish_magnets(&publish);
+    }
+
+    /// Publishes again what could not be published.
+    fn retry_publishing(&mut self) {
+        let failed: Vec<(PathBuf, PathBuf)> = self
+            .items
+            .iter()
+            .filter(|(_, i)| i.publish_error.is_some() && i.torrent.is_some())
+            .map(|(k, i)| (k.clone(), i.source.path().to_path_buf()))
+            .collect();
+        for (key, path) in failed {
+            if let Ok(bytes) = std::fs::read(self.state.made(&path)) {
+                self.publish(&key, &bytes);
             }
         }
     }
@@ -971,7 +1070,11 @@ impl Daemon {
             },
             Query::Control(Request::Reload) => match self.reload() {
                 Ok(()) => done("configuration reloaded".into()),
-                Err(e) => failed(e.context("reload failed, the old configuration stays")),
+                Err(e) => {
+                    let e = e.context("reload failed, the old configuration stays");
+                    error!("{e:#}");
+                    failed(e)
+                }
             },
             Query::Control(Request::LogLevel { level }) => match self.log.set(&level) {
                 Ok(()) => done(format!("log level is now {level:?}")),
@@ -1014,21 +1117,38 @@ impl Daemon {
     }
 
     fn remove(&mut self, target: &str) -> anyhow::Result<String> {
-        let keys: Vec<PathBuf> = self
+        let hash = target.to_ascii_lowercase();
+        let path = std::path::absolute(target).unwrap_or_else(|_| PathBuf::from(target));
+        let exact: Vec<PathBuf> = self
             .items
             .iter()
             .filter(|(key, item)| {
-                key.as_os_str() == target
-                    || item.name() == target
-                    || item.torrent.as_ref().is_some_and(|t| {
-                        t.metainfo.info_hash.to_string() == target.to_ascii_lowercase()
-                    })
+                **key == path
+                    || item
+                        .torrent
+                        .as_ref()
+                        .is_some_and(|t| t.metainfo.info_hash.to_string() == hash)
             })
             .map(|(k, _)| k.clone())
             .collect();
+        let by_name: Vec<PathBuf> = self
+            .items
+            .iter()
+            .filter(|(_, item)| item.name() == target)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let keys = if exact.is_empty() { by_name } else { exact };
         if keys.is_empty() {
             anyhow::bail!(
                 "nothing matches {target:?} (give an info-hash, a name or a source path)"
+            );
+        }
+        if keys.len() > 1 {
+            let list: Vec<String> = keys.iter().map(|k| k.display().to_string()).collect();
+            anyhow::bail!(
+                "{target:?} names {} sources ({}): give the source path or the info-hash",
+                keys.len(),
+                list.join(", ")
             );
         }
         for key in &keys {
@@ -1069,7 +1189,7 @@ impl Daemon {
                         None,
                     ),
                     State::Waiting(r) | State::Failed(r) => (None, Some(r.clone())),
-                    State::Seeding => (None, None),
+                    State::Seeding => (None, item.publish_error.clone()),
                 };
                 TorrentStatus {
                     name: item.name(),
