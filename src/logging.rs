@@ -42,26 +42,6 @@ pub fn parse_filter(directives: &str) -> Result<Targets, String> {
     directives.parse::<Targets>().map_err(|e| e.to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_filter;
-
-    #[test]
-    fn every_directive_names_a_level() {
-        for good in [
-            "info",
-            "warn,ringseed::daemon=debug",
-            "off",
-            "ringseed_engine=trace",
-        ] {
-            assert!(parse_filter(good).is_ok(), "{good}");
-        }
-        for bad in ["verbose", "infoo", "info,ringseed=loud", ""] {
-            assert!(parse_filter(bad).is_err(), "{bad}");
-        }
-    }
-}
-
 /// Installs the logger for the process with `directives`.
 pub fn init(directives: &str) -> anyhow::Result<LogLevel> {
     let filter =
@@ -82,4 +62,24 @@ pub fn init(directives: &str) -> anyhow::Result<LogLevel> {
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
     Ok(LogLevel(handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_filter;
+
+    #[test]
+    fn every_directive_names_a_level() {
+        for good in [
+            "info",
+            "warn,ringseed::daemon=debug",
+            "off",
+            "ringseed_engine=trace",
+        ] {
+            assert!(parse_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["verbose", "infoo", "info,ringseed=loud", ""] {
+            assert!(parse_filter(bad).is_err(), "{bad}");
+        }
+    }
 }
