@@ -99,6 +99,9 @@ counters! {
     rejected_requests: counter,
     /// Connections closed for breaking the protocol.
     protocol_errors: counter,
+    /// Connections whose first bytes were not a plain BitTorrent handshake
+    /// (mostly encrypted MSE attempts, which clients retry in plain text).
+    not_bittorrent: counter,
     /// ut_metadata pieces served.
     metadata_pieces_served: counter,
     /// Connections refused by a limit or dropped with their torrent.

@@ -628,7 +628,7 @@ impl Worker {
             let hs = match Handshake::decode(&conn.recv.buf[..conn.recv.len]) {
                 Ok(None) => return Ok(()),
                 Ok(Some(hs)) => hs,
-                Err(_) => return Err(CloseReason::Violation),
+                Err(_) => return Err(CloseReason::NotBitTorrent),
             };
             if conn.outgoing.is_some_and(|h| h != hs.info_hash) {
                 return Err(CloseReason::UnknownTorrent);
@@ -983,6 +983,7 @@ impl Worker {
             conn.closing = true;
             match reason {
                 Some(CloseReason::Violation) => self.delta.protocol_errors += 1,
+                Some(CloseReason::NotBitTorrent) => self.delta.not_bittorrent += 1,
                 Some(CloseReason::Limit | CloseReason::TorrentErrored | CloseReason::Banned) => {
                     self.delta.dropped_connections += 1
                 }
@@ -1511,6 +1512,9 @@ impl Drop for Worker {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CloseReason {
     Violation,
+    /// The first bytes were not a BitTorrent handshake (an encrypted MSE
+    /// handshake, which clients retry in plain text, or not BitTorrent).
+    NotBitTorrent,
     UnknownTorrent,
     PeerIsSeed,
     Limit,
