@@ -711,6 +711,14 @@ fn the_printed_default_config_is_valid() {
     std::fs::write(&path, &text).unwrap();
     let out = run_ok(ringseed().args(["config", "check"]).arg(&path));
     assert!(out.contains("valid"), "{out}");
+    // What `check` prints is a config too, giving the same settings.
+    let again = dir.path().join("effective.toml");
+    std::fs::write(&again, &out).unwrap();
+    let out2 = run_ok(ringseed().args(["config", "check"]).arg(&again));
+    assert_eq!(
+        out2.lines().skip(1).collect::<Vec<_>>(),
+        out.lines().skip(1).collect::<Vec<_>>()
+    );
     // Uncommenting the example sections gives a valid config too.
     let uncommented: String = text
         .lines()

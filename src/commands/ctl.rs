@@ -100,8 +100,9 @@ pub fn config(args: ConfigArgs) -> anyhow::Result<Exit> {
                 workers: None,
                 log_level: None,
             })?;
-            println!("{}: valid", file.display());
-            println!("{config:#?}");
+            // The settings in effect, environment overrides included.
+            println!("# {}: valid; the settings it gives:", file.display());
+            print!("{}", toml::to_string(&config)?);
         }
     }
     Ok(Exit::Success)

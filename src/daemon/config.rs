@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::cli::{parse_rate, DaemonArgs};
 
@@ -15,7 +15,7 @@ use crate::cli::{parse_rate, DaemonArgs};
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// BitTorrent listen address.
@@ -58,7 +58,7 @@ pub struct Config {
 }
 
 /// Limits of the data plane.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Bytes per second for the whole process (K/M/G suffixes); 0 is none.
@@ -75,7 +75,7 @@ pub struct Limits {
 }
 
 /// The built-in tracker.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Tracker {
     /// UDP and HTTP address of the tracker; empty: no tracker.
@@ -83,7 +83,7 @@ pub struct Tracker {
 }
 
 /// A directory of data: each file or directory in it becomes a torrent.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataDir {
     /// The directory.
@@ -104,7 +104,7 @@ pub struct DataDir {
 }
 
 /// A directory of .torrent files (as distributions publish them).
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TorrentDir {
     /// The directory.
