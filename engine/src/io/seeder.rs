@@ -43,7 +43,8 @@ pub struct SeedConfig {
     /// workers, each getting at least one.
     pub upload_slots: usize,
     /// Bytes per second for the whole process, 0 for unlimited; each worker
-    /// gets an equal share in its own token bucket.
+    /// has a token bucket whose share follows demand (see
+    /// `policy::rate_limit::worker_share`).
     pub max_upload_rate: u64,
     /// Connections for the whole process, 0 for unlimited.
     pub max_connections: usize,
@@ -235,6 +236,9 @@ pub struct Shared {
     pub heartbeats: Vec<AtomicU64>,
     /// The origin of `heartbeats`.
     pub epoch: Instant,
+    /// Whether worker *i* hit its upload bucket in its last second: the
+    /// rate limit's shares follow these (once a second, never per block).
+    pub rate_wanted: Vec<AtomicBool>,
     /// Set to stop the workers.
     pub stop: AtomicBool,
     /// Counters of worker *i*, written by it alone.
@@ -441,6 +445,7 @@ impl Seeder {
             messages: senders,
             heartbeats: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
+            rate_wanted: (0..workers).map(|_| AtomicBool::new(false)).collect(),
             stop: AtomicBool::new(false),
             worker_stats: (0..workers).map(|_| Counters::default()).collect(),
             limits: Limits::default(),

@@ -51,7 +51,7 @@ use crate::policy::choker::{Candidate, Choker, LeechChoker};
 use crate::policy::download::CompletePiece;
 use crate::policy::peer_session::{Event, PeerSession, SessionEnd, TorrentView};
 use crate::policy::picker::PeerKey;
-use crate::policy::rate_limit::TokenBucket;
+use crate::policy::rate_limit::{worker_share, TokenBucket};
 use crate::proto::info_hash::InfoHash;
 use crate::proto::wire::{self, Handshake, Reserved, PIECE_HEADER_LEN};
 use crate::stats::StatsDelta;
@@ -173,6 +173,8 @@ pub struct Worker {
     /// `messages`: finding a torrent never takes a lock.
     torrents: HashMap<InfoHash, Arc<Torrent>>,
     messages: crossbeam_channel::Receiver<WorkerMessage>,
+    /// Whether the upload bucket refused a send since the last housekeeping.
+    rate_wanted: bool,
     /// Unchoked peers per torrent as last added to the gauges.
     reported_unchoked: HashMap<*const Torrent, (Arc<Torrent>, i64)>,
 }
@@ -225,6 +227,7 @@ impl Worker {
             torrents,
             messages,
             reported_unchoked: HashMap::new(),
+            rate_wanted: false,
             peer_id: shared.peer_id,
             shared,
             config,
@@ -833,6 +836,7 @@ impl Worker {
                     break;
                 }
                 if !self.bucket.try_take(u64::from(req.length), now) {
+                    self.rate_wanted = true;
                     session.unpop_request(req);
                     throttled = true;
                     break;
@@ -1306,7 +1310,29 @@ impl Worker {
         }
     }
 
+    /// Moves this worker's share of the upload rate to where the demand is
+    /// (see `worker_share`).
+    fn rebalance_rate(&mut self) {
+        let rate = self.config.max_upload_rate;
+        if rate == 0 {
+            return;
+        }
+        let used = self.bucket.take_used();
+        let wanted = std::mem::take(&mut self.rate_wanted)
+            || used > rate.div_ceil(self.config.workers.max(1) as u64);
+        self.shared.rate_wanted[self.index].store(wanted, Ordering::Relaxed);
+        let wanting = self
+            .shared
+            .rate_wanted
+            .iter()
+            .filter(|w| w.load(Ordering::Relaxed))
+            .count();
+        self.bucket
+            .set_rate(worker_share(rate, self.config.workers, wanting, wanted));
+    }
+
     fn housekeeping(&mut self, now: Duration) {
+        self.rebalance_rate();
         if self.index == 0 {
             // One worker checks file sizes for everyone.
             for t in self.torrents.values() {
