@@ -135,6 +135,21 @@ pub struct Item {
 }
 
 impl Item {
+    /// A source just found: nothing known about it yet.
+    pub fn new(source: Source) -> Self {
+        Item {
+            source,
+            state: State::Waiting("new".into()),
+            fingerprint: Vec::new(),
+            torrent: None,
+            generation: 0,
+            settling_since: None,
+            parsed: None,
+            publish_error: None,
+            blocked_by: None,
+        }
+    }
+
     /// Voids the item's job, if one is queued or running (it stops hashing
     /// at its next batch, and its result is ignored).
     pub fn supersede(&mut self) {
@@ -598,20 +613,10 @@ mod tests {
 
     #[test]
     fn a_source_settles_only_after_its_stamps_stop_changing() {
-        let mut item = Item {
-            source: Source::TorrentFile {
-                path: "/x".into(),
-                data_dirs: Vec::new(),
-            },
-            state: State::Waiting(String::new()),
-            fingerprint: Vec::new(),
-            torrent: None,
-            generation: 0,
-            settling_since: None,
-            parsed: None,
-            publish_error: None,
-            blocked_by: None,
-        };
+        let mut item = Item::new(Source::TorrentFile {
+            path: "/x".into(),
+            data_dirs: Vec::new(),
+        });
         let a = vec![(PathBuf::from("/x"), None)];
         let b = vec![(
             PathBuf::from("/x"),

@@ -464,17 +464,10 @@ impl Daemon {
         }
         for source in desired {
             let key = source.path().to_path_buf();
-            let item = self.items.entry(key.clone()).or_insert_with(|| Item {
-                source: source.clone(),
-                state: State::Waiting("new".into()),
-                fingerprint: Vec::new(),
-                torrent: None,
-                generation: 0,
-                settling_since: None,
-                parsed: None,
-                publish_error: None,
-                blocked_by: None,
-            });
+            let item = self
+                .items
+                .entry(key.clone())
+                .or_insert_with(|| Item::new(source.clone()));
             if item.source != source {
                 // Its settings changed (e.g. trackers): make it again.
                 item.source = source;
