@@ -19,6 +19,8 @@ use serde_json::Value;
 struct Daemon {
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
+    /// Collects `log`; ends when the daemon's stderr closes.
+    log_reader: Option<std::thread::JoinHandle<()>>,
     socket: PathBuf,
     listen: SocketAddr,
     metrics: SocketAddr,
@@ -54,7 +56,7 @@ impl Daemon {
         let log = Arc::new(Mutex::new(Vec::new()));
         let lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
@@ -62,6 +64,7 @@ impl Daemon {
         let mut daemon = Daemon {
             child: Some(child),
             log,
+            log_reader: Some(log_reader),
             socket,
             listen: "0.0.0.0:0".parse().unwrap(),
             metrics: "0.0.0.0:0".parse().unwrap(),
@@ -158,7 +161,10 @@ impl Daemon {
         self.signal(libc::SIGTERM);
         let status = wait_exit(self.child.as_mut().unwrap(), Duration::from_secs(60));
         self.child = None;
-        std::thread::sleep(Duration::from_millis(100));
+        // Every line is in once its stderr has closed.
+        if let Some(reader) = self.log_reader.take() {
+            reader.join().unwrap();
+        }
         (status, self.log_text())
     }
 
@@ -423,14 +429,23 @@ fn reload_applies_a_new_connection_limit_live() {
     write_config(&config, "[limits]\nmax_connections_per_ip = 8\n");
     let mut daemon = Daemon::start(&state, &[&"--config", &config]);
     let listen = daemon.listen;
-    let connect_all = |n: usize| -> Vec<TcpStream> {
+    // Connections from `source`: a fresh address per batch, so the limit
+    // never depends on the last batch having closed.
+    let connect_all = |source: &str, n: usize| -> Vec<socket2::Socket> {
         (0..n)
-            .map(|_| TcpStream::connect(listen).unwrap())
+            .map(|_| {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .unwrap();
+                let from: SocketAddr = format!("{source}:0").parse().unwrap();
+                s.bind(&from.into()).unwrap();
+                s.connect(&listen.into()).unwrap();
+                s
+            })
             .collect()
     };
     let dropped = |s: &Value| s["totals"]["dropped_connections"].as_u64().unwrap();
     // Four connections from one address are within the limit of 8.
-    let open = connect_all(4);
+    let open = connect_all("127.0.0.2", 4);
     daemon.wait_status("accepting 4", |s| s["totals"]["connections_accepted"] == 4);
     assert_eq!(dropped(&daemon.status()), 0);
     drop(open);
@@ -438,9 +453,7 @@ fn reload_applies_a_new_connection_limit_live() {
     write_config(&config, "[limits]\nmax_connections_per_ip = 1\n");
     daemon.signal(libc::SIGHUP);
     daemon.wait_for_log("configuration reloaded");
-    // Connections still closing count against the limit: wait for them.
-    std::thread::sleep(Duration::from_millis(500));
-    let _open = connect_all(4);
+    let _open = connect_all("127.0.0.3", 4);
     // One is admitted, three are refused by the new limit.
     let status = daemon.wait_status("refusing 3 by the new limit", |s| dropped(s) >= 3);
     assert_eq!(dropped(&status), 3, "{status:#}");

@@ -323,16 +323,7 @@ fn tracker_peers(magnet: &MagnetLink, args: &DownloadArgs) -> Vec<SocketAddr> {
 }
 
 fn client_config(args: &DownloadArgs) -> anyhow::Result<ClientConfig> {
-    let roots_pem = match &args.tracker_ca {
-        Some(path) => {
-            Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
-        }
-        None => None,
-    };
-    Ok(ClientConfig {
-        roots_pem,
-        ..ClientConfig::default()
-    })
+    super::tracker_client_config(args.tracker_ca.as_deref())
 }
 
 /// Which files `--only` selects (all without it). Patterns match a file's

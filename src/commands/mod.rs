@@ -9,7 +9,13 @@ mod seed;
 mod tracker;
 mod verify;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ringseed_engine::io::announce::{AnnounceTarget, Announcer, ClientConfig, Transfer};
+use ringseed_engine::io::seeder::Seeder;
+use ringseed_engine::InfoHash;
 
 use crate::cli::{Cli, Command, Exit};
 
@@ -66,4 +72,44 @@ pub fn raise_open_file_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
+}
+
+/// The tracker client's settings: the built-in web PKI roots, or the
+/// certificates of `tracker_ca` (a tracker with its own CA).
+pub fn tracker_client_config(tracker_ca: Option<&Path>) -> anyhow::Result<ClientConfig> {
+    use anyhow::Context;
+    let roots_pem = tracker_ca
+        .map(|path| std::fs::read(path).with_context(|| format!("cannot read {}", path.display())))
+        .transpose()?;
+    Ok(ClientConfig {
+        roots_pem,
+        ..ClientConfig::default()
+    })
+}
+
+/// Announces `targets` (and any added later) for the torrents `seeder`
+/// serves: uploads are read from its counters, and the peers trackers
+/// return are dialed (leechers behind a NAT can only be reached that way).
+pub fn announce_seeding(
+    seeder: &Seeder,
+    targets: Vec<AnnounceTarget>,
+    config: ClientConfig,
+) -> anyhow::Result<Announcer> {
+    let observer = seeder.observer();
+    let transfer = Arc::new(move |h: &InfoHash| Transfer {
+        uploaded: observer
+            .torrent(h)
+            .map_or(0, |t| t.stats.snapshot().bytes_sent),
+        ..Transfer::default()
+    });
+    let dialer = seeder.dialer();
+    let on_peers = Arc::new(move |h: &InfoHash, peers: &[SocketAddr]| dialer.dial(*h, peers));
+    Ok(Announcer::start(
+        targets,
+        seeder.peer_id(),
+        seeder.local_addr().port(),
+        config,
+        transfer,
+        Some(on_peers),
+    )?)
 }

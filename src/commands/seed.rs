@@ -1,6 +1,5 @@
 //! `ringseed seed`: verify, then serve torrents until SIGINT or SIGTERM.
 
-use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::mpsc;
@@ -9,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ringseed_engine::create::{collect_files, create, CreateOptions};
-use ringseed_engine::io::announce::{AnnounceTarget, Announcer, ClientConfig, Transfer};
+use ringseed_engine::io::announce::{AnnounceTarget, Announcer};
 use ringseed_engine::io::files::DataPaths;
 use ringseed_engine::io::hasher::{thread_count, verify};
 use ringseed_engine::io::seeder::{SeedConfig, Seeder};
 use ringseed_engine::io::storage::Torrent;
 use ringseed_engine::io::tracker_server::TrackerConfig;
 use ringseed_engine::proto::layout::Layout;
-use ringseed_engine::{InfoHash, MagnetLink, Metainfo};
+use ringseed_engine::{MagnetLink, Metainfo};
 
 use super::{raise_open_file_limit, state_dir};
 use crate::cli::{Exit, SeedArgs};
@@ -174,38 +173,8 @@ fn start_announcer(
     if args.no_announce || targets.is_empty() {
         return Ok(None);
     }
-    let roots_pem = match &args.tracker_ca {
-        Some(path) => {
-            Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
-        }
-        None => None,
-    };
-    let by_hash: HashMap<InfoHash, Arc<Torrent>> = torrents
-        .iter()
-        .map(|t| (t.metainfo.info_hash, Arc::clone(t)))
-        .collect();
-    let transfer = Arc::new(move |h: &InfoHash| Transfer {
-        uploaded: by_hash.get(h).map_or(0, |t| t.stats.snapshot().bytes_sent),
-        ..Transfer::default()
-    });
-    let config = ClientConfig {
-        roots_pem,
-        ..ClientConfig::default()
-    };
-    // Peers the trackers return are dialed: leechers behind a NAT or
-    // firewall can only be reached that way.
-    let dialer = seeder.dialer();
-    let on_peers =
-        Arc::new(move |h: &InfoHash, peers: &[std::net::SocketAddr]| dialer.dial(*h, peers));
-    let announcer = Announcer::start(
-        targets,
-        seeder.peer_id(),
-        seeder.local_addr().port(),
-        config,
-        transfer,
-        Some(on_peers),
-    )?;
-    Ok(Some(announcer))
+    let config = super::tracker_client_config(args.tracker_ca.as_deref())?;
+    super::announce_seeding(seeder, targets, config).map(Some)
 }
 
 /// Blocks until SIGINT or SIGTERM.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ringseed_engine::create::CreateOptions;
-use ringseed_engine::io::announce::{AnnounceTarget, Announcer, ClientConfig, Transfer};
+use ringseed_engine::io::announce::{AnnounceTarget, Announcer};
 use ringseed_engine::io::files::{write_atomic, DataPaths};
 use ringseed_engine::io::hasher::thread_count;
 use ringseed_engine::io::seeder::{SeedConfig, Seeder};
@@ -121,7 +121,13 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
         None => None,
     };
     let announcer = if config.announce {
-        Some(start_announcer(&seeder)?)
+        // No torrent yet: they are added as they go live.
+        let client = crate::commands::tracker_client_config(None)?;
+        Some(crate::commands::announce_seeding(
+            &seeder,
+            Vec::new(),
+            client,
+        )?)
     } else {
         None
     };
@@ -192,28 +198,6 @@ fn seed_config(config: &Config) -> SeedConfig {
         max_connections_per_ip: config.limits.max_connections_per_ip,
         ..defaults
     }
-}
-
-/// The announcer, with no torrent yet: they are added as they go live.
-fn start_announcer(seeder: &Seeder) -> anyhow::Result<Announcer> {
-    let observer = seeder.observer();
-    let transfer = Arc::new(move |h: &InfoHash| Transfer {
-        uploaded: observer
-            .torrent(h)
-            .map_or(0, |t| t.stats.snapshot().bytes_sent),
-        ..Transfer::default()
-    });
-    let dialer = seeder.dialer();
-    let on_peers =
-        Arc::new(move |h: &InfoHash, peers: &[std::net::SocketAddr]| dialer.dial(*h, peers));
-    Ok(Announcer::start(
-        Vec::new(),
-        seeder.peer_id(),
-        seeder.local_addr().port(),
-        ClientConfig::default(),
-        transfer,
-        Some(on_peers),
-    )?)
 }
 
 fn spawn_signal_thread(events: mpsc::Sender<Event>) -> anyhow::Result<()> {
