@@ -924,8 +924,6 @@ impl Worker {
             return;
         };
         conn.send.in_flight = false;
-        // Its own torrent (not one by the same info-hash that replaced it).
-        let torrent = conn.torrent().cloned();
         let key = key as usize;
         if result < 0 {
             if result == -libc::EFAULT {
@@ -941,7 +939,9 @@ impl Worker {
         }
         let sent = result as usize;
         self.delta.bytes_sent += sent as u64;
-        if let Some(t) = &torrent {
+        // Counted to the connection's own torrent (not to one by the same
+        // info-hash that replaced it); disjoint fields, no `Arc` clone.
+        if let Some(t) = self.conns[key].torrent() {
             torrent_delta(&mut self.torrent_deltas, t).bytes_sent += sent as u64;
         }
         let conn = &mut self.conns[key];
@@ -967,7 +967,7 @@ impl Worker {
         conn.served_since_unchoke += block_bytes;
         conn.send.reset();
         self.delta.blocks_sent += blocks;
-        if let Some(t) = &torrent {
+        if let Some(t) = self.conns[key].torrent() {
             torrent_delta(&mut self.torrent_deltas, t).blocks_sent += blocks;
         }
         self.try_send(key);
