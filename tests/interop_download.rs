@@ -7,41 +7,22 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-struct Payload {
-    dir: tempfile::TempDir,
-    data: PathBuf,
-    torrent: PathBuf,
-}
-
 fn payload(len: usize, extra_create_args: &[&str]) -> Payload {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("seed/payload.iso");
-    write_data(&data, len, 31);
-    let torrent = dir.path().join("payload.torrent");
-    let args = [&["--piece-size", "256K"][..], extra_create_args].concat();
-    create_torrent(&data, &torrent, &args);
-    Payload { dir, data, torrent }
+    Payload::new(len, 31, "256K", extra_create_args)
 }
 
 impl Payload {
-    fn seed_dir(&self) -> PathBuf {
-        self.data.parent().unwrap().to_path_buf()
-    }
-
+    /// `ringseed download` of it into `out/`, checked, with no one banned.
     fn download(&self, source: &dyn AsRef<std::ffi::OsStr>, args: &[&dyn AsRef<std::ffi::OsStr>]) {
         let out = self.dir.path().join("out");
         let stdout = download_ok(source, &out, &self.dir.path().join("state"), args);
-        assert_eq!(
-            sha256(&out.join("payload.iso")),
-            sha256(&self.data),
-            "sha256 of the download"
-        );
+        self.assert_downloaded(&out);
         assert_eq!(summary(&stdout)["banned"], "-");
     }
 }

@@ -16,41 +16,19 @@ use std::time::{Duration, Instant};
 use common::*;
 use ringseed_engine::io::announce::{ClientConfig, TrackerClient};
 
-/// A file, its torrent, and where both live.
-struct Payload {
-    dir: tempfile::TempDir,
-    data: PathBuf,
-    torrent: PathBuf,
-}
-
 fn payload(len: usize, extra_create_args: &[&str]) -> Payload {
-    let dir = tempfile::tempdir().unwrap();
-    let seed_dir = dir.path().join("seed");
-    let data = seed_dir.join("payload.iso");
-    write_data(&data, len, 99);
-    let torrent = dir.path().join("payload.torrent");
-    let args = [&["--piece-size", "1M"][..], extra_create_args].concat();
-    create_torrent(&data, &torrent, &args);
-    Payload { dir, data, torrent }
+    Payload::new(len, 99, "1M", extra_create_args)
 }
 
 impl Payload {
     fn seed(&self) -> SeedProcess {
-        SeedProcess::start(&[&self.torrent, &"--data", &self.data.parent().unwrap()])
+        SeedProcess::start(&[&self.torrent, &"--data", &self.seed_dir()])
     }
 
     fn leech_dir(&self, name: &str) -> PathBuf {
         let d = self.dir.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
         d
-    }
-
-    fn assert_downloaded(&self, dir: &Path) {
-        assert_eq!(
-            sha256(&dir.join("payload.iso")),
-            sha256(&self.data),
-            "sha256 of the download"
-        );
     }
 }
 

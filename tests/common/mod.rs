@@ -683,3 +683,39 @@ pub fn wait_until_seeded(
         std::thread::park_timeout(std::time::Duration::from_millis(200));
     }
 }
+
+/// A file, its torrent, and where both live (a temporary directory):
+/// `seed/payload.iso` and `payload.torrent`.
+pub struct Payload {
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub torrent: PathBuf,
+}
+
+impl Payload {
+    /// `len` bytes made from `seed`, in a torrent of `piece_size` pieces
+    /// (made with `ringseed create` and `extra_create_args`).
+    pub fn new(len: usize, seed: u64, piece_size: &str, extra_create_args: &[&str]) -> Payload {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("seed/payload.iso");
+        write_data(&data, len, seed);
+        let torrent = dir.path().join("payload.torrent");
+        let args = [&["--piece-size", piece_size][..], extra_create_args].concat();
+        create_torrent(&data, &torrent, &args);
+        Payload { dir, data, torrent }
+    }
+
+    /// The directory that holds the data.
+    pub fn seed_dir(&self) -> PathBuf {
+        self.data.parent().unwrap().to_path_buf()
+    }
+
+    /// Checks that `dir` holds a copy of the data (sha256).
+    pub fn assert_downloaded(&self, dir: &Path) {
+        assert_eq!(
+            sha256(&dir.join("payload.iso")),
+            sha256(&self.data),
+            "sha256 of the download"
+        );
+    }
+}
