@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use io_uring::{cqueue, opcode, types, IoUring};
-use ringseed_engine::io::uring::conn::advance_iovecs as advance;
+use ringseed_engine::io::plane::conn::advance_iovecs as advance;
 
 const FILE_BYTES: usize = 64 << 20;
 const BLOCK: usize = 16 << 10;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use ringseed_engine::io::plane::IoMode;
 
 /// Exit statuses that scripts can rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +100,9 @@ pub struct DaemonArgs {
     /// Data-plane workers, 0 for one per core (`workers`).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// Data plane: auto, uring or epoll (`io`).
+    #[arg(long, value_name = "MODE")]
+    pub io: Option<IoMode>,
     /// Log level or directives (`log_level`).
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -187,6 +191,10 @@ pub struct DownloadArgs {
     /// Data-plane worker threads, each pinned to a core [default: one per core].
     #[arg(value_name = "N", long, env = "RINGSEED_WORKERS")]
     pub workers: Option<NonZeroUsize>,
+    /// Data plane: auto (io_uring where this host allows it, else epoll,
+    /// with a warning that says why), uring (or fail), or epoll.
+    #[arg(value_name = "MODE", long, default_value = "auto", env = "RINGSEED_IO")]
+    pub io: IoMode,
     /// Where resume data and torrents fetched from magnet links are kept
     /// [default: $XDG_STATE_HOME/ringseed or ~/.local/state/ringseed].
     #[arg(long, value_name = "DIR", env = "RINGSEED_STATE")]
@@ -446,6 +454,10 @@ pub struct SeedArgs {
     /// Data-plane worker threads, each pinned to a core [default: one per core].
     #[arg(value_name = "N", long, env = "RINGSEED_WORKERS")]
     pub workers: Option<NonZeroUsize>,
+    /// Data plane: auto (io_uring where this host allows it, else epoll,
+    /// with a warning that says why), uring (or fail), or epoll.
+    #[arg(value_name = "MODE", long, default_value = "auto", env = "RINGSEED_IO")]
+    pub io: IoMode,
     /// Where the data of .torrent arguments is: the directory that holds
     /// each torrent's file or top directory.
     #[arg(long, value_name = "DIR", env = "RINGSEED_DATA")]

@@ -98,6 +98,7 @@ pub fn config(args: ConfigArgs) -> anyhow::Result<Exit> {
                 metrics: None,
                 control_socket: None,
                 workers: None,
+                io: None,
                 log_level: None,
             })?;
             // The settings in effect, environment overrides included.

@@ -87,10 +87,15 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
             .map_or_else(|| SeedConfig::default().workers, |n| n.get()),
         leech_upload_slots: args.upload_slots,
         max_upload_rate: args.max_upload_rate,
+        io: args.io,
         ..SeedConfig::default()
     };
     let seeder = Seeder::start(config, vec![Arc::clone(&torrent)])?;
-    println!("listening on {}", seeder.local_addr());
+    println!(
+        "listening on {} ({} data plane)",
+        seeder.local_addr(),
+        seeder.data_plane()
+    );
     if start_have > 0 {
         println!(
             "resumed: {start_have} of {} pieces already verified",

@@ -59,6 +59,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
         max_connections: args.max_connections,
         max_connections_per_torrent: args.max_connections_per_torrent,
         max_connections_per_ip: args.max_connections_per_ip,
+        io: args.io,
         ..SeedConfig::default()
     };
     let workers = config.workers;
@@ -92,7 +93,8 @@ pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
         None => None,
     };
     let announcer = start_announcer(&args, &seeder, &torrents)?;
-    println!("listening on {addr}{family} with {workers} io_uring workers; Ctrl-C stops");
+    let plane = seeder.data_plane();
+    println!("listening on {addr}{family} with {workers} {plane} workers; Ctrl-C stops");
     std::io::stdout().flush()?;
 
     wait_for_signal(&seeder, announcer.as_ref())?;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use ringseed_engine::io::plane::IoMode;
+
 use crate::cli::{parse_rate, DaemonArgs};
 
 /// The commented default configuration, as `ringseed config default`
@@ -22,6 +24,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Data-plane workers; 0 is one per core.
     pub workers: usize,
+    /// The data plane: `auto` (io_uring where allowed, else epoll),
+    /// `uring` or `epoll`.
+    pub io: String,
     /// Where resume data and made torrents live; empty: `$STATE_DIRECTORY`,
     /// else the user's state directory.
     pub state_dir: PathBuf,
@@ -119,6 +124,7 @@ impl Default for Config {
         Config {
             listen: "[::]:6881".parse().expect("a valid address"),
             workers: 0,
+            io: "auto".into(),
             state_dir: PathBuf::new(),
             metrics: "127.0.0.1:9881".into(),
             control_socket: PathBuf::new(),
@@ -207,6 +213,9 @@ impl Config {
         if let Some(workers) = args.workers {
             self.workers = workers;
         }
+        if let Some(io) = args.io {
+            self.io = io.to_string();
+        }
         if let Some(level) = &args.log_level {
             self.log_level = level.clone();
         }
@@ -228,6 +237,11 @@ impl Config {
         }
     }
 
+    /// The data plane asked for.
+    pub fn io_mode(&self) -> anyhow::Result<IoMode> {
+        self.io.parse().map_err(|e| anyhow!("key `io`: {e}"))
+    }
+
     /// Checks what serde cannot: values that must parse or be non-empty.
     pub fn validate(&self) -> anyhow::Result<()> {
         if !self.metrics.is_empty() {
@@ -237,6 +251,7 @@ impl Config {
             self.tracker_addr()?;
         }
         self.socket_mode()?;
+        self.io_mode()?;
         crate::logging::parse_filter(&self.log_level)
             .map_err(|e| anyhow!("key `log_level`: {:?}: {e}", self.log_level))?;
         for (i, d) in self.data_dir.iter().enumerate() {
@@ -449,6 +464,7 @@ mod tests {
         for key in [
             "listen",
             "workers",
+            "io",
             "state_dir",
             "metrics",
             "control_socket",

@@ -191,6 +191,7 @@ fn seed_config(config: &Config) -> SeedConfig {
         } else {
             config.workers
         },
+        io: config.io_mode().unwrap_or_default(),
         upload_slots: config.limits.upload_slots,
         max_upload_rate: config.limits.max_upload_rate,
         max_connections: config.limits.max_connections,
@@ -1000,6 +1001,7 @@ impl Daemon {
             let fixed = [
                 ("listen", new.listen != self.config.listen),
                 ("workers", new.workers != self.config.workers),
+                ("io", new.io != self.config.io),
                 ("metrics", new.metrics != self.config.metrics),
                 (
                     "control_socket",

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::io::uring::worker::random_u64;
+use crate::io::plane::worker::random_u64;
 use crate::policy::tiers::TrackerTiers;
 use crate::proto::info_hash::InfoHash;
 use crate::proto::tracker::{

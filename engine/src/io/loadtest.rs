@@ -22,8 +22,8 @@ use hdrhistogram::Histogram;
 use io_uring::{opcode, types, IoUring};
 
 use crate::hash::{sha1, Sha1Digest};
-use crate::io::uring::worker::random_u64;
-use crate::io::uring::{cancel_all_and_wait, UserData};
+use crate::io::plane::worker::random_u64;
+use crate::io::plane::{uring::cancel_all_and_wait, UserData};
 use crate::policy::load_pattern::{LoadPattern, Pattern};
 use crate::policy::rate_limit::TokenBucket;
 use crate::proto::info_hash::InfoHash;

@@ -1,6 +1,7 @@
 //! Starting, observing and stopping the data plane: one pinned worker
-//! thread per core, each with its own io_uring and SO_REUSEPORT listener,
-//! sharing the torrents, and the pool that checks downloaded pieces.
+//! thread per core, each with its own io_uring (or epoll instance, where
+//! io_uring is blocked) and SO_REUSEPORT listener, sharing the torrents, and
+//! the pool that checks downloaded pieces.
 
 use std::collections::HashMap;
 use std::io;
@@ -14,8 +15,11 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::io::piece_check::{self, CheckJob, Checked};
+use crate::io::plane::epoll::Epoll;
+use crate::io::plane::uring::Uring;
+use crate::io::plane::worker::{random_u64, Worker};
+use crate::io::plane::{Backend, DataPlane, IoMode};
 use crate::io::storage::Torrent;
-use crate::io::uring::worker::{random_u64, Worker};
 use crate::policy::choker::ChokerConfig;
 use crate::policy::download::DownloadCounters;
 use crate::policy::peer_session::SessionConfig;
@@ -70,6 +74,9 @@ pub struct SeedConfig {
     pub max_half_open: usize,
     /// How long an outgoing connection may take to be established.
     pub connect_timeout: Duration,
+    /// Which data plane to run (io_uring, epoll, or the best this host
+    /// allows).
+    pub io: IoMode,
 }
 
 impl Default for SeedConfig {
@@ -91,6 +98,7 @@ impl Default for SeedConfig {
             request_timeout: Duration::from_secs(20),
             max_half_open: 32,
             connect_timeout: Duration::from_secs(10),
+            io: IoMode::Auto,
         }
     }
 }
@@ -126,14 +134,10 @@ impl SeedConfig {
 /// Why the data plane could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
-    /// io_uring cannot be used here.
-    #[error(
-        "io_uring is unavailable, and ringseed's data plane needs it. Check that the kernel \
-         is Linux 5.19 or newer, that `sysctl kernel.io_uring_disabled` is 0, that no seccomp \
-         profile blocks io_uring (Docker's default one does), and on kernels before 5.12 that \
-         RLIMIT_MEMLOCK (LimitMEMLOCK in systemd) allows the rings"
-    )]
-    IoUringUnavailable(#[source] io::Error),
+    /// The io_uring data plane was asked for (`--io uring`) and cannot run
+    /// here; the message says why and what to change.
+    #[error("the io_uring data plane cannot run here: {0}; or run with --io auto (or epoll)")]
+    IoUringUnavailable(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}")]
     Listen {
@@ -247,6 +251,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Our peer id.
     pub peer_id: [u8; 20],
+    /// The data plane the workers run.
+    pub data_plane: DataPlane,
     /// Wake-up eventfd of worker *i* (shutdown, peers to dial).
     pub wake_fds: Vec<OwnedFd>,
     /// Peers worker *i* should connect to (control path, never per block).
@@ -362,6 +368,8 @@ pub struct SeederStats {
     pub workers: Vec<StatsSnapshot>,
     /// Per torrent: info-hash, name, counters, error if it failed.
     pub torrents: Vec<TorrentStats>,
+    /// The data plane that runs.
+    pub data_plane: DataPlane,
 }
 
 /// A torrent's counters.
@@ -421,12 +429,20 @@ pub struct Seeder {
     local_addr: SocketAddr,
     ring_entries: u32,
     pin_workers: bool,
+    io: IoMode,
+    /// Why `auto` did not pick io_uring, if it did not.
+    fallback: Option<String>,
 }
 
 impl Seeder {
     /// Binds the listeners and starts the workers; returns once every
     /// worker has its ring and is accepting.
     pub fn start(config: SeedConfig, torrents: Vec<Arc<Torrent>>) -> Result<Self, SeedError> {
+        let (plane, fallback) =
+            crate::io::plane::choose(config.io).map_err(|e| SeedError::IoUringUnavailable(e.0))?;
+        if let Some(why) = &fallback {
+            tracing::warn!("running the epoll data plane: io_uring is unavailable: {why}");
+        }
         let workers = config.workers.max(1);
         let peer_id = new_peer_id();
         let wake_fds = (0..workers)
@@ -450,6 +466,7 @@ impl Seeder {
             worker_stats: (0..workers).map(|_| Counters::default()).collect(),
             limits: Limits::default(),
             peer_id,
+            data_plane: plane,
             wake_fds,
             dial_queues: (0..workers).map(|_| Mutex::default()).collect(),
             checked: (0..workers).map(|_| Mutex::default()).collect(),
@@ -482,6 +499,8 @@ impl Seeder {
             local_addr: addr,
             ring_entries: config.ring_entries,
             pin_workers: config.pin_workers,
+            io: config.io,
+            fallback: fallback.map(|why| why.0),
         };
         for ((index, listener), messages) in listeners.into_iter().enumerate().zip(receivers) {
             let wake_raw = shared.wake_fds[index].as_raw_fd();
@@ -499,20 +518,21 @@ impl Seeder {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    let worker = Worker::new(
-                        index, listener, wake_raw, shared, config, check_tx, messages,
-                    )
-                    .and_then(|mut w| w.check_accept().map(|()| w));
-                    match worker {
-                        Ok(worker) => {
-                            let _ = ready.send(Ok(()));
-                            worker.run()
+                    let parts = WorkerParts {
+                        index,
+                        listener,
+                        wake_fd: wake_raw,
+                        shared,
+                        config,
+                        check_tx,
+                        messages,
+                    };
+                    match plane {
+                        DataPlane::Uring => {
+                            let entries = parts.config.ring_entries;
+                            run_worker(Uring::new(entries), parts, ready)
                         }
-                        Err(e) => {
-                            let kind = e.kind();
-                            let _ = ready.send(Err(e));
-                            Err(io::Error::from(kind))
-                        }
+                        DataPlane::Epoll => run_worker(Epoll::new(), parts, ready),
                     }
                 })
                 .map_err(|source| SeedError::Worker { index, source })?;
@@ -525,12 +545,28 @@ impl Seeder {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     let _ = seeder.stop_workers();
-                    return Err(SeedError::IoUringUnavailable(e));
+                    return Err(match plane {
+                        DataPlane::Uring => SeedError::IoUringUnavailable(e.to_string()),
+                        DataPlane::Epoll => SeedError::Worker {
+                            index: 0,
+                            source: e,
+                        },
+                    });
                 }
                 Err(_) => break,
             }
         }
         Ok(seeder)
+    }
+
+    /// The data plane that runs.
+    pub fn data_plane(&self) -> DataPlane {
+        self.shared.data_plane
+    }
+
+    /// Why `--io auto` runs epoll rather than io_uring, if it does.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback.as_deref()
     }
 
     /// The address the workers listen on (with the real port if 0 was asked).
@@ -590,6 +626,7 @@ impl Seeder {
             workers: self.shared.messages.len(),
             ring_entries: self.ring_entries,
             pin_workers: self.pin_workers,
+            io: self.io,
             ..config
         });
         self.shared
@@ -683,6 +720,7 @@ impl Observer {
             total,
             workers,
             torrents,
+            data_plane: self.shared.data_plane,
         }
     }
 
@@ -705,6 +743,50 @@ impl Observer {
 impl Drop for Seeder {
     fn drop(&mut self) {
         let _ = self.stop_workers();
+    }
+}
+
+/// What a worker thread is given to build its worker on its backend.
+struct WorkerParts {
+    index: usize,
+    listener: OwnedFd,
+    wake_fd: std::os::fd::RawFd,
+    shared: Arc<Shared>,
+    config: Arc<SeedConfig>,
+    check_tx: crossbeam_channel::Sender<CheckJob>,
+    messages: crossbeam_channel::Receiver<WorkerMessage>,
+}
+
+/// Builds a worker on `backend` (created on this thread), reports whether it
+/// is ready, and runs it.
+fn run_worker<B: Backend>(
+    backend: io::Result<B>,
+    parts: WorkerParts,
+    ready: std::sync::mpsc::Sender<io::Result<()>>,
+) -> io::Result<()> {
+    let worker = backend.and_then(|backend| {
+        let mut worker = Worker::new(
+            parts.index,
+            backend,
+            parts.listener,
+            parts.wake_fd,
+            parts.shared,
+            parts.config,
+            parts.check_tx,
+            parts.messages,
+        );
+        worker.check_accept().map(|()| worker)
+    });
+    match worker {
+        Ok(worker) => {
+            let _ = ready.send(Ok(()));
+            worker.run()
+        }
+        Err(e) => {
+            let kind = e.kind();
+            let _ = ready.send(Err(e));
+            Err(io::Error::from(kind))
+        }
     }
 }
 

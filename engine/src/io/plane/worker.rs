@@ -38,11 +38,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use super::conn::{Conn, Phase};
-use super::UserData;
+use super::{Backend, Completion, Op, UserData};
 use crate::io::piece_check::CheckJob;
 use crate::io::seeder::{SeedConfig, Shared, WorkerMessage};
 use crate::io::storage::Torrent;
@@ -128,10 +127,10 @@ struct LeechProgress {
     complete: bool,
 }
 
-/// A worker and everything it owns.
-pub struct Worker {
+/// A worker and everything it owns, on either backend.
+pub struct Worker<B: Backend> {
     index: usize,
-    ring: IoUring,
+    backend: B,
     listener: OwnedFd,
     conns: Slab<Conn>,
     next_generation: u32,
@@ -140,8 +139,6 @@ pub struct Worker {
     choker: Choker,
     leech_choker: LeechChoker,
     bucket: TokenBucket,
-    /// The timer's timespec: read by the kernel while the timeout is armed.
-    tick_spec: Box<types::Timespec>,
     /// Where the wake-up eventfd read lands.
     wake_buf: Box<u64>,
     wake_fd: RawFd,
@@ -158,8 +155,8 @@ pub struct Worker {
     torrent_deltas: HashMap<InfoHash, (Arc<Torrent>, StatsDelta)>,
     rng: u64,
     peer_id: [u8; 20],
-    /// Completions reaped while the submission queue was full (see `push`).
-    backlog: Vec<(u64, i32, u32)>,
+    /// Completions taken before `run` (by `check_accept`).
+    early: Vec<Completion>,
     /// Complete pieces go here to be checked.
     check_tx: crossbeam_channel::Sender<CheckJob>,
     /// Verified pieces being written.
@@ -179,33 +176,33 @@ pub struct Worker {
     reported_unchoked: HashMap<*const Torrent, (Arc<Torrent>, i64)>,
 }
 
-impl Worker {
-    /// Creates the worker's ring on the calling thread (which must be the
-    /// worker thread: the ring is single-issuer).
+impl<B: Backend> Worker<B> {
+    /// A worker on `backend`, which must have been created on the calling
+    /// thread (the worker thread: a ring is single-issuer).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         index: usize,
+        backend: B,
         listener: OwnedFd,
         wake_fd: RawFd,
         shared: Arc<Shared>,
         config: Arc<SeedConfig>,
         check_tx: crossbeam_channel::Sender<CheckJob>,
         messages: crossbeam_channel::Receiver<WorkerMessage>,
-    ) -> io::Result<Self> {
-        let ring = build_ring(config.ring_entries)?;
+    ) -> Self {
         let now = Duration::ZERO;
         let workers = config.workers.max(1) as u64;
         let rate_share = config.max_upload_rate.div_ceil(workers);
         let torrents = shared.catalog().clone();
-        Ok(Worker {
+        Worker {
             index,
-            ring,
+            backend,
             listener,
             conns: Slab::with_capacity(1024),
             next_generation: 1,
             choker: Choker::new(config.choker_share(index)),
             leech_choker: LeechChoker::new(config.leech_slots_share(index)),
             bucket: TokenBucket::new(rate_share, now),
-            tick_spec: Box::new(types::Timespec::from(TICK)),
             wake_buf: Box::new(0),
             wake_fd,
             started: Instant::now(),
@@ -218,7 +215,7 @@ impl Worker {
             delta: StatsDelta::default(),
             torrent_deltas: HashMap::new(),
             rng: random_u64() | 1,
-            backlog: Vec::new(),
+            early: Vec::new(),
             check_tx,
             writes: Slab::new(),
             leeching: HashMap::new(),
@@ -231,7 +228,7 @@ impl Worker {
             peer_id: shared.peer_id,
             shared,
             config,
-        })
+        }
     }
 
     fn now(&self) -> Duration {
@@ -242,12 +239,13 @@ impl Worker {
     /// kernels before 5.19 refuse it at once with `EINVAL`.
     pub fn check_accept(&mut self) -> io::Result<()> {
         self.arm_accept();
-        self.ring.submit()?;
-        let refused = self
-            .ring
-            .completion()
-            .find(|c| UserData::unpack(c.user_data()) == UserData::Accept && c.result() < 0)
-            .map(|c| c.result());
+        let mut early = Vec::new();
+        self.backend.wait(&mut early, false)?;
+        let refused = early
+            .iter()
+            .find(|c| UserData::unpack(c.user_data) == UserData::Accept && c.result < 0)
+            .map(|c| c.result);
+        self.early = early;
         if let Some(result) = refused {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -267,25 +265,15 @@ impl Worker {
         }
         self.arm_tick();
         self.arm_wake();
-        let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
+        let mut completions: Vec<Completion> = std::mem::take(&mut self.early);
+        completions.reserve(1024);
         loop {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                // The completion queue is full: drain it below, then retry.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-                Err(e) => return Err(e),
+            if completions.is_empty() {
+                self.backend.wait(&mut completions, true)?;
             }
-            completions.clear();
-            completions.append(&mut self.backlog);
-            completions.extend(
-                self.ring
-                    .completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
             self.delta.ring_completions += completions.len() as u64;
-            for &(data, result, flags) in &completions {
-                self.complete(UserData::unpack(data), result, flags);
+            for c in std::mem::take(&mut completions) {
+                self.complete(UserData::unpack(c.user_data), c.result, c.more);
             }
             if self.shutting_down && self.in_flight == 0 {
                 self.flush_stats();
@@ -294,64 +282,54 @@ impl Worker {
         }
     }
 
-    /// Queues an SQE, submitting first if the queue is full.
-    fn push(&mut self, entry: squeue::Entry) {
-        loop {
-            // SAFETY: every entry is built by this module from buffers that
-            // live until its completion is handled (see `conn` docs and the
-            // `Box`ed timespec and wake buffer of `Worker`); `Drop` waits for
-            // every op still in flight if `run` ends early.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                self.in_flight += 1;
-                self.delta.ring_submissions += 1;
-                return;
-            }
-            if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() == Some(libc::EBUSY) {
-                    // The completion queue is full: move its entries aside
-                    // (handled after the current batch) so the kernel can
-                    // post more and take our submissions.
-                    let reaped = self
-                        .ring
-                        .completion()
-                        .map(|c| (c.user_data(), c.result(), c.flags()));
-                    self.backlog.extend(reaped);
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-        }
+    /// Hands an op to the backend.
+    ///
+    /// # Safety
+    ///
+    /// As [`Backend::push`]: what `op` points to lives, unmoved, until its
+    /// completion is handled. Every op of this module points into a
+    /// connection's heap buffers (see `conn`'s docs: not moved, resized or
+    /// freed while the op's `in_flight` flag is set), the boxed wake buffer,
+    /// or a piece write owned by `writes` until its completion; `Drop` waits
+    /// for every op still in flight if `run` ends early.
+    unsafe fn push(&mut self, op: Op, data: UserData) {
+        // SAFETY: the caller's contract, which is `Backend::push`'s.
+        unsafe { self.backend.push(op, data.pack()) };
+        self.in_flight += 1;
+        self.delta.ring_submissions += 1;
     }
 
     fn arm_accept(&mut self) {
         if self.shutting_down {
             return;
         }
-        let entry = opcode::AcceptMulti::new(types::Fd(self.listener.as_raw_fd()))
-            .build()
-            .user_data(UserData::Accept.pack());
-        self.push(entry);
+        let listener = self.listener.as_raw_fd();
+        // SAFETY: the listener lives as long as the worker.
+        unsafe { self.push(Op::Accept { listener }, UserData::Accept) };
         self.accept_armed = true;
     }
 
     fn arm_tick(&mut self) {
-        let entry = opcode::Timeout::new(&*self.tick_spec)
-            .build()
-            .user_data(UserData::Tick.pack());
-        self.push(entry);
+        // SAFETY: a timeout points to nothing of ours.
+        unsafe { self.push(Op::Timeout { after: TICK }, UserData::Tick) };
     }
 
     fn arm_wake(&mut self) {
         let buf: *mut u64 = &mut *self.wake_buf;
-        let entry = opcode::Read::new(types::Fd(self.wake_fd), buf.cast(), 8)
-            .build()
-            .user_data(UserData::Wake.pack());
-        self.push(entry);
+        let op = Op::Read {
+            fd: self.wake_fd,
+            buf: buf.cast(),
+            len: 8,
+        };
+        // SAFETY: `wake_buf` is boxed and lives as long as the worker (and
+        // is leaked by `Drop` if its read cannot be waited for); the eventfd
+        // outlives every worker.
+        unsafe { self.push(op, UserData::Wake) };
     }
 
-    fn complete(&mut self, data: UserData, result: i32, flags: u32) {
+    fn complete(&mut self, data: UserData, result: i32, more: bool) {
         // A multishot accept stays in flight while `more` is set.
-        let still_armed = matches!(data, UserData::Accept) && cqueue::more(flags);
+        let still_armed = matches!(data, UserData::Accept) && more;
         if !still_armed {
             self.in_flight -= 1;
         }
@@ -489,24 +467,22 @@ impl Worker {
             let mut conn = Conn::new(socket.into(), generation, addr, now);
             conn.outgoing = Some(info_hash);
             let target = Box::new(socket2::SockAddr::from(addr));
-            let entry = opcode::Connect::new(
-                types::Fd(conn.fd.as_raw_fd()),
-                target.as_ptr().cast(),
-                target.len(),
-            );
+            let op = Op::Connect {
+                fd: conn.fd.as_raw_fd(),
+                addr: target.as_ptr().cast(),
+                len: target.len(),
+            };
             conn.connect_to = Some(target);
             conn.connect_in_flight = true;
             self.half_open += 1;
             let key = self.conns.insert(conn);
-            self.push(
-                entry.build().user_data(
-                    UserData::Connect {
-                        key: key as u32,
-                        generation,
-                    }
-                    .pack(),
-                ),
-            );
+            let data = UserData::Connect {
+                key: key as u32,
+                generation,
+            };
+            // SAFETY: the address is boxed in `connect_to`, kept until the
+            // connect completes (`connect_in_flight`).
+            unsafe { self.push(op, data) };
         }
     }
 
@@ -551,18 +527,19 @@ impl Worker {
         }
         let spare = conn.recv.buf.len() - conn.recv.len;
         debug_assert!(spare > 0);
-        let ptr = conn.recv.buf[conn.recv.len..].as_mut_ptr();
-        let entry = opcode::Recv::new(types::Fd(conn.fd.as_raw_fd()), ptr, spare as u32)
-            .build()
-            .user_data(
-                UserData::Recv {
-                    key: key as u32,
-                    generation: conn.generation,
-                }
-                .pack(),
-            );
+        let op = Op::Recv {
+            fd: conn.fd.as_raw_fd(),
+            buf: conn.recv.buf[conn.recv.len..].as_mut_ptr(),
+            len: spare as u32,
+        };
+        let data = UserData::Recv {
+            key: key as u32,
+            generation: conn.generation,
+        };
         conn.recv.in_flight = true;
-        self.push(entry);
+        // SAFETY: `recv.buf[len..]` is lent to the kernel while
+        // `recv.in_flight` is set: not moved, resized or read until then.
+        unsafe { self.push(op, data) };
     }
 
     fn conn_mut(&mut self, key: u32, generation: u32) -> Option<&mut Conn> {
@@ -898,25 +875,23 @@ impl Worker {
 
     fn submit_send(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        let cold = conn.send.cold;
         conn.send.prepare();
-        let mut entry = opcode::SendMsg::new(types::Fd(conn.fd.as_raw_fd()), &*conn.send.msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(
-                UserData::Send {
-                    key: key as u32,
-                    generation: conn.generation,
-                }
-                .pack(),
-            );
-        if cold {
-            // Pages are being read from disk: let an io-wq thread wait for
-            // them instead of this worker.
-            entry = entry.flags(squeue::Flags::ASYNC);
-        }
+        let op = Op::SendMsg {
+            fd: conn.fd.as_raw_fd(),
+            msg: &*conn.send.msg,
+            // Pages are being read from disk: the backend waits for them
+            // off this thread.
+            cold: conn.send.cold,
+        };
+        let data = UserData::Send {
+            key: key as u32,
+            generation: conn.generation,
+        };
         conn.send.in_flight = true;
-        self.push(entry);
+        // SAFETY: the msghdr, iovecs, headers and control bytes are the
+        // connection's heap buffers, untouched while `send.in_flight` is
+        // set; `send.torrent` keeps the mapping alive.
+        unsafe { self.push(op, data) };
     }
 
     fn on_send(&mut self, key: u32, generation: u32, result: i32) {
@@ -1009,14 +984,17 @@ impl Worker {
                     key: key as u32,
                     generation: conn.generation,
                 };
-                let cancel = opcode::AsyncCancel::new(target.pack())
-                    .build()
-                    .user_data(UserData::Ignore.pack());
-                self.push(cancel);
+                let op = Op::Cancel {
+                    target: target.pack(),
+                    fd: conn.fd.as_raw_fd(),
+                };
+                // SAFETY: a cancellation points to nothing of ours.
+                unsafe { self.push(op, UserData::Ignore) };
             }
             return;
         }
         let conn = self.conns.remove(key);
+        self.backend.forget_fd(conn.fd.as_raw_fd());
         self.shared.limits.leave(conn.addr.ip());
         if let Phase::Active {
             torrent,
@@ -1115,18 +1093,20 @@ impl Worker {
         let (fd, file_offset, at, len) = w.segments[segment];
         // The buffer is `w.piece.data`, owned by `self.writes` until every
         // write of the piece has completed (`finish_write`).
-        let entry = opcode::Write::new(types::Fd(fd), w.piece.data[at..].as_ptr(), len as u32)
-            .offset(file_offset)
-            .build()
-            .user_data(
-                UserData::Write {
-                    key: key as u32,
-                    segment: segment as u32,
-                }
-                .pack(),
-            );
+        let op = Op::Write {
+            fd,
+            buf: w.piece.data[at..].as_ptr(),
+            len: len as u32,
+            offset: file_offset,
+        };
+        let data = UserData::Write {
+            key: key as u32,
+            segment: segment as u32,
+        };
         w.in_flight += 1;
-        self.push(entry);
+        // SAFETY: the piece's buffer is owned by `writes` until every write
+        // of it has completed; its torrent's `Arc` keeps the file open.
+        unsafe { self.push(op, data) };
     }
 
     fn on_write(&mut self, key: usize, segment: usize, result: i32) {
@@ -1495,10 +1475,12 @@ impl Worker {
         }
         self.shutting_down = true;
         if self.accept_armed {
-            let entry = opcode::AsyncCancel::new(UserData::Accept.pack())
-                .build()
-                .user_data(UserData::Ignore.pack());
-            self.push(entry);
+            let op = Op::Cancel {
+                target: UserData::Accept.pack(),
+                fd: self.listener.as_raw_fd(),
+            };
+            // SAFETY: a cancellation points to nothing of ours.
+            unsafe { self.push(op, UserData::Ignore) };
         }
         // The pending tick completes within one period; nothing re-arms it.
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
@@ -1508,7 +1490,7 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
+impl<B: Backend> Drop for Worker<B> {
     /// A worker leaves `run` with ops in flight only on an error or a panic;
     /// those ops point into buffers owned here. Cancel them all and wait for
     /// their completions before anything is freed; if even that fails, leak
@@ -1521,13 +1503,9 @@ impl Drop for Worker {
             // SAFETY: shutting down sockets we own; nothing is freed here.
             unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
         }
-        self.in_flight = super::cancel_all_and_wait(&mut self.ring, self.in_flight);
+        self.in_flight = self.backend.cancel_all_and_wait(self.in_flight);
         if self.in_flight > 0 {
             std::mem::forget(std::mem::take(&mut self.conns));
-            std::mem::forget(std::mem::replace(
-                &mut self.tick_spec,
-                Box::new(types::Timespec::new()),
-            ));
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
             std::mem::forget(std::mem::take(&mut self.writes));
         }
@@ -1556,19 +1534,6 @@ enum CloseReason {
 /// extension message (metadata requests are tiny; handshakes a few KiB).
 fn max_frame_len(torrent: &Torrent) -> u32 {
     (torrent.layout.num_pieces().div_ceil(8) + 1).max(64 << 10)
-}
-
-fn build_ring(entries: u32) -> io::Result<IoUring> {
-    // SINGLE_ISSUER + DEFER_TASKRUN: completions are processed only when we
-    // ask, on this thread, with no IPIs (Linux 6.1+). Older kernels get a
-    // plain ring.
-    IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_cqsize(entries * 4)
-        .build(entries)
-        .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))
-        .or_else(|_| IoUring::new(entries))
 }
 
 fn peer_addr(fd: &OwnedFd) -> Option<SocketAddr> {
