@@ -38,20 +38,30 @@ impl Daemon {
         args: &[&dyn AsRef<std::ffi::OsStr>],
         env: &[(&str, &dyn AsRef<std::ffi::OsStr>)],
     ) -> Daemon {
-        let socket = state.join("control.sock");
         let mut cmd = ringseed();
+        cmd.env_remove("NOTIFY_SOCKET");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::start_from(cmd, state, args)
+    }
+
+    /// Like `start`, from `cmd` (the `ringseed` binary, set up as the caller
+    /// wants).
+    fn start_from(
+        mut cmd: std::process::Command,
+        state: &Path,
+        args: &[&dyn AsRef<std::ffi::OsStr>],
+    ) -> Daemon {
+        let socket = state.join("control.sock");
         cmd.arg("daemon")
             .arg("--state")
             .arg(state)
             .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
             .args(["--workers", "2"])
             .args(args)
-            .env_remove("NOTIFY_SOCKET")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
         let mut child = cmd.spawn().expect("start the daemon");
         let log = Arc::new(Mutex::new(Vec::new()));
         let lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -377,7 +387,6 @@ fn sd_notify_messages_come_in_order() {
         ("WATCHDOG_USEC", &"1000000"),
     ];
     let mut daemon = Daemon::start_with(&state, &[], env);
-    // `start_with` removes NOTIFY_SOCKET first; `env` sets it again.
     let mut messages: Vec<String> = Vec::new();
     let receive_until = |wanted: &str, messages: &mut Vec<String>| {
         let mut buf = [0u8; 4096];
@@ -894,4 +903,51 @@ fn sources_that_would_publish_the_same_name_and_ambiguous_removals_are_refused()
     assert_eq!(info_json(&published)["info_hash"], hash.as_str());
     let (exit, log) = daemon.stop();
     assert!(exit.success(), "{log}");
+}
+
+#[test]
+#[ignore = "interop: needs python3-libtorrent (scripts/test runs it)"]
+fn under_a_seccomp_filter_that_blocks_io_uring_the_daemon_serves_on_epoll() {
+    require_libtorrent();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, publish, state) = (
+        dir.path().join("data"),
+        dir.path().join("pub"),
+        dir.path().join("state"),
+    );
+    std::fs::create_dir_all(&data).unwrap();
+    let config = dir.path().join("ringseed.toml");
+    write_config(
+        &config,
+        &format!("settle_secs = 1\n[[data_dir]]\npath = {data:?}\npublish = {publish:?}\n"),
+    );
+    let mut cmd = ringseed();
+    // As in a Docker 25+ container with the default profile.
+    deny_io_uring(&mut cmd)
+        .env_remove("RINGSEED_IO")
+        .env_remove("NOTIFY_SOCKET");
+    let mut daemon = Daemon::start_from(cmd, &state, &[&"--config", &config]);
+    let warning = daemon.wait_for_log("running the epoll data plane");
+    assert!(warning.contains("seccomp"), "{warning}");
+    assert!(daemon.log_text().contains("epoll data plane"));
+
+    let iso = publish_like_rsync(&data, "distro.iso", 6 << 20, 3);
+    daemon.wait_for_log("seeding distro.iso");
+    let out = tempfile::tempdir().unwrap();
+    let torrent = publish.join("distro.iso.torrent");
+    wait_leecher(spawn_lt_leecher(
+        &torrent,
+        out.path(),
+        Some(daemon.listen),
+        "127.0.0.2",
+    ));
+    assert_eq!(sha256(&out.path().join("distro.iso")), sha256(&iso));
+
+    let status = daemon.status();
+    assert_eq!(status["data_plane"], "epoll", "{status:#}");
+    let why = status["data_plane_fallback"].as_str().unwrap();
+    assert!(why.contains("forbidden"), "{why}");
+    let metrics = daemon.http_get("/metrics");
+    assert!(metrics.contains("ringseed_data_plane{plane=\"epoll\"} 1"));
+    assert!(daemon.stop().0.success());
 }

@@ -52,6 +52,7 @@ fn loopback_config() -> SeedConfig {
     SeedConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         workers: 2,
+        io: common::data_plane_under_test(),
         ..Default::default()
     }
 }

@@ -91,11 +91,8 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
         ..SeedConfig::default()
     };
     let seeder = Seeder::start(config, vec![Arc::clone(&torrent)])?;
-    println!(
-        "listening on {} ({} data plane)",
-        seeder.local_addr(),
-        seeder.data_plane()
-    );
+    println!("data plane: {}", seeder.data_plane());
+    println!("listening on {}", seeder.local_addr());
     if start_have > 0 {
         println!(
             "resumed: {start_have} of {} pieces already verified",

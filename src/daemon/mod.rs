@@ -173,9 +173,10 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
     daemon.scan();
     let addr = daemon.seeder.local_addr();
     info!(
-        "listening on {addr}; control socket {}{}",
+        "listening on {addr}; control socket {}{}; {} data plane",
         daemon.control_path.display(),
-        metrics.map_or_else(String::new, |m| format!("; metrics on http://{m}/metrics"))
+        metrics.map_or_else(String::new, |m| format!("; metrics on http://{m}/metrics")),
+        daemon.seeder.data_plane()
     );
     daemon.systemd.ready(&daemon.status_line());
     daemon.run(events)
@@ -1215,6 +1216,8 @@ impl Daemon {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: self.started.elapsed().as_secs(),
             listen: self.seeder.local_addr().to_string(),
+            data_plane: self.seeder.data_plane().to_string(),
+            data_plane_fallback: self.seeder.fallback_reason().map(str::to_owned),
             totals: figures(&stats.total),
             workers: stats
                 .workers
@@ -1250,14 +1253,15 @@ impl Daemon {
         let total = self.seeder.stats().total;
         let states: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
         format!(
-            "{} | {} peers | sent {}",
+            "{} | {} peers | sent {} | {} data plane",
             if states.is_empty() {
                 "no torrents".to_owned()
             } else {
                 states.join(", ")
             },
             total.peers,
-            crate::display::human_bytes(total.bytes_sent)
+            crate::display::human_bytes(total.bytes_sent),
+            self.seeder.data_plane()
         )
     }
 

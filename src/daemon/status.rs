@@ -16,6 +16,10 @@ pub struct Status {
     pub uptime_secs: u64,
     /// The BitTorrent listen address.
     pub listen: String,
+    /// The data plane that runs: `uring` or `epoll`.
+    pub data_plane: String,
+    /// Why `io = "auto"` runs epoll, if it does.
+    pub data_plane_fallback: Option<String>,
     /// Sums over the workers.
     pub totals: Figures,
     /// Per worker.
@@ -257,6 +261,22 @@ impl Status {
             "Watched directories that cannot be read.",
             &[(String::new(), self.directory_errors.len() as f64)],
         );
+        let planes: Vec<(String, f64)> = ["uring", "epoll"]
+            .iter()
+            .map(|p| {
+                (
+                    format!("plane=\"{p}\""),
+                    f64::from(u8::from(self.data_plane == *p)),
+                )
+            })
+            .collect();
+        family(
+            &mut out,
+            "ringseed_data_plane",
+            "gauge",
+            "The data plane that runs (1) and the one that does not (0).",
+            &planes,
+        );
         family(
             &mut out,
             "ringseed_uptime_seconds",
@@ -280,6 +300,7 @@ mod tests {
             ..StatsSnapshot::default()
         };
         let status = Status {
+            data_plane: "epoll".into(),
             totals: figures(&snapshot),
             workers: vec![WorkerStatus {
                 index: 0,
@@ -305,6 +326,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ringseed_torrents{state=\"seeding\"} 1\n"));
+        assert!(text.contains("ringseed_data_plane{plane=\"epoll\"} 1\n"));
+        assert!(text.contains("ringseed_data_plane{plane=\"uring\"} 0\n"));
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();

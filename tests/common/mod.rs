@@ -121,6 +121,56 @@ pub fn info_json(torrent: &Path) -> serde_json::Value {
     serde_json::from_str(&out).expect("info --json prints JSON")
 }
 
+/// The data plane that in-process tests ask for: `RINGSEED_IO` (as the
+/// `ringseed` processes they start read it), so `scripts/test` runs the
+/// suites on both planes; `auto` when unset.
+pub fn data_plane_under_test() -> ringseed_engine::io::plane::IoMode {
+    std::env::var("RINGSEED_IO")
+        .map(|v| v.parse().expect("RINGSEED_IO is auto, uring or epoll"))
+        .unwrap_or_default()
+}
+
+/// Makes `cmd` run under a seccomp filter that fails `io_uring_setup`,
+/// `io_uring_enter` and `io_uring_register` with EPERM, as Docker's default
+/// profile (Docker 25 and later) does. Syscalls 425 to 427 are the io_uring
+/// calls on every architecture.
+pub fn deny_io_uring(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    const LOAD_NR: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+    const JGT: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let program = [
+        // seccomp_data.nr is at offset 0.
+        insn(LOAD_NR, 0, 0, 0),
+        insn(JGE, 0, 2, 425),
+        insn(JGT, 1, 0, 427),
+        insn(RET, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        insn(RET, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: runs in the child between fork and exec and only makes two
+    // prctl calls (async-signal-safe) on data that lives in this closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: program.len() as u16,
+                filter: program.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A `ringseed seed` process, stopped with SIGINT (by its PID) when dropped.
 pub struct SeedProcess {
     child: Option<std::process::Child>,
@@ -141,8 +191,17 @@ impl SeedProcess {
 
     /// Like `start`, listening on `listen`.
     pub fn start_on(listen: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> SeedProcess {
+        Self::start_from(ringseed(), listen, args)
+    }
+
+    /// Like `start_on`, from `cmd` (the `ringseed` binary, set up as the
+    /// caller wants: a seccomp filter, its stderr to a file...).
+    pub fn start_from(
+        mut cmd: Command,
+        listen: &str,
+        args: &[&dyn AsRef<std::ffi::OsStr>],
+    ) -> SeedProcess {
         use std::io::BufRead;
-        let mut cmd = ringseed();
         cmd.arg("seed").args(["--listen", listen]);
         for a in args {
             cmd.arg(a);

@@ -217,7 +217,20 @@ const NEEDED: [(u8, &str); 9] = [
 
 /// Whether this process may run the io_uring data plane: a ring can be set
 /// up and the kernel has every opcode it submits.
+///
+/// The probe's ring lives on a thread of its own: a thread that ever had a
+/// ring keeps an io_uring context, and the ring's teardown can interrupt
+/// that thread's blocking socket calls with `EINTR` (seen in our tests).
 pub fn probe() -> Result<(), Unavailable> {
+    std::thread::Builder::new()
+        .name("ringseed-probe".into())
+        .spawn(probe_here)
+        .map_err(|e| Unavailable(format!("cannot start the io_uring probe: {e}")))?
+        .join()
+        .unwrap_or_else(|_| Err(Unavailable("the io_uring probe panicked".into())))
+}
+
+fn probe_here() -> Result<(), Unavailable> {
     let ring = IoUring::new(8).map_err(|e| Unavailable::from_setup(&e))?;
     let mut probe = Probe::new();
     ring.submitter().register_probe(&mut probe).map_err(|e| {
