@@ -14,6 +14,7 @@ pub mod hash;
 pub mod io;
 pub mod policy;
 pub mod proto;
+pub mod rng;
 pub mod stats;
 
 pub use proto::info_hash::InfoHash;

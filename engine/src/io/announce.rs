@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::io::plane::worker::random_u64;
 use crate::policy::tiers::TrackerTiers;
 use crate::proto::info_hash::InfoHash;
 use crate::proto::tracker::{
     parse_http_announce, parse_http_scrape, scrape_url, udp_retransmit_timeout, Announce,
     AnnounceReply, Event, ScrapeStats, TrackerError, UdpReply, UdpRequest,
 };
+use crate::rng::{self, random_u64};
 
 /// Largest tracker reply we read.
 const MAX_REPLY: u64 = 1 << 20;
@@ -502,13 +502,8 @@ impl Announcer {
         let status = Arc::new(Mutex::new(Vec::new()));
         let (stop, commands) = mpsc::channel::<Command>();
         let key = random_u64() as u32;
-        let mut rng = random_u64() | 1;
-        let mut pick = move |n: usize| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % n as u64) as usize
-        };
+        let mut state = rng::seeded();
+        let mut pick = move |n: usize| rng::next_below(&mut state, n);
         let mut register = move |target: AnnounceTarget| {
             Some(Registration {
                 tiers: TrackerTiers::new(target.tiers.clone(), &mut pick),

@@ -22,13 +22,13 @@ use hdrhistogram::Histogram;
 use io_uring::{opcode, types, IoUring};
 
 use crate::hash::{sha1, Sha1Digest};
-use crate::io::plane::worker::random_u64;
 use crate::io::plane::{uring::cancel_all_and_wait, UserData};
 use crate::policy::load_pattern::{LoadPattern, Pattern};
 use crate::policy::rate_limit::TokenBucket;
 use crate::proto::info_hash::InfoHash;
 use crate::proto::tracker::{Announce, Event, UdpReply, UdpRequest};
 use crate::proto::wire::{self, BlockRequest, Handshake, Message, Reserved, HANDSHAKE_LEN};
+use crate::rng;
 
 /// Receive buffer of a simulated peer: a whole block message and more.
 const RECV_BUF: usize = 64 << 10;
@@ -283,7 +283,7 @@ impl<'a> LoadThread<'a> {
             started: Instant::now(),
             report: PeerLoadReport::new(),
             flushed: (0, 0, 0, 0, 0),
-            rng: random_u64() | 1,
+            rng: rng::seeded(),
         })
     }
 
@@ -347,10 +347,7 @@ impl<'a> LoadThread<'a> {
     }
 
     fn random(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
+        rng::next(&mut self.rng)
     }
 
     fn on_tick(&mut self) {
@@ -680,7 +677,7 @@ impl<'a> LoadThread<'a> {
     /// Keeps `pipeline` requests outstanding, within the rate cap.
     fn fill_requests(&mut self, key: usize) {
         let now = self.started.elapsed();
-        let mut rng = self.rng;
+        let mut state = self.rng;
         let Some(peer) = self.peers[key].as_mut() else {
             return;
         };
@@ -698,12 +695,7 @@ impl<'a> LoadThread<'a> {
                     break;
                 }
             }
-            let mut random = || {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng
-            };
+            let mut random = || rng::next(&mut state);
             let Some(next) = peer.pattern.next(&mut random) else {
                 break;
             };
@@ -719,7 +711,7 @@ impl<'a> LoadThread<'a> {
             });
             wire::encode(&Message::Request(next.req), &mut out);
         }
-        self.rng = rng;
+        self.rng = state;
         if !out.is_empty() {
             self.queue_send(key, &out);
         }
@@ -880,13 +872,8 @@ fn tracker_thread(
         timeouts: 0,
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
     };
-    let mut rng = random_u64() | 1;
-    let mut random = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut state = rng::seeded();
+    let mut random = move || rng::next(&mut state);
     let end = Instant::now() + load.duration;
     let mut out = Vec::with_capacity(128);
     let mut buf = vec![0u8; 4096];

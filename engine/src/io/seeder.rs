@@ -17,13 +17,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::io::piece_check::{self, CheckJob, Checked};
 use crate::io::plane::epoll::Epoll;
 use crate::io::plane::uring::Uring;
-use crate::io::plane::worker::{random_u64, Worker};
+use crate::io::plane::worker::Worker;
 use crate::io::plane::{Backend, DataPlane, IoMode};
 use crate::io::storage::Torrent;
 use crate::policy::choker::ChokerConfig;
 use crate::policy::download::DownloadCounters;
 use crate::policy::peer_session::SessionConfig;
 use crate::proto::info_hash::InfoHash;
+use crate::rng::random_u64;
 use crate::stats::{Counters, StatsSnapshot};
 
 /// The default BitTorrent port.

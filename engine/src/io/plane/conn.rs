@@ -1,5 +1,6 @@
-//! One peer connection owned by a worker: its receive buffer, its session,
-//! and the send in flight.
+//! One connection owned by a worker: its socket, its transport, its
+//! receive buffer and the send in flight, around the transport-free
+//! [`PeerConnection`].
 //!
 //! # Buffers lent to the kernel
 //!
@@ -12,31 +13,35 @@
 //! `connect_to` until it completes. Heap buffers (`Vec`, `Box`) keep their
 //! address when the `Conn` itself moves inside the slab.
 
-use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
-use std::time::Duration;
 
-use crate::io::storage::Torrent;
-use crate::policy::peer_session::PeerSession;
-use crate::proto::info_hash::InfoHash;
-use crate::proto::wire::PIECE_HEADER_LEN;
+use super::peer::{PeerConnection, SendPlan};
+use crate::proto::wire::{self, PIECE_HEADER_LEN};
 
 /// Receive buffer size of a new connection: a handshake and a burst of
 /// requests. It grows (up to the frame limit) only for a larger message.
 pub const INITIAL_RECV_BUF: usize = 4096;
 
-/// Before the handshake, and after.
-pub enum Phase {
-    /// Waiting for the peer's 68-byte handshake.
-    Handshake,
-    /// Serving a torrent.
-    Active {
-        /// The torrent, kept alive by this connection.
-        torrent: Arc<Torrent>,
-        /// The protocol state.
-        session: Box<PeerSession>,
-    },
+/// How a connection's bytes travel. Each transport turns the peer
+/// connection's [`SendPlan`] into what goes on the wire, and what arrives
+/// into the peer's bytes. Plain TCP sends blocks straight from the file
+/// mappings (iovecs: no copy in user space); an encrypted stream (MSE) will
+/// have its blocks read into a buffer to transform them, and uTP will carry
+/// them in datagrams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// BitTorrent over TCP, unencrypted.
+    Tcp,
+}
+
+impl Transport {
+    /// Lays `send.plan` out as one vectored send: the control bytes, then for
+    /// each block its 13-byte header and iovecs into the mapping.
+    pub fn render(self, send: &mut SendBuf) {
+        match self {
+            Transport::Tcp => send.render_iovecs(),
+        }
+    }
 }
 
 /// The receive side.
@@ -49,26 +54,32 @@ pub struct RecvBuf {
     pub in_flight: bool,
 }
 
+impl RecvBuf {
+    /// Drops the first `consumed` bytes (handled), keeping the rest at the
+    /// front, and grows the buffer to `need` if the next frame is larger.
+    pub fn consume(&mut self, consumed: usize, need: usize) {
+        debug_assert!(!self.in_flight);
+        self.buf.copy_within(consumed..self.len, 0);
+        self.len -= consumed;
+        if need > self.buf.len() {
+            self.buf.resize(need, 0);
+        }
+    }
+}
+
 /// The send side: one vectored send at a time.
 pub struct SendBuf {
     /// The msghdr the kernel reads; points at `iov`.
     pub msg: Box<libc::msghdr>,
     /// The iovecs not yet sent.
     pub iov: Vec<libc::iovec>,
-    /// Control messages (handshake, choke, rejects...) of this send.
-    pub control: Vec<u8>,
     /// Piece headers of the blocks of this send.
     pub headers: Vec<[u8; PIECE_HEADER_LEN]>,
-    /// Keeps the mapping of the blocks alive while the send is in flight,
-    /// even if the torrent is removed meanwhile.
-    pub torrent: Option<Arc<Torrent>>,
+    /// What this send carries; its torrent keeps the mapping alive while
+    /// the send is in flight, even if the torrent is removed meanwhile.
+    pub plan: SendPlan,
     /// Bytes of this send not yet confirmed.
     pub remaining: usize,
-    /// Blocks in this send, counted when it completes.
-    pub blocks: u64,
-    /// Some block's pages were not in the page cache: the send (and its
-    /// resubmissions after a short send) runs in io-wq.
-    pub cold: bool,
     /// A send op is in flight.
     pub in_flight: bool,
 }
@@ -80,12 +91,9 @@ impl SendBuf {
         SendBuf {
             msg: Box::new(msg),
             iov: Vec::new(),
-            control: Vec::new(),
             headers: Vec::new(),
-            torrent: None,
+            plan: SendPlan::default(),
             remaining: 0,
-            blocks: 0,
-            cold: false,
             in_flight: false,
         }
     }
@@ -94,12 +102,36 @@ impl SendBuf {
     pub fn reset(&mut self) {
         debug_assert!(!self.in_flight);
         self.iov.clear();
-        self.control.clear();
         self.headers.clear();
-        self.torrent = None;
+        self.plan.clear();
         self.remaining = 0;
-        self.blocks = 0;
-        self.cold = false;
+    }
+
+    fn render_iovecs(&mut self) {
+        debug_assert!(!self.in_flight && self.iov.is_empty());
+        if !self.plan.control.is_empty() {
+            self.iov.push(libc::iovec {
+                iov_base: self.plan.control.as_mut_ptr().cast(),
+                iov_len: self.plan.control.len(),
+            });
+        }
+        self.headers.extend(
+            self.plan
+                .blocks
+                .iter()
+                .map(|r| wire::piece_header(r.piece, r.offset, r.length)),
+        );
+        if let Some(torrent) = &self.plan.torrent {
+            // `headers` is final: pointers into it stay valid.
+            for (req, header) in self.plan.blocks.iter().zip(&self.headers) {
+                self.iov.push(libc::iovec {
+                    iov_base: header.as_ptr() as *mut libc::c_void,
+                    iov_len: PIECE_HEADER_LEN,
+                });
+                torrent.block_iovecs(req, &mut self.iov);
+            }
+        }
+        self.remaining = self.iov.iter().map(|v| v.iov_len).sum();
     }
 
     /// Points the msghdr at the iovecs; call after filling them and before
@@ -141,43 +173,30 @@ pub struct Conn {
     pub fd: OwnedFd,
     /// Distinguishes this connection from earlier ones in the same slab slot.
     pub generation: u32,
-    /// The peer's address.
-    pub addr: SocketAddr,
-    /// Handshake or active.
-    pub phase: Phase,
+    /// How its bytes travel.
+    pub transport: Transport,
+    /// The protocol, transport-free.
+    pub peer: PeerConnection,
     /// Receive side.
     pub recv: RecvBuf,
     /// Send side.
     pub send: SendBuf,
     /// Set once the connection is being closed: no new ops are started.
     pub closing: bool,
-    /// Last time the peer sent anything.
-    pub last_heard: Duration,
-    /// Last time we sent anything.
-    pub last_sent: Duration,
-    /// Bytes of blocks served since the last unchoke (for the choker).
-    pub served_since_unchoke: u64,
-    /// Last choke or unchoke.
-    pub choke_changed: Duration,
-    /// For a connection we opened: the torrent we dialed the peer for.
-    pub outgoing: Option<InfoHash>,
     /// For a connection we are opening: the address the connect op reads.
     pub connect_to: Option<Box<socket2::SockAddr>>,
     /// A connect op is in flight.
     pub connect_in_flight: bool,
-    /// (piece, start, end) of the last read-ahead started for this peer, so
-    /// the following blocks of that range do not start it again.
-    pub prefetched: Option<(u32, u32, u32)>,
 }
 
 impl Conn {
-    /// A new connection, waiting for the handshake.
-    pub fn new(fd: OwnedFd, generation: u32, addr: SocketAddr, now: Duration) -> Self {
+    /// A new connection over `transport`, waiting for the handshake.
+    pub fn new(fd: OwnedFd, generation: u32, transport: Transport, peer: PeerConnection) -> Self {
         Conn {
             fd,
             generation,
-            addr,
-            phase: Phase::Handshake,
+            transport,
+            peer,
             recv: RecvBuf {
                 buf: vec![0; INITIAL_RECV_BUF],
                 len: 0,
@@ -185,12 +204,6 @@ impl Conn {
             },
             send: SendBuf::new(),
             closing: false,
-            last_heard: now,
-            last_sent: now,
-            served_since_unchoke: 0,
-            choke_changed: now,
-            prefetched: None,
-            outgoing: None,
             connect_to: None,
             connect_in_flight: false,
         }
@@ -199,14 +212,6 @@ impl Conn {
     /// Whether an op of this connection is still with the kernel.
     pub fn has_ops_in_flight(&self) -> bool {
         self.recv.in_flight || self.send.in_flight || self.connect_in_flight
-    }
-
-    /// The torrent served, once past the handshake.
-    pub fn torrent(&self) -> Option<&Arc<Torrent>> {
-        match &self.phase {
-            Phase::Active { torrent, .. } => Some(torrent),
-            Phase::Handshake => None,
-        }
     }
 }
 

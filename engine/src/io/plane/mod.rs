@@ -8,6 +8,7 @@
 
 pub mod conn;
 pub mod epoll;
+pub mod peer;
 pub mod uring;
 pub mod worker;
 

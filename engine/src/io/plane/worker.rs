@@ -40,20 +40,18 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use super::conn::{Conn, Phase};
+use super::conn::{Conn, Transport};
+use super::peer::{CloseReason, Env, LeechNews, PeerConnection, SendRoom, Tally};
 use super::{Backend, Completion, Op, UserData};
 use crate::io::piece_check::CheckJob;
 use crate::io::seeder::{SeedConfig, Shared, WorkerMessage};
 use crate::io::storage::Torrent;
-use crate::policy::bitfield::Bitfield;
-use crate::policy::choker::{Candidate, Choker, LeechChoker};
+use crate::policy::choker::{Choker, LeechChoker};
 use crate::policy::download::CompletePiece;
-use crate::policy::peer_session::{Event, PeerSession, SessionEnd, TorrentView};
 use crate::policy::picker::PeerKey;
 use crate::policy::rate_limit::{worker_share, TokenBucket};
 use crate::proto::info_hash::InfoHash;
-use crate::proto::wire::{self, Handshake, Reserved, PIECE_HEADER_LEN};
-use crate::stats::StatsDelta;
+use crate::rng;
 
 /// Most bytes of blocks in one `sendmsg`: large sends are cheapest per byte
 /// on loopback (28-30 Gbit/s at 256 KiB vs ~23 at 16 KiB).
@@ -73,36 +71,9 @@ const OUTPUT_LIMIT: usize = 4 << 20;
 const TICK: Duration = Duration::from_millis(100);
 /// Stats flush, file checks, keep-alives and idle checks.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
-/// A keep-alive after this long without sending.
-const KEEPALIVE_AFTER: Duration = Duration::from_secs(90);
-/// A peer silent this long is dropped.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(240);
-/// How long a peer has to complete its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Receive buffer of a connection of a torrent being downloaded: room for
 /// many blocks per receive.
 const DOWNLOAD_RECV_BUF: usize = 256 << 10;
-
-/// Views a seeded torrent as what a session needs.
-struct View<'a>(&'a Torrent);
-
-impl TorrentView for View<'_> {
-    fn num_pieces(&self) -> u32 {
-        self.0.layout.num_pieces()
-    }
-    fn piece_len(&self, piece: u32) -> u32 {
-        self.0.layout.piece_len(piece) as u32
-    }
-    fn info_bytes(&self) -> &[u8] {
-        &self.0.metainfo.info_bytes
-    }
-    fn have_piece(&self, piece: u32) -> bool {
-        self.0.have_piece(piece)
-    }
-    fn have_pieces(&self) -> Option<Bitfield> {
-        self.0.have_pieces()
-    }
-}
 
 /// A verified piece being written: its buffer is read by the kernel until
 /// every segment's write has completed.
@@ -151,8 +122,7 @@ pub struct Worker<B: Backend> {
     shutting_down: bool,
     /// Connections with requests waiting for rate-limit tokens.
     throttled: Vec<usize>,
-    delta: StatsDelta,
-    torrent_deltas: HashMap<InfoHash, (Arc<Torrent>, StatsDelta)>,
+    tally: Tally,
     rng: u64,
     peer_id: [u8; 20],
     /// Completions taken before `run` (by `check_accept`).
@@ -212,9 +182,8 @@ impl<B: Backend> Worker<B> {
             accept_armed: false,
             shutting_down: false,
             throttled: Vec::new(),
-            delta: StatsDelta::default(),
-            torrent_deltas: HashMap::new(),
-            rng: random_u64() | 1,
+            tally: Tally::default(),
+            rng: rng::seeded(),
             early: Vec::new(),
             check_tx,
             writes: Slab::new(),
@@ -271,7 +240,7 @@ impl<B: Backend> Worker<B> {
             if completions.is_empty() {
                 self.backend.wait(&mut completions, true)?;
             }
-            self.delta.ring_completions += completions.len() as u64;
+            self.tally.worker.ring_completions += completions.len() as u64;
             for c in std::mem::take(&mut completions) {
                 self.complete(UserData::unpack(c.user_data), c.result, c.more);
             }
@@ -296,7 +265,7 @@ impl<B: Backend> Worker<B> {
         // SAFETY: the caller's contract, which is `Backend::push`'s.
         unsafe { self.backend.push(op, data.pack()) };
         self.in_flight += 1;
-        self.delta.ring_submissions += 1;
+        self.tally.worker.ring_submissions += 1;
     }
 
     fn arm_accept(&mut self) {
@@ -407,16 +376,31 @@ impl<B: Backend> Worker<B> {
         }
         let Some(addr) = peer_addr(&fd) else { return };
         if !self.shared.limits.try_admit(addr.ip(), &self.config) {
-            self.delta.dropped_connections += 1;
+            self.tally.worker.dropped_connections += 1;
             return;
         }
         let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(true);
-        self.delta.connections_accepted += 1;
+        self.tally.worker.connections_accepted += 1;
+        let key = self.insert_conn(fd, addr, None);
+        self.arm_recv(key);
+    }
+
+    /// Adds a connection to the slab: a new generation, a peer connection
+    /// keyed for the pickers by (worker, generation, slot).
+    fn insert_conn(&mut self, fd: OwnedFd, addr: SocketAddr, outgoing: Option<InfoHash>) -> usize {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1) & 0x00ff_ffff;
         let now = self.now();
-        let key = self.conns.insert(Conn::new(fd, generation, addr, now));
-        self.arm_recv(key);
+        let entry = self.conns.vacant_entry();
+        let peer = PeerConnection::new(
+            addr,
+            peer_key(self.index, entry.key(), generation),
+            outgoing,
+            now,
+        );
+        let key = entry.key();
+        entry.insert(Conn::new(fd, generation, Transport::Tcp, peer));
+        key
     }
 
     /// Opens the connections the dial queue asks for (peers from trackers).
@@ -442,11 +426,11 @@ impl<B: Backend> Worker<B> {
                 continue;
             }
             // Already connected to it (either way): once is enough.
-            if self.conns.iter().any(|(_, c)| c.addr == addr) {
+            if self.conns.iter().any(|(_, c)| c.peer.addr() == addr) {
                 continue;
             }
             if !self.shared.limits.try_admit(addr.ip(), &self.config) {
-                self.delta.dropped_connections += 1;
+                self.tally.worker.dropped_connections += 1;
                 continue;
             }
             let socket = match socket2::Socket::new(
@@ -461,11 +445,8 @@ impl<B: Backend> Worker<B> {
                 }
             };
             let _ = socket.set_tcp_nodelay(true);
-            let generation = self.next_generation;
-            self.next_generation = self.next_generation.wrapping_add(1) & 0x00ff_ffff;
-            let now = self.now();
-            let mut conn = Conn::new(socket.into(), generation, addr, now);
-            conn.outgoing = Some(info_hash);
+            let key = self.insert_conn(socket.into(), addr, Some(info_hash));
+            let conn = &mut self.conns[key];
             let target = Box::new(socket2::SockAddr::from(addr));
             let op = Op::Connect {
                 fd: conn.fd.as_raw_fd(),
@@ -475,10 +456,9 @@ impl<B: Backend> Worker<B> {
             conn.connect_to = Some(target);
             conn.connect_in_flight = true;
             self.half_open += 1;
-            let key = self.conns.insert(conn);
             let data = UserData::Connect {
                 key: key as u32,
-                generation,
+                generation: conn.generation,
             };
             // SAFETY: the address is boxed in `connect_to`, kept until the
             // connect completes (`connect_in_flight`).
@@ -489,33 +469,19 @@ impl<B: Backend> Worker<B> {
     fn on_connect(&mut self, key: u32, generation: u32, result: i32) {
         let peer_id = self.peer_id;
         let now = self.now();
-        let Some(conn) = self
-            .conns
-            .get_mut(key as usize)
-            .filter(|c| c.generation == generation)
-        else {
+        let Some(conn) = self.conn_mut(key, generation) else {
             return;
         };
         conn.connect_in_flight = false;
         conn.connect_to = None;
-        // The handshake timeout counts from here, not from the dial.
-        conn.last_heard = now;
+        conn.peer.connected(peer_id, now);
+        let closing = conn.closing;
         self.half_open -= 1;
         let key = key as usize;
-        if result < 0 || conn.closing {
+        if result < 0 || closing {
             self.close(key, None);
             return;
         }
-        // We speak first: our handshake names the torrent we dialed for.
-        let info_hash = conn
-            .outgoing
-            .expect("a connect op belongs to an outgoing connection");
-        Handshake {
-            reserved: Reserved::OURS,
-            info_hash,
-            peer_id,
-        }
-        .encode(&mut conn.send.control);
         self.arm_recv(key);
         self.try_send(key);
     }
@@ -549,25 +515,19 @@ impl<B: Backend> Worker<B> {
     }
 
     fn on_recv(&mut self, key: u32, generation: u32, result: i32) {
-        let now = self.now();
         let Some(conn) = self.conn_mut(key, generation) else {
             return;
         };
         conn.recv.in_flight = false;
         let key = key as usize;
-        if conn.closing {
-            self.close(key, None);
-            return;
-        }
-        if result <= 0 {
+        if conn.closing || result <= 0 {
             // 0: the peer closed; < 0: reset or another socket error.
             self.close(key, None);
             return;
         }
         conn.recv.len += result as usize;
-        conn.last_heard = now;
-        if let Err(end) = self.process_input(key) {
-            self.close(key, Some(end));
+        if let Some(reason) = self.process_input(key) {
+            self.close(key, Some(reason));
             return;
         }
         self.try_send(key);
@@ -582,10 +542,7 @@ impl<B: Backend> Worker<B> {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
-        let pending = match &conn.phase {
-            Phase::Active { session, .. } => session.pending_output().len(),
-            Phase::Handshake => 0,
-        };
+        let pending = conn.peer.pending_output();
         if pending > OUTPUT_LIMIT {
             self.close(key, Some(CloseReason::Violation));
         } else if !(conn.send.in_flight && pending > OUTPUT_HIGH_WATER) {
@@ -593,283 +550,96 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    /// Parses what has arrived: the handshake, then messages.
-    fn process_input(&mut self, key: usize) -> Result<(), CloseReason> {
-        let now = self.now();
-        let shared = Arc::clone(&self.shared);
-        let config = Arc::clone(&self.config);
-        let unchoked_leeching = match self.conns[key].phase {
-            Phase::Handshake => unchoked_leeching_peers(&self.conns),
-            Phase::Active { .. } => 0,
+    /// Hands what has arrived to the peer connection; returns why to close
+    /// it, if it must be.
+    fn process_input(&mut self, key: usize) -> Option<CloseReason> {
+        let in_handshake = self.conns[key].peer.in_handshake();
+        let conns = &self.conns;
+        let unchoked_leeching = || {
+            conns
+                .iter()
+                .filter(|(_, c)| {
+                    !c.closing
+                        && c.peer
+                            .unchoked_torrent()
+                            .is_some_and(|t| t.is_downloading())
+                })
+                .count()
         };
+        let mut env = Env {
+            worker: self.index,
+            now: self.started.elapsed(),
+            peer_id: self.peer_id,
+            config: &self.config,
+            limits: &self.shared.limits,
+            torrents: &self.torrents,
+            tally: &mut self.tally,
+            rng: &mut self.rng,
+        };
+        // Only a connection in its handshake asks how many peers we unchoke.
+        let count = if in_handshake { unchoked_leeching() } else { 0 };
         let conn = &mut self.conns[key];
-        let mut consumed = 0;
-        if matches!(conn.phase, Phase::Handshake) {
-            let hs = match Handshake::decode(&conn.recv.buf[..conn.recv.len]) {
-                Ok(None) => return Ok(()),
-                Ok(Some(hs)) => hs,
-                Err(_) => return Err(CloseReason::NotBitTorrent),
-            };
-            if conn.outgoing.is_some_and(|h| h != hs.info_hash) {
-                return Err(CloseReason::UnknownTorrent);
-            }
-            if hs.peer_id == self.peer_id {
-                // We dialed ourselves (our own address from a tracker).
-                return Err(CloseReason::UnknownTorrent);
-            }
-            let torrent = self
-                .torrents
-                .get(&hs.info_hash)
-                .filter(|t| !t.is_errored())
-                .ok_or(CloseReason::UnknownTorrent)?;
-            if torrent
-                .download()
-                .is_some_and(|d| d.is_banned(&conn.addr.ip()))
-            {
-                return Err(CloseReason::Banned);
-            }
-            if !shared.limits.try_join_torrent(torrent, &config) {
-                return Err(CloseReason::Limit);
-            }
-            if conn.outgoing.is_none() {
-                // Incoming: answer with ours (an outgoing one sent it first).
-                let ours = Handshake {
-                    reserved: Reserved::OURS,
-                    info_hash: hs.info_hash,
-                    peer_id: self.peer_id,
-                };
-                ours.encode(&mut conn.send.control);
-            }
-            let session = PeerSession::new(
-                &hs,
-                Some(conn.addr.ip()),
-                &View(torrent),
-                config.session.clone(),
-            );
-            if session.is_leeching() {
-                // Pieces verified before this worker saw the torrent are in
-                // the greeting's bitfield, not owed as `have`s.
-                let verified = torrent.download().map_or(0, |d| d.verified_count());
+        let received = conn.peer.receive(
+            &conn.recv.buf[..conn.recv.len],
+            &mut env,
+            || count,
+            &self.check_tx,
+        );
+        if let Some(joined) = &received.joined {
+            if joined.leeching {
                 self.leeching
-                    .entry(hs.info_hash)
+                    .entry(joined.info_hash)
                     .or_insert_with(|| LeechProgress {
-                        announced: verified,
+                        announced: joined.verified,
                         ..LeechProgress::default()
                     });
-                if conn.recv.buf.len() < DOWNLOAD_RECV_BUF {
-                    conn.recv.buf.resize(DOWNLOAD_RECV_BUF, 0);
-                }
-            }
-            conn.phase = Phase::Active {
-                torrent: Arc::clone(torrent),
-                session: Box::new(session),
-            };
-            let torrent = Arc::clone(torrent);
-            torrent_delta(&mut self.torrent_deltas, &torrent).peers += 1;
-            self.delta.peers += 1;
-            consumed = wire::HANDSHAKE_LEN;
-            let free_slot = if torrent.is_downloading() {
-                // Tit-for-tat needs a round to measure; until the choker's
-                // next round, a free slot goes to whoever comes.
-                let share = config.leech_slots_share(self.index);
-                share == 0 || unchoked_leeching < share
-            } else {
-                config.upload_slots == 0
-            };
-            if free_slot {
-                // Without slot limits there is nothing to wait for: unchoke
-                // now instead of at the next choker round.
-                if let Phase::Active { session, .. } = &mut conn.phase {
-                    session.set_choking(false);
-                }
-                conn.choke_changed = self.started.elapsed();
             }
         }
-        let peer = peer_key(self.index, key, conn.generation);
-        let ip = conn.addr.ip();
-        let Phase::Active { torrent, session } = &mut conn.phase else {
-            unreachable!("handshake handled above")
+        let conn = &mut self.conns[key];
+        let need = match &received.joined {
+            Some(j) if j.leeching => received.need.max(DOWNLOAD_RECV_BUF),
+            _ => received.need,
         };
-        let max_frame = max_frame_len(torrent);
-        let mut complete_pieces = Vec::new();
-        let result = loop {
-            match wire::decode(&conn.recv.buf[consumed..conn.recv.len], max_frame) {
-                Ok(Some((msg, used))) => {
-                    match session.on_message(msg, &View(torrent)) {
-                        Ok(Event::None | Event::MayRequest) => {}
-                        Ok(event) => {
-                            let mut received = 0;
-                            if let Some(mut download) = torrent.download() {
-                                match event {
-                                    Event::HasPiece(piece) => {
-                                        download.picker.add_peer_piece(piece);
-                                        if download.picker.wants(piece) {
-                                            session.set_interested(true);
-                                        }
-                                    }
-                                    Event::HasPieces(has) => {
-                                        download.picker.add_peer(&has);
-                                        let interesting = download.picker.is_interesting(&has);
-                                        session.set_interested(interesting);
-                                    }
-                                    Event::Block { req, data } => {
-                                        received = u64::from(req.length);
-                                        session.block_arrived(now);
-                                        complete_pieces
-                                            .extend(download.on_block(peer, ip, &req, data));
-                                    }
-                                    Event::Lost(reqs) => {
-                                        for req in &reqs {
-                                            download.picker.release(peer, req);
-                                        }
-                                    }
-                                    Event::None | Event::MayRequest => {}
-                                }
-                            }
-                            if received > 0 {
-                                self.delta.blocks_received += 1;
-                                self.delta.bytes_received += received;
-                            }
-                        }
-                        Err(end) => {
-                            break Err(match end {
-                                SessionEnd::Violation(_) => CloseReason::Violation,
-                                SessionEnd::PeerIsSeed => CloseReason::PeerIsSeed,
-                            });
-                        }
-                    }
-                    consumed += used;
-                }
-                Ok(None) => break Ok(()),
-                Err(_) => break Err(CloseReason::Violation),
-            }
-        };
-        for piece in complete_pieces {
-            let job = CheckJob {
-                torrent: Arc::clone(torrent),
-                piece,
-                worker: self.index,
-            };
-            // The pool lives as long as any worker.
-            let _ = self.check_tx.send(job);
-        }
-        if result.is_ok() && session.is_leeching() {
-            request_more(
-                torrent,
-                session,
-                peer,
-                self.started.elapsed(),
-                &mut self.rng,
-            );
-        }
-        // Keep the unparsed tail at the front; grow the buffer if the next
-        // frame is larger than it (bounded by `max_frame`).
-        conn.recv.buf.copy_within(consumed..conn.recv.len, 0);
-        conn.recv.len -= consumed;
-        if result.is_ok() && conn.recv.len >= 4 {
-            // `decode` accepted this prefix, so `need` is within `max_frame`.
-            let prefix = &conn.recv.buf[..4];
-            let need = 4 + u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
-            debug_assert!(need <= 4 + max_frame as usize);
-            if need > conn.recv.buf.len() {
-                conn.recv.buf.resize(need, 0);
-            }
-        }
-        result
+        conn.recv.consume(received.consumed, need);
+        received.close
     }
 
     /// Starts a send if the connection has anything to send and none is in
     /// flight.
     fn try_send(&mut self, key: usize) {
-        let now = self.now();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         if conn.closing || conn.send.in_flight {
             return;
         }
-        let send = &mut conn.send;
-        let mut cold = false;
-        let mut throttled = false;
-        let mut payload = 0u64;
-        if let Phase::Active { torrent, session } = &mut conn.phase {
-            if torrent.is_errored() {
-                return;
-            }
-            session.drain_output_into(&mut send.control);
-            // Room for the control iovec, then 2+ iovecs per block.
-            while payload < MAX_SEND_BYTES {
-                let Some(req) = session.pop_request() else {
-                    break;
-                };
-                // A header, the block's file segments, and the control iovec.
-                let needed = 2 + torrent.block_segments(&req);
-                if needed > IOV_MAX {
-                    session.reject(req);
-                    continue;
-                }
-                if send.blocks > 0 && send.iov.len() + needed > MAX_SEND_IOVECS {
-                    session.unpop_request(req);
-                    break;
-                }
-                if !self.bucket.try_take(u64::from(req.length), now) {
-                    self.rate_wanted = true;
-                    session.unpop_request(req);
-                    throttled = true;
-                    break;
-                }
-                send.headers
-                    .push(wire::piece_header(req.piece, req.offset, req.length));
-                if !torrent.is_resident(&req) {
-                    self.delta.cache_misses += 1;
-                    let covered = conn.prefetched.is_some_and(|(piece, start, end)| {
-                        piece == req.piece && req.offset >= start && req.offset + req.length <= end
-                    });
-                    if !covered {
-                        self.delta.prefetches += 1;
-                        let end = torrent.prefetch(&req);
-                        conn.prefetched = Some((req.piece, req.offset, end));
-                    }
-                    cold = true;
-                }
-                // Header iovecs are filled in below, once `headers` stops
-                // growing (its buffer may move while it grows).
-                send.iov.push(libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: PIECE_HEADER_LEN,
-                });
-                torrent.block_iovecs(&req, &mut send.iov);
-                payload += u64::from(req.length);
-                send.blocks += 1;
-            }
-            if send.blocks > 0 {
-                send.torrent = Some(Arc::clone(torrent));
-            }
-        }
+        let mut env = Env {
+            worker: self.index,
+            now: self.started.elapsed(),
+            peer_id: self.peer_id,
+            config: &self.config,
+            limits: &self.shared.limits,
+            torrents: &self.torrents,
+            tally: &mut self.tally,
+            rng: &mut self.rng,
+        };
+        let room = SendRoom {
+            bytes: MAX_SEND_BYTES,
+            // One iovec stays for the control bytes.
+            segments: MAX_SEND_IOVECS - 1,
+            segments_per_block: IOV_MAX - 1,
+        };
+        let throttled = conn
+            .peer
+            .plan_send(&mut conn.send.plan, room, &mut self.bucket, &mut env);
         if throttled {
+            self.rate_wanted = true;
             self.throttled.push(key);
         }
-        if send.control.is_empty() && send.blocks == 0 {
+        if conn.send.plan.is_empty() {
             return;
         }
-        // Fill in header pointers now that `headers` is final.
-        let mut headers = send.headers.iter();
-        for v in send.iov.iter_mut().filter(|v| v.iov_base.is_null()) {
-            let h = headers.next().expect("one header per null iovec");
-            v.iov_base = h.as_ptr() as *mut libc::c_void;
-        }
-        if !send.control.is_empty() {
-            send.iov.insert(
-                0,
-                libc::iovec {
-                    iov_base: send.control.as_mut_ptr().cast(),
-                    iov_len: send.control.len(),
-                },
-            );
-        }
-        send.remaining = send.iov.iter().map(|v| v.iov_len).sum();
-        send.cold = cold;
-        conn.last_sent = now;
+        conn.transport.render(&mut conn.send);
         self.submit_send(key);
     }
 
@@ -881,7 +651,7 @@ impl<B: Backend> Worker<B> {
             msg: &*conn.send.msg,
             // Pages are being read from disk: the backend waits for them
             // off this thread.
-            cold: conn.send.cold,
+            cold: conn.send.plan.cold,
         };
         let data = UserData::Send {
             key: key as u32,
@@ -890,7 +660,7 @@ impl<B: Backend> Worker<B> {
         conn.send.in_flight = true;
         // SAFETY: the msghdr, iovecs, headers and control bytes are the
         // connection's heap buffers, untouched while `send.in_flight` is
-        // set; `send.torrent` keeps the mapping alive.
+        // set; the plan's torrent keeps the mapping alive.
         unsafe { self.push(op, data) };
     }
 
@@ -903,7 +673,7 @@ impl<B: Backend> Worker<B> {
         if result < 0 {
             if result == -libc::EFAULT {
                 // The kernel could not read the mapping: a file shrank.
-                if let Some(t) = conn.send.torrent.clone() {
+                if let Some(t) = conn.send.plan.torrent.clone() {
                     if t.check_files() {
                         t.set_errored("a file could not be read while sending".into());
                     }
@@ -913,37 +683,30 @@ impl<B: Backend> Worker<B> {
             return;
         }
         let sent = result as usize;
-        self.delta.bytes_sent += sent as u64;
+        self.tally.worker.bytes_sent += sent as u64;
         // Counted to the connection's own torrent (not to one by the same
-        // info-hash that replaced it); disjoint fields, no `Arc` clone.
-        if let Some(t) = self.conns[key].torrent() {
-            torrent_delta(&mut self.torrent_deltas, t).bytes_sent += sent as u64;
-        }
+        // info-hash that replaced it).
         let conn = &mut self.conns[key];
+        if let Some(t) = conn.peer.torrent() {
+            self.tally.torrent(t).bytes_sent += sent as u64;
+        }
         if conn.closing {
             self.close(key, None);
             return;
         }
         if sent < conn.send.remaining {
-            // The socket buffer filled up: send the rest, still in io-wq if
-            // its pages were cold.
+            // The socket buffer filled up: send the rest, still off the
+            // worker if its pages were cold.
             conn.send.advance(sent);
             self.submit_send(key);
             return;
         }
-        let blocks = conn.send.blocks;
-        // A piece header's length field is 9 + the block length.
-        let block_bytes: u64 = conn
-            .send
-            .headers
-            .iter()
-            .map(|h| u64::from(u32::from_be_bytes([h[0], h[1], h[2], h[3]]) - 9))
-            .sum();
-        conn.served_since_unchoke += block_bytes;
+        conn.peer.sent(&conn.send.plan);
+        let blocks = conn.send.plan.blocks.len() as u64;
         conn.send.reset();
-        self.delta.blocks_sent += blocks;
-        if let Some(t) = self.conns[key].torrent() {
-            torrent_delta(&mut self.torrent_deltas, t).blocks_sent += blocks;
+        self.tally.worker.blocks_sent += blocks;
+        if let Some(t) = conn.peer.torrent() {
+            self.tally.torrent(t).blocks_sent += blocks;
         }
         self.try_send(key);
         // Reading may have paused for this send to complete.
@@ -960,17 +723,18 @@ impl<B: Backend> Worker<B> {
         };
         if !conn.closing {
             conn.closing = true;
+            let worker = &mut self.tally.worker;
             match reason {
-                Some(CloseReason::Violation) => self.delta.protocol_errors += 1,
-                Some(CloseReason::NotBitTorrent) => self.delta.not_bittorrent += 1,
+                Some(CloseReason::Violation) => worker.protocol_errors += 1,
+                Some(CloseReason::NotBitTorrent) => worker.not_bittorrent += 1,
                 Some(CloseReason::Limit | CloseReason::TorrentErrored | CloseReason::Banned) => {
-                    self.delta.dropped_connections += 1
+                    worker.dropped_connections += 1
                 }
                 _ => {}
             }
             if reason == Some(CloseReason::Violation) {
-                if let Some(t) = conn.torrent() {
-                    torrent_delta(&mut self.torrent_deltas, t).protocol_errors += 1;
+                if let Some(t) = conn.peer.torrent() {
+                    self.tally.torrent(t).protocol_errors += 1;
                 }
             }
         }
@@ -995,32 +759,8 @@ impl<B: Backend> Worker<B> {
         }
         let conn = self.conns.remove(key);
         self.backend.forget_fd(conn.fd.as_raw_fd());
-        self.shared.limits.leave(conn.addr.ip());
-        if let Phase::Active {
-            torrent,
-            mut session,
-        } = conn.phase
-        {
-            if session.is_leeching() {
-                let peer = peer_key(self.index, key, conn.generation);
-                let lost = session.withdraw_all(false);
-                if let (Some(mut download), Some(leech)) = (torrent.download(), session.leech()) {
-                    for req in &lost {
-                        download.picker.release(peer, req);
-                    }
-                    download.picker.remove_peer(&leech.peer_has);
-                }
-            }
-            let counters = session.counters();
-            let d = torrent_delta(&mut self.torrent_deltas, &torrent);
-            d.peers -= 1;
-            d.rejected_requests += counters.rejected_requests;
-            d.metadata_pieces_served += counters.metadata_pieces_served;
-            self.delta.peers -= 1;
-            self.delta.rejected_requests += counters.rejected_requests;
-            self.delta.metadata_pieces_served += counters.metadata_pieces_served;
-            self.shared.limits.leave_torrent(&torrent);
-        }
+        self.shared.limits.leave(conn.peer.addr().ip());
+        conn.peer.close(&mut self.tally, &self.shared.limits);
         // Dropping `conn` closes the socket.
     }
 
@@ -1197,58 +937,21 @@ impl<B: Backend> Worker<B> {
                 .conns
                 .iter()
                 .filter(|(_, c)| {
-                    !c.closing && c.torrent().is_some_and(|t| Arc::ptr_eq(t, &torrent))
+                    !c.closing && c.peer.torrent().is_some_and(|t| Arc::ptr_eq(t, &torrent))
                 })
                 .map(|(k, _)| k)
                 .collect();
+            let news = LeechNews {
+                new_pieces: &new_pieces,
+                banned: &banned,
+                became_complete,
+                endgame,
+            };
             let mut to_close = Vec::new();
             for &key in &keys {
-                let conn = &mut self.conns[key];
-                let peer = peer_key(self.index, key, conn.generation);
-                if banned.contains(&conn.addr.ip()) {
-                    to_close.push((key, CloseReason::Banned));
-                    continue;
+                if let Some(reason) = self.conns[key].peer.leech_tick(&news, now, &mut self.rng) {
+                    to_close.push((key, reason));
                 }
-                let Phase::Active { session, .. } = &mut conn.phase else {
-                    continue;
-                };
-                for &piece in &new_pieces {
-                    session.announce_have(piece);
-                }
-                if !session.is_leeching() {
-                    continue;
-                }
-                if became_complete {
-                    if session.peer_is_seed() {
-                        to_close.push((key, CloseReason::BothSeeds));
-                    } else {
-                        session.finish_download();
-                    }
-                    continue;
-                }
-                if !new_pieces.is_empty() || endgame {
-                    let Some(download) = torrent.download() else {
-                        continue;
-                    };
-                    let leech = session.leech().expect("leeching");
-                    let interesting = download.picker.is_interesting(&leech.peer_has);
-                    let done: Vec<_> = if endgame {
-                        leech
-                            .outstanding
-                            .iter()
-                            .filter(|o| download.picker.is_received(&o.req))
-                            .map(|o| o.req)
-                            .collect()
-                    } else {
-                        Vec::new()
-                    };
-                    drop(download);
-                    session.set_interested(interesting);
-                    for req in &done {
-                        session.cancel(req);
-                    }
-                }
-                request_more(&torrent, session, peer, now, &mut self.rng);
             }
             for (key, reason) in to_close {
                 self.close(key, Some(reason));
@@ -1327,44 +1030,13 @@ impl<B: Backend> Worker<B> {
             if conn.closing {
                 continue;
             }
-            let silent = now.saturating_sub(conn.last_heard);
-            match &mut conn.phase {
-                Phase::Handshake
-                    if conn.connect_in_flight && silent >= self.config.connect_timeout =>
-                {
-                    to_close.push((key, CloseReason::Idle))
-                }
-                Phase::Handshake if silent >= HANDSHAKE_TIMEOUT => {
-                    to_close.push((key, CloseReason::Idle))
-                }
-                Phase::Handshake => {}
-                Phase::Active { torrent, .. } if torrent.is_errored() => {
-                    to_close.push((key, CloseReason::TorrentErrored))
-                }
-                Phase::Active { .. } if silent >= IDLE_TIMEOUT => {
-                    to_close.push((key, CloseReason::Idle))
-                }
-                Phase::Active { session, torrent } => {
-                    if session.is_leeching() {
-                        session.tick(elapsed);
-                        let lost = session.check_snub(now, self.config.request_timeout);
-                        if !lost.is_empty() {
-                            let peer = peer_key(self.index, key, conn.generation);
-                            if let Some(mut download) = torrent.download() {
-                                for req in &lost {
-                                    download.picker.release(peer, req);
-                                }
-                            }
-                            to_send.push(key);
-                        }
-                    }
-                    if now.saturating_sub(conn.last_sent) >= KEEPALIVE_AFTER
-                        && session.pending_output().is_empty()
-                    {
-                        session.keep_alive();
-                        to_send.push(key);
-                    }
-                }
+            let (close, send) =
+                conn.peer
+                    .housekeeping(now, elapsed, conn.connect_in_flight, &self.config);
+            if let Some(reason) = close {
+                to_close.push((key, reason));
+            } else if send {
+                to_send.push(key);
             }
         }
         for (key, reason) in to_close {
@@ -1378,17 +1050,18 @@ impl<B: Backend> Worker<B> {
 
     fn flush_stats(&mut self) {
         self.count_unchoked();
-        if !self.delta.is_empty() {
-            self.shared.worker_stats[self.index].add(&self.delta);
-            self.delta = StatsDelta::default();
+        if !self.tally.worker.is_empty() {
+            self.shared.worker_stats[self.index].add(&self.tally.worker);
+            self.tally.worker = Default::default();
         }
-        for (torrent, delta) in self.torrent_deltas.values_mut() {
+        for (torrent, delta) in self.tally.torrents.values_mut() {
             if !delta.is_empty() {
                 torrent.stats.add(delta);
-                *delta = StatsDelta::default();
+                *delta = Default::default();
             }
         }
-        self.torrent_deltas
+        self.tally
+            .torrents
             .retain(|_, (t, _)| Arc::strong_count(t) > 1);
     }
 
@@ -1397,21 +1070,20 @@ impl<B: Backend> Worker<B> {
     fn count_unchoked(&mut self) {
         // Keyed by the torrent itself: a replacement shares the info-hash.
         let mut now: HashMap<*const Torrent, (Arc<Torrent>, i64)> = HashMap::new();
-        for (_, c) in self.conns.iter() {
-            if let Phase::Active { session, torrent } = &c.phase {
-                if !c.closing && !session.is_choking() {
-                    now.entry(Arc::as_ptr(torrent))
-                        .or_insert_with(|| (Arc::clone(torrent), 0))
-                        .1 += 1;
-                }
+        for (_, c) in self.conns.iter().filter(|(_, c)| !c.closing) {
+            if let Some(torrent) = c.peer.unchoked_torrent() {
+                now.entry(Arc::as_ptr(torrent))
+                    .or_insert_with(|| (Arc::clone(torrent), 0))
+                    .1 += 1;
             }
         }
         let total: i64 = now.values().map(|(_, n)| n).sum();
-        self.delta.unchoked += total - self.reported_unchoked.values().map(|(_, n)| n).sum::<i64>();
+        self.tally.worker.unchoked +=
+            total - self.reported_unchoked.values().map(|(_, n)| n).sum::<i64>();
         for (hash, (torrent, n)) in &now {
             let before = self.reported_unchoked.get(hash).map_or(0, |(_, n)| *n);
             if *n != before {
-                torrent_delta(&mut self.torrent_deltas, torrent).unchoked += n - before;
+                self.tally.torrent(torrent).unchoked += n - before;
             }
         }
         let gone: Vec<(Arc<Torrent>, i64)> = self
@@ -1421,7 +1093,7 @@ impl<B: Backend> Worker<B> {
             .map(|(_, (t, n))| (Arc::clone(t), *n))
             .collect();
         for (torrent, before) in gone {
-            torrent_delta(&mut self.torrent_deltas, &torrent).unchoked -= before;
+            self.tally.torrent(&torrent).unchoked -= before;
         }
         self.reported_unchoked = now;
     }
@@ -1432,39 +1104,22 @@ impl<B: Backend> Worker<B> {
         let mut seeding = Vec::new();
         let mut leeching = Vec::new();
         for (key, c) in self.conns.iter_mut().filter(|(_, c)| !c.closing) {
-            let Phase::Active { session, torrent } = &mut c.phase else {
-                continue;
-            };
-            let candidate = Candidate {
-                key: key as u64,
-                interested: session.is_interested(),
-                unchoked: !session.is_choking(),
-                served_since_unchoke: c.served_since_unchoke,
-                since: c.choke_changed,
-                received: session.take_received_since_rechoke(),
-            };
-            if torrent.is_downloading() {
-                leeching.push(candidate);
-            } else {
-                seeding.push(candidate);
+            match c.peer.candidate(key as u64) {
+                Some((candidate, true)) => leeching.push(candidate),
+                Some((candidate, false)) => seeding.push(candidate),
+                None => {}
             }
         }
-        let mut rng = self.rng;
+        let rng = &mut self.rng;
         let mut decisions = self
             .choker
-            .rechoke(now, &seeding, &mut |n| next_random(&mut rng, n));
+            .rechoke(now, &seeding, &mut |n| rng::next_below(rng, n));
         decisions.extend(
             self.leech_choker
-                .rechoke(now, &leeching, &mut |n| next_random(&mut rng, n)),
+                .rechoke(now, &leeching, &mut |n| rng::next_below(rng, n)),
         );
-        self.rng = rng;
         for (key, unchoke) in decisions {
-            let conn = &mut self.conns[key as usize];
-            if let Phase::Active { session, .. } = &mut conn.phase {
-                session.set_choking(!unchoke);
-                conn.choke_changed = now;
-                conn.served_since_unchoke = 0;
-            }
+            self.conns[key as usize].peer.set_unchoked(unchoke, now);
             self.try_send(key as usize);
         }
     }
@@ -1512,30 +1167,6 @@ impl<B: Backend> Drop for Worker<B> {
     }
 }
 
-/// Why a connection is closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CloseReason {
-    Violation,
-    /// The first bytes were not a BitTorrent handshake (an encrypted MSE
-    /// handshake, which clients retry in plain text, or not BitTorrent).
-    NotBitTorrent,
-    UnknownTorrent,
-    PeerIsSeed,
-    Limit,
-    TorrentErrored,
-    Idle,
-    /// The peer's address sent us bad data too often.
-    Banned,
-    /// Both sides are seeds.
-    BothSeeds,
-}
-
-/// The largest frame a peer may send us: a bitfield of the torrent, or an
-/// extension message (metadata requests are tiny; handshakes a few KiB).
-fn max_frame_len(torrent: &Torrent) -> u32 {
-    (torrent.layout.num_pieces().div_ceil(8) + 1).max(64 << 10)
-}
-
 fn peer_addr(fd: &OwnedFd) -> Option<SocketAddr> {
     let addr = socket2::SockRef::from(fd).peer_addr().ok()?.as_socket()?;
     // Show v4-mapped IPv6 addresses as plain IPv4.
@@ -1548,79 +1179,7 @@ fn peer_addr(fd: &OwnedFd) -> Option<SocketAddr> {
     })
 }
 
-/// A worker's tally for `torrent` in `deltas`. A torrent replaced by a newer
-/// copy with the same info-hash gets its own tally (the old one is flushed).
-fn torrent_delta<'a>(
-    deltas: &'a mut HashMap<InfoHash, (Arc<Torrent>, StatsDelta)>,
-    torrent: &Arc<Torrent>,
-) -> &'a mut StatsDelta {
-    let entry = deltas
-        .entry(torrent.metainfo.info_hash)
-        .or_insert_with(|| (Arc::clone(torrent), StatsDelta::default()));
-    if !Arc::ptr_eq(&entry.0, torrent) {
-        entry.0.stats.add(&entry.1);
-        *entry = (Arc::clone(torrent), StatsDelta::default());
-    }
-    &mut entry.1
-}
-
-/// Connections of torrents being downloaded that we unchoke.
-fn unchoked_leeching_peers(conns: &Slab<Conn>) -> usize {
-    conns
-        .iter()
-        .filter(|(_, c)| match &c.phase {
-            Phase::Active { torrent, session } => {
-                !c.closing && torrent.is_downloading() && !session.is_choking()
-            }
-            Phase::Handshake => false,
-        })
-        .count()
-}
-
 /// The key of connection `key` of worker `worker` in the shared picker.
 fn peer_key(worker: usize, key: usize, generation: u32) -> PeerKey {
     (worker as u64) << 56 | u64::from(generation & 0x00ff_ffff) << 32 | key as u64
-}
-
-/// A random index below `n` from a xorshift generator.
-fn next_random(rng: &mut u64, n: usize) -> usize {
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
-    (*rng % n.max(1) as u64) as usize
-}
-
-/// Tops up a downloading session's requests from the shared picker.
-fn request_more(
-    torrent: &Torrent,
-    session: &mut PeerSession,
-    peer: PeerKey,
-    now: Duration,
-    rng: &mut u64,
-) {
-    let Some((room, pieces)) = session.request_room() else {
-        return;
-    };
-    let reqs = match torrent.download() {
-        // The disk is behind: finish the pieces started (which frees their
-        // buffers), start none.
-        Some(mut download) if download.over_memory_budget() => {
-            download.picker.pick_started(peer, &pieces, room)
-        }
-        Some(mut download) => download
-            .picker
-            .pick(peer, &pieces, room, &mut |n| next_random(rng, n)),
-        None => return,
-    };
-    if !reqs.is_empty() {
-        session.request(&reqs, now);
-    }
-}
-
-/// A random u64 from the kernel, for seeding per-worker generators.
-pub fn random_u64() -> u64 {
-    let mut buf = [0u8; 8];
-    // SAFETY: getrandom writes at most `buf.len()` bytes into `buf`.
-    unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    u64::from_ne_bytes(buf)
 }

@@ -1,0 +1,795 @@
+//! One peer connection that does not know its transport: the handshake,
+//! framing, the protocol session, and the glue to the picker and the
+//! download bookkeeping. Bytes in ([`PeerConnection::receive`]), a
+//! [`SendPlan`] out ([`PeerConnection::plan_send`]: control bytes and the
+//! blocks to serve, in order). The transport (`conn::Transport`: plain TCP
+//! today) turns a plan into what goes on the wire, and the worker only moves
+//! bytes and routes completions, on either backend. No sockets here: the
+//! unit tests drive a connection with a scripted peer.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::io::piece_check::CheckJob;
+use crate::io::seeder::{Limits, SeedConfig};
+use crate::io::storage::Torrent;
+use crate::policy::bitfield::Bitfield;
+use crate::policy::choker::Candidate;
+use crate::policy::download::CompletePiece;
+use crate::policy::peer_session::{Event, PeerSession, SessionEnd, TorrentView};
+use crate::policy::picker::PeerKey;
+use crate::policy::rate_limit::TokenBucket;
+use crate::proto::info_hash::InfoHash;
+use crate::proto::wire::{self, BlockRequest, Handshake, Reserved};
+use crate::rng::next_below;
+use crate::stats::StatsDelta;
+
+/// A keep-alive after this long without sending.
+const KEEPALIVE_AFTER: Duration = Duration::from_secs(90);
+/// A peer silent this long is dropped.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(240);
+/// How long a peer has to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why a connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// It broke the protocol.
+    Violation,
+    /// The first bytes were not a BitTorrent handshake (an encrypted MSE
+    /// handshake, which clients retry in plain text, or not BitTorrent).
+    NotBitTorrent,
+    /// It asked for a torrent we do not serve (or is ourselves).
+    UnknownTorrent,
+    /// A seed, while we seed too.
+    PeerIsSeed,
+    /// A connection limit.
+    Limit,
+    /// Its torrent stopped (a file could not be read).
+    TorrentErrored,
+    /// Silent too long, or never completed its handshake or connect.
+    Idle,
+    /// The peer's address sent us bad data too often.
+    Banned,
+    /// Both sides are seeds.
+    BothSeeds,
+}
+
+/// A worker's counters since its last flush: its own, and per torrent.
+#[derive(Default)]
+pub struct Tally {
+    /// The worker's.
+    pub worker: StatsDelta,
+    /// Per torrent, keyed by info-hash; a torrent replaced by a newer copy
+    /// with the same info-hash gets its own tally (the old one is flushed).
+    pub torrents: HashMap<InfoHash, (Arc<Torrent>, StatsDelta)>,
+}
+
+impl Tally {
+    /// The tally of `torrent`.
+    pub fn torrent(&mut self, torrent: &Arc<Torrent>) -> &mut StatsDelta {
+        let entry = self
+            .torrents
+            .entry(torrent.metainfo.info_hash)
+            .or_insert_with(|| (Arc::clone(torrent), StatsDelta::default()));
+        if !Arc::ptr_eq(&entry.0, torrent) {
+            entry.0.stats.add(&entry.1);
+            *entry = (Arc::clone(torrent), StatsDelta::default());
+        }
+        &mut entry.1
+    }
+}
+
+/// What a connection borrows from its worker for one call.
+pub struct Env<'a> {
+    /// The worker's index.
+    pub worker: usize,
+    /// Time since the worker started.
+    pub now: Duration,
+    /// Our peer id.
+    pub peer_id: [u8; 20],
+    /// The worker's settings.
+    pub config: &'a SeedConfig,
+    /// Connection limits shared by the workers.
+    pub limits: &'a Limits,
+    /// The torrents served, by info-hash.
+    pub torrents: &'a HashMap<InfoHash, Arc<Torrent>>,
+    /// Counters.
+    pub tally: &'a mut Tally,
+    /// The worker's random generator.
+    pub rng: &'a mut u64,
+}
+
+/// What became of received bytes.
+#[derive(Default)]
+pub struct Received {
+    /// Bytes of the input used up (the handshake and whole frames); the rest
+    /// is the start of a frame.
+    pub consumed: usize,
+    /// The buffer must hold at least this much for the next frame.
+    pub need: usize,
+    /// The handshake completed with this input.
+    pub joined: Option<Joined>,
+    /// The connection must close (after the pieces below are checked).
+    pub close: Option<CloseReason>,
+}
+
+/// A handshake that completed.
+pub struct Joined {
+    /// The torrent.
+    pub info_hash: InfoHash,
+    /// We download it from this peer: the connection wants a large receive
+    /// buffer, and the worker follows the torrent's progress.
+    pub leeching: bool,
+    /// Pieces verified before this connection (in our greeting already).
+    pub verified: usize,
+}
+
+/// What to send next, in order: control bytes, then each block with its
+/// piece header. The transport decides how blocks travel (iovecs into the
+/// mapping for TCP; copied into a buffer where bytes must be transformed).
+#[derive(Default)]
+pub struct SendPlan {
+    /// Handshakes and messages other than blocks.
+    pub control: Vec<u8>,
+    /// Blocks to serve.
+    pub blocks: Vec<BlockRequest>,
+    /// The torrent the blocks come from; keeps its mapping alive.
+    pub torrent: Option<Arc<Torrent>>,
+    /// Some block's pages are not in the page cache (a read-ahead was
+    /// started): the send must not wait for the disk on the worker.
+    pub cold: bool,
+}
+
+impl SendPlan {
+    /// Nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.control.is_empty() && self.blocks.is_empty()
+    }
+
+    /// Bytes of blocks.
+    pub fn block_bytes(&self) -> u64 {
+        self.blocks.iter().map(|b| u64::from(b.length)).sum()
+    }
+
+    /// Clears it for the next send.
+    pub fn clear(&mut self) {
+        self.control.clear();
+        self.blocks.clear();
+        self.torrent = None;
+        self.cold = false;
+    }
+}
+
+/// How much one plan may carry, as its transport can send it at once.
+#[derive(Debug, Clone, Copy)]
+pub struct SendRoom {
+    /// Bytes of blocks.
+    pub bytes: u64,
+    /// Pieces of memory (a header, and a block's segment in each file it
+    /// spans) once at least one block is planned.
+    pub segments: usize,
+    /// A block spanning more segments than this cannot be sent at all and
+    /// is refused.
+    pub segments_per_block: usize,
+}
+
+/// The peer's pieces, and more, as the worker learns them for a torrent
+/// being downloaded (once per tick).
+pub struct LeechNews<'a> {
+    /// Pieces verified since the last tick: `have` for each.
+    pub new_pieces: &'a [u32],
+    /// Addresses banned since the last tick.
+    pub banned: &'a [IpAddr],
+    /// The download completed at this tick.
+    pub became_complete: bool,
+    /// The picker is in endgame: drop requests others served.
+    pub endgame: bool,
+}
+
+/// Views a torrent as what a session needs.
+struct View<'a>(&'a Torrent);
+
+impl TorrentView for View<'_> {
+    fn num_pieces(&self) -> u32 {
+        self.0.layout.num_pieces()
+    }
+    fn piece_len(&self, piece: u32) -> u32 {
+        self.0.layout.piece_len(piece) as u32
+    }
+    fn info_bytes(&self) -> &[u8] {
+        &self.0.metainfo.info_bytes
+    }
+    fn have_piece(&self, piece: u32) -> bool {
+        self.0.have_piece(piece)
+    }
+    fn have_pieces(&self) -> Option<Bitfield> {
+        self.0.have_pieces()
+    }
+}
+
+/// Before the handshake, and after.
+enum Phase {
+    Handshake,
+    Active {
+        torrent: Arc<Torrent>,
+        session: Box<PeerSession>,
+    },
+}
+
+/// One peer connection, whatever carries its bytes.
+pub struct PeerConnection {
+    addr: SocketAddr,
+    /// Its key in the torrent's picker.
+    key: PeerKey,
+    phase: Phase,
+    /// For a connection we opened: the torrent we dialed the peer for.
+    outgoing: Option<InfoHash>,
+    /// Bytes to send before the session exists (our handshake).
+    greeting: Vec<u8>,
+    last_heard: Duration,
+    last_sent: Duration,
+    /// Bytes of blocks served since the last unchoke (for the choker).
+    served_since_unchoke: u64,
+    /// Last choke or unchoke.
+    choke_changed: Duration,
+    /// (piece, start, end) of the last read-ahead started for this peer, so
+    /// the following blocks of that range do not start it again.
+    prefetched: Option<(u32, u32, u32)>,
+}
+
+impl PeerConnection {
+    /// A connection with `addr`, known in pickers as `key`; `outgoing` names
+    /// the torrent we dial it for.
+    pub fn new(addr: SocketAddr, key: PeerKey, outgoing: Option<InfoHash>, now: Duration) -> Self {
+        PeerConnection {
+            addr,
+            key,
+            phase: Phase::Handshake,
+            outgoing,
+            greeting: Vec::new(),
+            last_heard: now,
+            last_sent: now,
+            served_since_unchoke: 0,
+            choke_changed: now,
+            prefetched: None,
+        }
+    }
+
+    /// The peer's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The torrent we dialed the peer for, if we did.
+    pub fn outgoing(&self) -> Option<InfoHash> {
+        self.outgoing
+    }
+
+    /// The torrent, once past the handshake.
+    pub fn torrent(&self) -> Option<&Arc<Torrent>> {
+        match &self.phase {
+            Phase::Active { torrent, .. } => Some(torrent),
+            Phase::Handshake => None,
+        }
+    }
+
+    /// Whether we download from this peer.
+    pub fn is_leeching(&self) -> bool {
+        matches!(&self.phase, Phase::Active { session, .. } if session.is_leeching())
+    }
+
+    /// Whether it is past its handshake and we unchoke it; with its torrent.
+    pub fn unchoked_torrent(&self) -> Option<&Arc<Torrent>> {
+        match &self.phase {
+            Phase::Active { torrent, session } if !session.is_choking() => Some(torrent),
+            _ => None,
+        }
+    }
+
+    /// Control bytes waiting to be sent.
+    pub fn pending_output(&self) -> usize {
+        self.greeting.len()
+            + match &self.phase {
+                Phase::Active { session, .. } => session.pending_output().len(),
+                Phase::Handshake => 0,
+            }
+    }
+
+    /// Whether the handshake is still to come.
+    pub fn in_handshake(&self) -> bool {
+        matches!(self.phase, Phase::Handshake)
+    }
+
+    /// Our outgoing connection is established: we speak first, naming the
+    /// torrent we dialed for. The handshake timeout counts from here.
+    pub fn connected(&mut self, peer_id: [u8; 20], now: Duration) {
+        self.last_heard = now;
+        if let Some(info_hash) = self.outgoing {
+            Handshake {
+                reserved: Reserved::OURS,
+                info_hash,
+                peer_id,
+            }
+            .encode(&mut self.greeting);
+        }
+    }
+
+    /// Takes what the peer sent (`input`, from the start of a frame or of the
+    /// handshake). `unchoked_leeching` is how many peers of downloaded
+    /// torrents this worker unchokes now (asked only during the handshake).
+    /// Complete pieces go to `check`.
+    pub fn receive(
+        &mut self,
+        input: &[u8],
+        env: &mut Env<'_>,
+        unchoked_leeching: impl FnOnce() -> usize,
+        check: &crossbeam_channel::Sender<CheckJob>,
+    ) -> Received {
+        self.last_heard = env.now;
+        let mut out = Received::default();
+        if matches!(self.phase, Phase::Handshake) {
+            match self.handshake(input, env, unchoked_leeching) {
+                Ok(None) => {
+                    out.need = wire::HANDSHAKE_LEN;
+                    return out;
+                }
+                Ok(Some(joined)) => {
+                    out.consumed = wire::HANDSHAKE_LEN;
+                    out.joined = Some(joined);
+                }
+                Err(reason) => {
+                    out.close = Some(reason);
+                    return out;
+                }
+            }
+        }
+        let now = env.now;
+        let ip = self.addr.ip();
+        let peer = self.key;
+        let Phase::Active { torrent, session } = &mut self.phase else {
+            unreachable!("the handshake completed above")
+        };
+        let max_frame = max_frame_len(torrent);
+        let mut complete = Vec::new();
+        loop {
+            match wire::decode(&input[out.consumed..], max_frame) {
+                Ok(Some((msg, used))) => {
+                    match session.on_message(msg, &View(torrent)) {
+                        Ok(Event::None | Event::MayRequest) => {}
+                        Ok(event) => {
+                            let received =
+                                glue(torrent, session, event, peer, ip, now, &mut complete);
+                            if received > 0 {
+                                env.tally.worker.blocks_received += 1;
+                                env.tally.worker.bytes_received += received;
+                            }
+                        }
+                        Err(end) => {
+                            out.close = Some(match end {
+                                SessionEnd::Violation(_) => CloseReason::Violation,
+                                SessionEnd::PeerIsSeed => CloseReason::PeerIsSeed,
+                            });
+                            break;
+                        }
+                    }
+                    out.consumed += used;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    out.close = Some(CloseReason::Violation);
+                    break;
+                }
+            }
+        }
+        for piece in complete {
+            let job = CheckJob {
+                torrent: Arc::clone(torrent),
+                piece,
+                worker: env.worker,
+            };
+            // The pool lives as long as any worker.
+            let _ = check.send(job);
+        }
+        if out.close.is_none() && session.is_leeching() {
+            request_more(torrent, session, peer, now, env.rng);
+        }
+        // The next frame's length, once its prefix is in: `decode` accepted
+        // that prefix, so it is within `max_frame`.
+        let rest = &input[out.consumed..];
+        out.need = if out.close.is_none() && rest.len() >= 4 {
+            4 + u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize
+        } else {
+            0
+        };
+        out
+    }
+
+    /// Completes the handshake if `input` holds it: the torrent must be
+    /// served, the peer not banned, the limits not reached.
+    fn handshake(
+        &mut self,
+        input: &[u8],
+        env: &mut Env<'_>,
+        unchoked_leeching: impl FnOnce() -> usize,
+    ) -> Result<Option<Joined>, CloseReason> {
+        let hs = match Handshake::decode(input) {
+            Ok(None) => return Ok(None),
+            Ok(Some(hs)) => hs,
+            Err(_) => return Err(CloseReason::NotBitTorrent),
+        };
+        if self.outgoing.is_some_and(|h| h != hs.info_hash) {
+            return Err(CloseReason::UnknownTorrent);
+        }
+        if hs.peer_id == env.peer_id {
+            // We dialed ourselves (our own address from a tracker).
+            return Err(CloseReason::UnknownTorrent);
+        }
+        let torrent = env
+            .torrents
+            .get(&hs.info_hash)
+            .filter(|t| !t.is_errored())
+            .ok_or(CloseReason::UnknownTorrent)?;
+        if torrent
+            .download()
+            .is_some_and(|d| d.is_banned(&self.addr.ip()))
+        {
+            return Err(CloseReason::Banned);
+        }
+        if !env.limits.try_join_torrent(torrent, env.config) {
+            return Err(CloseReason::Limit);
+        }
+        if self.outgoing.is_none() {
+            // Incoming: answer with ours (an outgoing one sent it first).
+            Handshake {
+                reserved: Reserved::OURS,
+                info_hash: hs.info_hash,
+                peer_id: env.peer_id,
+            }
+            .encode(&mut self.greeting);
+        }
+        let mut session = PeerSession::new(
+            &hs,
+            Some(self.addr.ip()),
+            &View(torrent),
+            env.config.session.clone(),
+        );
+        let leeching = session.is_leeching();
+        // Pieces verified before this connection are in the greeting's
+        // bitfield, not owed as `have`s.
+        let verified = torrent.download().map_or(0, |d| d.verified_count());
+        env.tally.torrent(torrent).peers += 1;
+        env.tally.worker.peers += 1;
+        let free_slot = if torrent.is_downloading() {
+            // Tit-for-tat needs a round to measure; until the choker's next
+            // round, a free slot goes to whoever comes.
+            let share = env.config.leech_slots_share(env.worker);
+            share == 0 || unchoked_leeching() < share
+        } else {
+            env.config.upload_slots == 0
+        };
+        if free_slot {
+            // Without slot limits there is nothing to wait for: unchoke now
+            // instead of at the next choker round.
+            session.set_choking(false);
+            self.choke_changed = env.now;
+        }
+        self.phase = Phase::Active {
+            torrent: Arc::clone(torrent),
+            session: Box::new(session),
+        };
+        Ok(Some(Joined {
+            info_hash: hs.info_hash,
+            leeching,
+            verified,
+        }))
+    }
+
+    /// Fills `plan` (empty) with what to send now: pending control bytes,
+    /// then queued requests within `room` and the `bucket`'s tokens. Returns
+    /// whether the bucket held requests back.
+    pub fn plan_send(
+        &mut self,
+        plan: &mut SendPlan,
+        room: SendRoom,
+        bucket: &mut TokenBucket,
+        env: &mut Env<'_>,
+    ) -> bool {
+        plan.control.append(&mut self.greeting);
+        let Phase::Active { torrent, session } = &mut self.phase else {
+            return false;
+        };
+        if torrent.is_errored() {
+            return false;
+        }
+        let mut throttled = false;
+        let mut payload = 0u64;
+        let mut segments = 0;
+        while payload < room.bytes {
+            let Some(req) = session.pop_request() else {
+                break;
+            };
+            // A header and the block's segments in the files.
+            let needed = 1 + torrent.block_segments(&req);
+            if needed > room.segments_per_block {
+                session.reject(req);
+                continue;
+            }
+            if !plan.blocks.is_empty() && segments + needed > room.segments {
+                session.unpop_request(req);
+                break;
+            }
+            if !bucket.try_take(u64::from(req.length), env.now) {
+                session.unpop_request(req);
+                throttled = true;
+                break;
+            }
+            if !torrent.is_resident(&req) {
+                env.tally.worker.cache_misses += 1;
+                let covered = self.prefetched.is_some_and(|(piece, start, end)| {
+                    piece == req.piece && req.offset >= start && req.offset + req.length <= end
+                });
+                if !covered {
+                    env.tally.worker.prefetches += 1;
+                    let end = torrent.prefetch(&req);
+                    self.prefetched = Some((req.piece, req.offset, end));
+                }
+                plan.cold = true;
+            }
+            segments += needed;
+            payload += u64::from(req.length);
+            plan.blocks.push(req);
+        }
+        // After the blocks were taken, so rejects of requests we cannot
+        // carry go out with this send.
+        session.drain_output_into(&mut plan.control);
+        if !plan.blocks.is_empty() {
+            plan.torrent = Some(Arc::clone(torrent));
+        }
+        if !plan.is_empty() {
+            self.last_sent = env.now;
+        }
+        throttled
+    }
+
+    /// A plan was sent in full.
+    pub fn sent(&mut self, plan: &SendPlan) {
+        self.served_since_unchoke += plan.block_bytes();
+    }
+
+    /// Once a second: whether to close it (handshake or connect too slow,
+    /// silent, torrent errored), and whether it has something new to send
+    /// (a keep-alive, requests moved away from a snubbing peer).
+    pub fn housekeeping(
+        &mut self,
+        now: Duration,
+        elapsed: Duration,
+        connecting: bool,
+        config: &SeedConfig,
+    ) -> (Option<CloseReason>, bool) {
+        let silent = now.saturating_sub(self.last_heard);
+        let peer = self.key;
+        match &mut self.phase {
+            Phase::Handshake if connecting && silent >= config.connect_timeout => {
+                (Some(CloseReason::Idle), false)
+            }
+            Phase::Handshake if silent >= HANDSHAKE_TIMEOUT => (Some(CloseReason::Idle), false),
+            Phase::Handshake => (None, false),
+            Phase::Active { torrent, .. } if torrent.is_errored() => {
+                (Some(CloseReason::TorrentErrored), false)
+            }
+            Phase::Active { .. } if silent >= IDLE_TIMEOUT => (Some(CloseReason::Idle), false),
+            Phase::Active { session, torrent } => {
+                let mut send = false;
+                if session.is_leeching() {
+                    session.tick(elapsed);
+                    let lost = session.check_snub(now, config.request_timeout);
+                    if !lost.is_empty() {
+                        if let Some(mut download) = torrent.download() {
+                            for req in &lost {
+                                download.picker.release(peer, req);
+                            }
+                        }
+                        send = true;
+                    }
+                }
+                if now.saturating_sub(self.last_sent) >= KEEPALIVE_AFTER
+                    && session.pending_output().is_empty()
+                {
+                    session.keep_alive();
+                    send = true;
+                }
+                (None, send)
+            }
+        }
+    }
+
+    /// Applies a tick's news of its torrent (being downloaded): `have`s,
+    /// bans, completion, interest, endgame cancels, more requests.
+    pub fn leech_tick(
+        &mut self,
+        news: &LeechNews<'_>,
+        now: Duration,
+        rng: &mut u64,
+    ) -> Option<CloseReason> {
+        if news.banned.contains(&self.addr.ip()) {
+            return Some(CloseReason::Banned);
+        }
+        let peer = self.key;
+        let Phase::Active { session, torrent } = &mut self.phase else {
+            return None;
+        };
+        for &piece in news.new_pieces {
+            session.announce_have(piece);
+        }
+        if !session.is_leeching() {
+            return None;
+        }
+        if news.became_complete {
+            if session.peer_is_seed() {
+                return Some(CloseReason::BothSeeds);
+            }
+            session.finish_download();
+            return None;
+        }
+        if !news.new_pieces.is_empty() || news.endgame {
+            let download = torrent.download()?;
+            let leech = session.leech().expect("leeching");
+            let interesting = download.picker.is_interesting(&leech.peer_has);
+            let done: Vec<_> = if news.endgame {
+                leech
+                    .outstanding
+                    .iter()
+                    .filter(|o| download.picker.is_received(&o.req))
+                    .map(|o| o.req)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            drop(download);
+            session.set_interested(interesting);
+            for req in &done {
+                session.cancel(req);
+            }
+        }
+        request_more(torrent, session, peer, now, rng);
+        None
+    }
+
+    /// Where it stands for the choker, and whether its torrent is being
+    /// downloaded (tit-for-tat) rather than seeded (round robin).
+    pub fn candidate(&mut self, key: u64) -> Option<(Candidate, bool)> {
+        let Phase::Active { session, torrent } = &mut self.phase else {
+            return None;
+        };
+        let candidate = Candidate {
+            key,
+            interested: session.is_interested(),
+            unchoked: !session.is_choking(),
+            served_since_unchoke: self.served_since_unchoke,
+            since: self.choke_changed,
+            received: session.take_received_since_rechoke(),
+        };
+        Some((candidate, torrent.is_downloading()))
+    }
+
+    /// The choker's decision.
+    pub fn set_unchoked(&mut self, unchoke: bool, now: Duration) {
+        if let Phase::Active { session, .. } = &mut self.phase {
+            session.set_choking(!unchoke);
+            self.choke_changed = now;
+            self.served_since_unchoke = 0;
+        }
+    }
+
+    /// The connection is gone: its requests go back to the picker, and its
+    /// counters to the tallies.
+    pub fn close(self, tally: &mut Tally, limits: &Limits) {
+        let Phase::Active {
+            torrent,
+            mut session,
+        } = self.phase
+        else {
+            return;
+        };
+        if session.is_leeching() {
+            let lost = session.withdraw_all(false);
+            if let (Some(mut download), Some(leech)) = (torrent.download(), session.leech()) {
+                for req in &lost {
+                    download.picker.release(self.key, req);
+                }
+                download.picker.remove_peer(&leech.peer_has);
+            }
+        }
+        let counters = session.counters();
+        let d = tally.torrent(&torrent);
+        d.peers -= 1;
+        d.rejected_requests += counters.rejected_requests;
+        d.metadata_pieces_served += counters.metadata_pieces_served;
+        tally.worker.peers -= 1;
+        tally.worker.rejected_requests += counters.rejected_requests;
+        tally.worker.metadata_pieces_served += counters.metadata_pieces_served;
+        limits.leave_torrent(&torrent);
+    }
+}
+
+/// Applies a session event to the torrent's shared download state; returns
+/// the bytes of a block received.
+fn glue(
+    torrent: &Torrent,
+    session: &mut PeerSession,
+    event: Event<'_>,
+    peer: PeerKey,
+    ip: IpAddr,
+    now: Duration,
+    complete: &mut Vec<CompletePiece>,
+) -> u64 {
+    let Some(mut download) = torrent.download() else {
+        return 0;
+    };
+    match event {
+        Event::HasPiece(piece) => {
+            download.picker.add_peer_piece(piece);
+            if download.picker.wants(piece) {
+                session.set_interested(true);
+            }
+            0
+        }
+        Event::HasPieces(has) => {
+            download.picker.add_peer(&has);
+            let interesting = download.picker.is_interesting(&has);
+            session.set_interested(interesting);
+            0
+        }
+        Event::Block { req, data } => {
+            session.block_arrived(now);
+            complete.extend(download.on_block(peer, ip, &req, data));
+            u64::from(req.length)
+        }
+        Event::Lost(reqs) => {
+            for req in &reqs {
+                download.picker.release(peer, req);
+            }
+            0
+        }
+        Event::None | Event::MayRequest => 0,
+    }
+}
+
+/// The largest frame a peer may send us: a bitfield of the torrent, or an
+/// extension message (metadata requests are tiny; handshakes a few KiB).
+fn max_frame_len(torrent: &Torrent) -> u32 {
+    (torrent.layout.num_pieces().div_ceil(8) + 1).max(64 << 10)
+}
+
+/// Tops up a downloading session's requests from the shared picker.
+fn request_more(
+    torrent: &Torrent,
+    session: &mut PeerSession,
+    peer: PeerKey,
+    now: Duration,
+    rng: &mut u64,
+) {
+    let Some((room, pieces)) = session.request_room() else {
+        return;
+    };
+    let reqs = match torrent.download() {
+        // The disk is behind: finish the pieces started (which frees their
+        // buffers), start none.
+        Some(mut download) if download.over_memory_budget() => {
+            download.picker.pick_started(peer, &pieces, room)
+        }
+        Some(mut download) => download
+            .picker
+            .pick(peer, &pieces, room, &mut |n| next_below(rng, n)),
+        None => return,
+    };
+    if !reqs.is_empty() {
+        session.request(&reqs, now);
+    }
+}
+
+#[cfg(test)]
+mod tests;
