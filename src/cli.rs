@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ringseed_engine::io::plane::IoMode;
+use ringseed_engine::io::seeder::SeedConfig;
 
 /// Exit statuses that scripts can rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,13 +189,8 @@ pub struct DownloadArgs {
         env = "RINGSEED_LISTEN"
     )]
     pub listen: std::net::SocketAddr,
-    /// Data-plane worker threads, each pinned to a core [default: one per core].
-    #[arg(value_name = "N", long, env = "RINGSEED_WORKERS")]
-    pub workers: Option<NonZeroUsize>,
-    /// Data plane: auto (io_uring where this host allows it, else epoll,
-    /// with a warning that says why), uring (or fail), or epoll.
-    #[arg(value_name = "MODE", long, default_value = "auto", env = "RINGSEED_IO")]
-    pub io: IoMode,
+    #[command(flatten)]
+    pub plane: PlaneArgs,
     /// Where resume data and torrents fetched from magnet links are kept
     /// [default: $XDG_STATE_HOME/ringseed or ~/.local/state/ringseed].
     #[arg(long, value_name = "DIR", env = "RINGSEED_STATE")]
@@ -451,13 +447,8 @@ pub struct SeedArgs {
         env = "RINGSEED_LISTEN"
     )]
     pub listen: std::net::SocketAddr,
-    /// Data-plane worker threads, each pinned to a core [default: one per core].
-    #[arg(value_name = "N", long, env = "RINGSEED_WORKERS")]
-    pub workers: Option<NonZeroUsize>,
-    /// Data plane: auto (io_uring where this host allows it, else epoll,
-    /// with a warning that says why), uring (or fail), or epoll.
-    #[arg(value_name = "MODE", long, default_value = "auto", env = "RINGSEED_IO")]
-    pub io: IoMode,
+    #[command(flatten)]
+    pub plane: PlaneArgs,
     /// Where the data of .torrent arguments is: the directory that holds
     /// each torrent's file or top directory.
     #[arg(long, value_name = "DIR", env = "RINGSEED_DATA")]
@@ -521,6 +512,32 @@ pub struct SeedArgs {
     pub max_connections_per_ip: usize,
     #[command(flatten)]
     pub hashing: HashingArgs,
+}
+
+/// The data plane's flags, shared by `seed` and `download`.
+#[derive(Debug, Args)]
+pub struct PlaneArgs {
+    /// Data-plane worker threads, each pinned to a core [default: one per core].
+    #[arg(value_name = "N", long, env = "RINGSEED_WORKERS")]
+    pub workers: Option<NonZeroUsize>,
+    /// Data plane: auto (io_uring where this host allows it, else epoll,
+    /// with a warning that says why), uring (or fail), or epoll.
+    #[arg(value_name = "MODE", long, default_value = "auto", env = "RINGSEED_IO")]
+    pub io: IoMode,
+}
+
+impl PlaneArgs {
+    /// The data plane's settings: these flags, listening on `listen`, the
+    /// rest at their defaults.
+    pub fn config(&self, listen: std::net::SocketAddr) -> SeedConfig {
+        let defaults = SeedConfig::default();
+        SeedConfig {
+            listen,
+            workers: self.workers.map_or(defaults.workers, NonZeroUsize::get),
+            io: self.io,
+            ..defaults
+        }
+    }
 }
 
 /// Parses a byte rate or size: `0`, `500K`, `100M`, `1G` (powers of 1024).

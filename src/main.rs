@@ -7,6 +7,7 @@ mod commands;
 mod daemon;
 mod display;
 mod logging;
+mod setup;
 
 use std::process::ExitCode;
 

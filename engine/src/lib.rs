@@ -15,6 +15,7 @@ pub mod io;
 pub mod policy;
 pub mod proto;
 pub mod rng;
+pub mod session;
 pub mod stats;
 
 pub use proto::info_hash::InfoHash;

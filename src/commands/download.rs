@@ -12,25 +12,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use ringseed_engine::io::announce::{
-    AnnounceTarget, Announcer, ClientConfig, TrackerClient, Transfer,
-};
+use ringseed_engine::io::announce::{ClientConfig, TrackerClient};
 use ringseed_engine::io::files::DataPaths;
 use ringseed_engine::io::hasher::{thread_count, verify};
 use ringseed_engine::io::metadata_fetch::fetch_metadata;
 use ringseed_engine::io::resume::{stamps, ResumeData};
-use ringseed_engine::io::seeder::{new_peer_id, SeedConfig, Seeder};
+use ringseed_engine::io::seeder::{new_peer_id, SeedConfig};
 use ringseed_engine::io::storage::Torrent;
 use ringseed_engine::policy::bitfield::Bitfield;
 use ringseed_engine::policy::download::DownloadConfig;
 use ringseed_engine::proto::bencode::OwnedValue;
 use ringseed_engine::proto::layout::Layout;
 use ringseed_engine::proto::tracker::{Announce, Event};
-use ringseed_engine::{InfoHash, MagnetLink, Metainfo};
+use ringseed_engine::session::{Session, SessionConfig};
+use ringseed_engine::{MagnetLink, Metainfo};
 
-use super::{raise_open_file_limit, state_dir};
 use crate::cli::{DownloadArgs, Exit};
 use crate::display::{human_bytes, HashProgress};
+use crate::setup::{raise_open_file_limit, state_dir, GOODBYE};
 
 /// Resume data is saved this often while downloading.
 const SAVE_EVERY: Duration = Duration::from_secs(30);
@@ -81,18 +80,24 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
     .with_context(|| format!("cannot download into {}", args.output.display()))?;
     let start_have = torrent.download().map_or(0, |d| d.picker.have().count());
     let config = SeedConfig {
-        listen: args.listen,
-        workers: args
-            .workers
-            .map_or_else(|| SeedConfig::default().workers, |n| n.get()),
         leech_upload_slots: args.upload_slots,
         max_upload_rate: args.max_upload_rate,
-        io: args.io,
-        ..SeedConfig::default()
+        ..args.plane.config(args.listen)
     };
-    let seeder = Seeder::start(config, vec![Arc::clone(&torrent)])?;
-    println!("data plane: {}", seeder.data_plane());
-    println!("listening on {}", seeder.local_addr());
+    let trackers = if args.no_announce {
+        None
+    } else {
+        Some(client_config(&args)?)
+    };
+    let mut session = Session::start(
+        SessionConfig {
+            plane: config,
+            trackers,
+        },
+        vec![Arc::clone(&torrent)],
+    )?;
+    println!("data plane: {}", session.data_plane());
+    println!("listening on {}", session.local_addr());
     if start_have > 0 {
         println!(
             "resumed: {start_have} of {} pieces already verified",
@@ -103,9 +108,7 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
 
     let mut peers: Vec<SocketAddr> = args.peers.clone();
     peers.extend(extra_peers);
-    let dialer = seeder.dialer();
-    dialer.dial(metainfo.info_hash, &peers);
-    let announcer = start_announcer(&args, &seeder, &torrent)?;
+    session.dial(metainfo.info_hash, &peers);
 
     let started = Instant::now();
     let mut bar = Progress::new(metainfo.total_length());
@@ -114,7 +117,7 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
     let mut announced_complete = false;
     let outcome = loop {
         std::thread::sleep(Duration::from_millis(250));
-        let stats = seeder.stats();
+        let stats = session.stats();
         let t = &stats.torrents[0];
         let progress = t.download.clone().expect("opened for download");
         bar.update(&progress, t.stats.peers);
@@ -132,9 +135,7 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
                 human_bytes((progress.counters.bytes_received as f64 / secs.max(1e-3)) as u64)
             );
             print_summary(&progress);
-            if let Some(a) = &announcer {
-                a.completed(metainfo.info_hash);
-            }
+            session.completed(metainfo.info_hash);
             if !args.seed {
                 break Ok(());
             }
@@ -154,15 +155,12 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
         }
         if t.stats.peers == 0 && last_dial.elapsed() >= REDIAL_EVERY && !peers.is_empty() {
             last_dial = Instant::now();
-            dialer.dial(metainfo.info_hash, &peers);
+            session.dial(metainfo.info_hash, &peers);
         }
     };
     bar.finish();
-    if let Some(a) = announcer {
-        a.stop();
-    }
-    let stats = seeder
-        .shutdown()
+    let (stats, _) = session
+        .shutdown(GOODBYE)
         .context("a worker failed while stopping")?;
     // Workers are stopped: nothing is written any more, so the saved file
     // stamps match the files and the next start needs no recheck.
@@ -225,7 +223,10 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 /// The torrent, and peers to dial from a magnet link's `x.pe`.
 fn load_source(args: &DownloadArgs, state: &Path) -> anyhow::Result<(Metainfo, Vec<SocketAddr>)> {
     if !args.source.starts_with("magnet:") {
-        return Ok((super::load_torrent(Path::new(&args.source))?, Vec::new()));
+        return Ok((
+            crate::setup::load_torrent(Path::new(&args.source))?,
+            Vec::new(),
+        ));
     }
     let magnet = MagnetLink::parse(&args.source).context("invalid magnet link")?;
     let x_pe: Vec<SocketAddr> = magnet
@@ -238,7 +239,7 @@ fn load_source(args: &DownloadArgs, state: &Path) -> anyhow::Result<(Metainfo, V
         .join("torrents")
         .join(format!("{}.torrent", magnet.info_hash));
     if saved.is_file() {
-        if let Ok(m) = super::load_torrent(&saved) {
+        if let Ok(m) = crate::setup::load_torrent(&saved) {
             if m.info_hash == magnet.info_hash {
                 return Ok((m, x_pe));
             }
@@ -325,7 +326,7 @@ fn tracker_peers(magnet: &MagnetLink, args: &DownloadArgs) -> Vec<SocketAddr> {
 }
 
 fn client_config(args: &DownloadArgs) -> anyhow::Result<ClientConfig> {
-    super::tracker_client_config(args.tracker_ca.as_deref())
+    crate::setup::tracker_client_config(args.tracker_ca.as_deref())
 }
 
 /// Which files `--only` selects (all without it). Patterns match a file's
@@ -422,39 +423,6 @@ fn save_resume(torrent: &Torrent, paths: &DataPaths, path: &Path) {
             path.display()
         );
     }
-}
-
-fn start_announcer(
-    args: &DownloadArgs,
-    seeder: &Seeder,
-    torrent: &Arc<Torrent>,
-) -> anyhow::Result<Option<Announcer>> {
-    if args.no_announce || torrent.metainfo.trackers.is_empty() {
-        return Ok(None);
-    }
-    let target = AnnounceTarget {
-        info_hash: torrent.metainfo.info_hash,
-        tiers: torrent.metainfo.trackers.clone(),
-    };
-    let t = Arc::clone(torrent);
-    let transfer = Arc::new(move |_: &InfoHash| {
-        let stats = t.stats.snapshot();
-        Transfer {
-            uploaded: stats.bytes_sent,
-            downloaded: stats.bytes_received,
-            left: t.download().map_or(0, |d| d.picker.bytes_missing()),
-        }
-    });
-    let dialer = seeder.dialer();
-    let on_peers = Arc::new(move |h: &InfoHash, peers: &[SocketAddr]| dialer.dial(*h, peers));
-    Ok(Some(Announcer::start(
-        vec![target],
-        seeder.peer_id(),
-        seeder.local_addr().port(),
-        client_config(args)?,
-        transfer,
-        Some(on_peers),
-    )?))
 }
 
 /// The progress bar on a terminal, a line every 10 s otherwise.

@@ -4,7 +4,7 @@ use crate::cli::{Exit, InfoArgs};
 use crate::display::{torrent_json, torrent_text};
 
 pub fn run(args: InfoArgs) -> anyhow::Result<Exit> {
-    let metainfo = super::load_torrent(&args.torrent)?;
+    let metainfo = crate::setup::load_torrent(&args.torrent)?;
     if args.json {
         println!("{}", torrent_json(&metainfo));
     } else {

@@ -13,9 +13,9 @@ use ringseed_engine::io::loadtest::{
 use ringseed_engine::InfoHash;
 use serde_json::json;
 
-use super::raise_open_file_limit;
 use crate::cli::{Exit, LoadMode, LoadtestArgs};
 use crate::display::human_bytes;
+use crate::setup::raise_open_file_limit;
 
 pub fn run(args: LoadtestArgs) -> anyhow::Result<Exit> {
     raise_open_file_limit();
@@ -131,7 +131,7 @@ fn peers(args: &LoadtestArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
     let Some(torrent) = &args.torrent else {
         bail!("--torrent is needed to load a seeder (--mode peers)");
     };
-    let metainfo = super::load_torrent(torrent)?;
+    let metainfo = crate::setup::load_torrent(torrent)?;
     let threads = args.threads.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |n| n.get(),
@@ -403,7 +403,7 @@ fn live_lines(
 
 fn tracker(args: &LoadtestArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
     let info_hashes: Vec<InfoHash> = match &args.torrent {
-        Some(t) => vec![super::load_torrent(t)?.info_hash],
+        Some(t) => vec![crate::setup::load_torrent(t)?.info_hash],
         None => (0..args.info_hashes.max(1))
             .map(|i| InfoHash(ringseed_engine::hash::sha1(&(i as u64).to_le_bytes())))
             .collect(),

@@ -3,23 +3,22 @@
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ringseed_engine::create::{collect_files, create, CreateOptions};
-use ringseed_engine::io::announce::{AnnounceTarget, Announcer};
 use ringseed_engine::io::files::DataPaths;
 use ringseed_engine::io::hasher::{thread_count, verify};
-use ringseed_engine::io::seeder::{SeedConfig, Seeder};
+use ringseed_engine::io::seeder::SeedConfig;
 use ringseed_engine::io::storage::Torrent;
 use ringseed_engine::io::tracker_server::TrackerConfig;
 use ringseed_engine::proto::layout::Layout;
+use ringseed_engine::session::{Session, SessionConfig};
 use ringseed_engine::{MagnetLink, Metainfo};
 
-use super::{raise_open_file_limit, state_dir};
 use crate::cli::{Exit, SeedArgs};
 use crate::display::{human_bytes, piece_ranges, HashProgress};
+use crate::setup::{raise_open_file_limit, state_dir, tracker_client_config, GOODBYE};
 
 pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
     raise_open_file_limit();
@@ -50,21 +49,27 @@ pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
     }
 
     let config = SeedConfig {
-        listen: args.listen,
-        workers: args
-            .workers
-            .map_or_else(|| SeedConfig::default().workers, |n| n.get()),
         upload_slots: args.upload_slots,
         max_upload_rate: args.max_upload_rate,
         max_connections: args.max_connections,
         max_connections_per_torrent: args.max_connections_per_torrent,
         max_connections_per_ip: args.max_connections_per_ip,
-        io: args.io,
-        ..SeedConfig::default()
+        ..args.plane.config(args.listen)
     };
     let workers = config.workers;
-    let seeder = Seeder::start(config, torrents.clone())?;
-    let addr = seeder.local_addr();
+    let trackers = if args.no_announce {
+        None
+    } else {
+        Some(tracker_client_config(args.tracker_ca.as_deref())?)
+    };
+    let session = Session::start(
+        SessionConfig {
+            plane: config,
+            trackers,
+        },
+        torrents.clone(),
+    )?;
+    let addr = session.local_addr();
     let family = if addr.ip().is_unspecified() && addr.is_ipv6() {
         " (IPv4 and IPv6)"
     } else {
@@ -92,18 +97,14 @@ pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
         })?),
         None => None,
     };
-    let announcer = start_announcer(&args, &seeder, &torrents)?;
-    let plane = seeder.data_plane();
+    let plane = session.data_plane();
     println!("listening on {addr}{family} with {workers} {plane} workers; Ctrl-C stops");
     std::io::stdout().flush()?;
 
-    wait_for_signal(&seeder, announcer.as_ref())?;
-    if let Some(announcer) = announcer {
-        // Tell the trackers we leave before we stop answering peers.
-        announcer.stop();
-    }
-    let stats = seeder
-        .shutdown()
+    wait_for_signal(&session)?;
+    // Trackers hear that we leave before we stop answering peers.
+    let (stats, _) = session
+        .shutdown(GOODBYE)
         .context("a worker failed while stopping")?;
     println!(
         "stopped: sent {} in {} blocks to {} connections",
@@ -123,7 +124,7 @@ fn load_or_create(
 ) -> anyhow::Result<(Metainfo, DataPaths)> {
     let is_torrent = path.extension().is_some_and(|e| e == "torrent") && path.is_file();
     if is_torrent {
-        let metainfo = super::load_torrent(path)?;
+        let metainfo = crate::setup::load_torrent(path)?;
         let beside = path.parent().filter(|p| !p.as_os_str().is_empty());
         let data_dir = args.data.as_deref().or(beside).unwrap_or(Path::new("."));
         let paths = DataPaths::locate(&metainfo.info, data_dir);
@@ -157,28 +158,6 @@ fn load_or_create(
     Ok((created.metainfo, paths))
 }
 
-/// Keeps the torrents that have trackers registered with them, on a thread
-/// of its own (unless `--no-announce`).
-fn start_announcer(
-    args: &SeedArgs,
-    seeder: &Seeder,
-    torrents: &[Arc<Torrent>],
-) -> anyhow::Result<Option<Announcer>> {
-    let targets: Vec<AnnounceTarget> = torrents
-        .iter()
-        .filter(|t| !t.metainfo.trackers.is_empty())
-        .map(|t| AnnounceTarget {
-            info_hash: t.metainfo.info_hash,
-            tiers: t.metainfo.trackers.clone(),
-        })
-        .collect();
-    if args.no_announce || targets.is_empty() {
-        return Ok(None);
-    }
-    let config = super::tracker_client_config(args.tracker_ca.as_deref())?;
-    super::announce_seeding(seeder, targets, config).map(Some)
-}
-
 /// Blocks until SIGINT or SIGTERM.
 pub fn wait_for_stop_signal() -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
@@ -190,7 +169,7 @@ pub fn wait_for_stop_signal() -> anyhow::Result<()> {
 
 /// Shows a live status line on a terminal (a line a minute otherwise) until
 /// SIGINT or SIGTERM.
-fn wait_for_signal(seeder: &Seeder, announcer: Option<&Announcer>) -> anyhow::Result<()> {
+fn wait_for_signal(session: &Session) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .context("cannot install signal handlers")?;
@@ -207,14 +186,14 @@ fn wait_for_signal(seeder: &Seeder, announcer: Option<&Announcer>) -> anyhow::Re
     } else {
         Duration::from_secs(60)
     };
-    let mut last = (Instant::now(), seeder.stats().total.bytes_sent);
+    let mut last = (Instant::now(), session.stats().total.bytes_sent);
     let result = loop {
         match rx.recv_timeout(period) {
             Ok(_) => break Ok(()),
             Err(mpsc::RecvTimeoutError::Disconnected) => break Ok(()),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        let stats = seeder.stats();
+        let stats = session.stats();
         let now = Instant::now();
         let rate = (stats.total.bytes_sent - last.1) as f64 / (now - last.0).as_secs_f64();
         last = (now, stats.total.bytes_sent);
@@ -223,7 +202,7 @@ fn wait_for_signal(seeder: &Seeder, announcer: Option<&Announcer>) -> anyhow::Re
             .iter()
             .filter(|t| t.error.is_some())
             .collect();
-        let trackers = announcer.map(|a| a.status()).unwrap_or_default();
+        let trackers = session.tracker_status();
         let failing = trackers
             .iter()
             .filter(|t| matches!(t.last, Some(Err(_))))

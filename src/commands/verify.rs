@@ -11,7 +11,7 @@ use crate::cli::{Exit, VerifyArgs};
 use crate::display::{human_bytes, HashProgress};
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<Exit> {
-    let m = super::load_torrent(&args.torrent)?;
+    let m = crate::setup::load_torrent(&args.torrent)?;
     if !args.data.exists() {
         anyhow::bail!("data path {} does not exist", args.data.display());
     }

@@ -333,7 +333,7 @@ impl Config {
                 .to_owned();
             return PathBuf::from(first);
         }
-        crate::commands::state_dir(None)
+        crate::setup::state_dir(None)
     }
 
     /// The control socket path (see [`Config::control_socket`]).

@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ringseed_engine::create::CreateOptions;
-use ringseed_engine::io::announce::{AnnounceTarget, Announcer};
 use ringseed_engine::io::files::{write_atomic, DataPaths};
 use ringseed_engine::io::hasher::thread_count;
-use ringseed_engine::io::seeder::{SeedConfig, Seeder};
+use ringseed_engine::io::seeder::SeedConfig;
 use ringseed_engine::io::storage::Torrent;
 use ringseed_engine::io::tracker_server::{TrackerConfig, TrackerServer};
+use ringseed_engine::session::{Session, SessionConfig};
 use ringseed_engine::{InfoHash, MagnetLink, Metainfo};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
@@ -90,7 +90,7 @@ struct Added {
 pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
     let config = Config::load(&args)?;
     let log = logging::init(&config.log_level)?;
-    super::commands::raise_open_file_limit();
+    crate::setup::raise_open_file_limit();
     let state = StateFiles::new(config.state_dir());
     std::fs::create_dir_all(state.dir()).with_context(|| {
         format!(
@@ -105,7 +105,19 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
     // state stops here, and the socket's mode is set as it is created.
     let control_path = config.control_socket();
     let listener = control::bind_control(&control_path, config.socket_mode()?)?;
-    let seeder = Seeder::start(seed_config(&config), Vec::new())?;
+    // No torrent yet: they are added as they go live.
+    let trackers = if config.announce {
+        Some(crate::setup::tracker_client_config(None)?)
+    } else {
+        None
+    };
+    let session = Session::start(
+        SessionConfig {
+            plane: seed_config(&config),
+            trackers,
+        },
+        Vec::new(),
+    )?;
     let (events_tx, events) = mpsc::channel::<Event>();
     let tracker = match config.tracker_addr()? {
         Some(addr) => {
@@ -119,17 +131,6 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
             Some(server)
         }
         None => None,
-    };
-    let announcer = if config.announce {
-        // No torrent yet: they are added as they go live.
-        let client = crate::commands::tracker_client_config(None)?;
-        Some(crate::commands::announce_seeding(
-            &seeder,
-            Vec::new(),
-            client,
-        )?)
-    } else {
-        None
     };
 
     spawn_signal_thread(events_tx.clone())?;
@@ -151,8 +152,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
         config,
         log,
         state,
-        seeder,
-        announcer,
+        session,
         _tracker: tracker,
         items: Items::new(),
         overrides,
@@ -171,12 +171,12 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
         control_path,
     };
     daemon.scan();
-    let addr = daemon.seeder.local_addr();
+    let addr = daemon.session.local_addr();
     info!(
         "listening on {addr}; control socket {}{}; {} data plane",
         daemon.control_path.display(),
         metrics.map_or_else(String::new, |m| format!("; metrics on http://{m}/metrics")),
-        daemon.seeder.data_plane()
+        daemon.session.data_plane()
     );
     daemon.systemd.ready(&daemon.status_line());
     daemon.run(events)
@@ -288,8 +288,7 @@ struct Daemon {
     config: Config,
     log: LogLevel,
     state: StateFiles,
-    seeder: Seeder,
-    announcer: Option<Announcer>,
+    session: Session,
     _tracker: Option<TrackerServer>,
     items: Items,
     overrides: Overrides,
@@ -342,7 +341,7 @@ impl Daemon {
                 self.scan();
             }
             if let Some(every) = self.systemd.watchdog_every() {
-                if last_ping.elapsed() >= every && self.seeder.workers_alive(WORKER_STUCK_AFTER) {
+                if last_ping.elapsed() >= every && self.session.workers_alive(WORKER_STUCK_AFTER) {
                     self.systemd.watchdog();
                     last_ping = Instant::now();
                 }
@@ -853,15 +852,7 @@ impl Daemon {
                 self.stop_serving(key, &old);
             }
         }
-        self.seeder.add_torrent(Arc::clone(&torrent));
-        if let Some(announcer) = &self.announcer {
-            if !torrent.metainfo.trackers.is_empty() {
-                announcer.add(AnnounceTarget {
-                    info_hash: torrent.metainfo.info_hash,
-                    tiers: torrent.metainfo.trackers.clone(),
-                });
-            }
-        }
+        self.session.add_torrent(Arc::clone(&torrent));
         if let (Source::Data { path, .. }, Some(bytes)) = (&source, made) {
             if hashed {
                 if let Err(e) = write_atomic(&self.state.made(path), &bytes) {
@@ -897,10 +888,7 @@ impl Daemon {
     fn stop_serving(&mut self, key: &Path, torrent: &Arc<Torrent>) {
         // One item serves a given info-hash (see `go_live`).
         let h = torrent.metainfo.info_hash;
-        self.seeder.remove_torrent(&h);
-        if let Some(announcer) = &self.announcer {
-            announcer.remove(h);
-        }
+        self.session.remove_torrent(&h);
         info!("stopped seeding {} ({h})", torrent.metainfo.info.name);
         for other in self.items.values_mut() {
             if other.blocked_by.as_deref() == Some(key) {
@@ -1021,7 +1009,7 @@ impl Daemon {
                     warn!("`{key}` changed: it takes effect at the next restart");
                 }
             }
-            self.seeder.reconfigure(seed_config(&new));
+            self.session.reconfigure(seed_config(&new));
             self.config = new;
             self.scan();
             info!("configuration reloaded");
@@ -1151,13 +1139,13 @@ impl Daemon {
     }
 
     fn status(&self) -> Status {
-        let stats = self.seeder.stats();
+        let stats = self.session.stats();
         let by_hash: HashMap<InfoHash, _> = stats
             .torrents
             .iter()
             .map(|t| (t.info_hash, t.stats))
             .collect();
-        let ages = self.seeder.observer().heartbeat_ages();
+        let ages = self.session.observer().heartbeat_ages();
         let torrents = self
             .items
             .iter()
@@ -1188,10 +1176,8 @@ impl Daemon {
             })
             .collect();
         let trackers = self
-            .announcer
-            .as_ref()
-            .map(|a| a.status())
-            .unwrap_or_default()
+            .session
+            .tracker_status()
             .into_iter()
             .map(|t| TrackerStatus {
                 info_hash: t.info_hash.to_string(),
@@ -1215,9 +1201,9 @@ impl Daemon {
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: self.started.elapsed().as_secs(),
-            listen: self.seeder.local_addr().to_string(),
-            data_plane: self.seeder.data_plane().to_string(),
-            data_plane_fallback: self.seeder.fallback_reason().map(str::to_owned),
+            listen: self.session.local_addr().to_string(),
+            data_plane: self.session.data_plane().to_string(),
+            data_plane_fallback: self.session.fallback_reason().map(str::to_owned),
             totals: figures(&stats.total),
             workers: stats
                 .workers
@@ -1250,7 +1236,7 @@ impl Daemon {
         for item in self.items.values() {
             *states.entry(item.state.name()).or_default() += 1;
         }
-        let total = self.seeder.stats().total;
+        let total = self.session.stats().total;
         let states: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
         format!(
             "{} | {} peers | sent {} | {} data plane",
@@ -1261,7 +1247,7 @@ impl Daemon {
             },
             total.peers,
             crate::display::human_bytes(total.bytes_sent),
-            self.seeder.data_plane()
+            self.session.data_plane()
         )
     }
 
@@ -1272,23 +1258,16 @@ impl Daemon {
         info!("stopping");
         self.watcher = None;
         let deadline = Duration::from_secs(self.config.stop_timeout_secs);
-        if let Some(announcer) = self.announcer.take() {
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                announcer.stop();
-                let _ = tx.send(());
-            });
-            if rx.recv_timeout(deadline).is_err() {
-                warn!(
-                    "trackers did not all hear `stopped` within {}s; exiting anyway",
-                    deadline.as_secs()
-                );
-            }
-        }
-        let stats = self
-            .seeder
-            .shutdown()
+        let (stats, in_time) = self
+            .session
+            .shutdown(deadline)
             .context("a worker failed while stopping")?;
+        if !in_time {
+            warn!(
+                "trackers did not all hear `stopped` within {}s; exiting anyway",
+                deadline.as_secs()
+            );
+        }
         let _ = std::fs::remove_file(&self.control_path);
         info!(
             "stopped: sent {} to {} connections",

@@ -1,0 +1,238 @@
+//! The engine as one Session: the data plane, and the peer sources that
+//! feed it (trackers today; the DHT, peer exchange and web seeds register
+//! here as more [`PeerSource`]s). `ringseed seed`, `download` and the daemon
+//! are front ends over it: they decide which torrents run, the Session runs
+//! them.
+//!
+//! A torrent added to the Session is served by the data plane and handed
+//! to every source, which finds peers for it and hands them to the data
+//! plane's dialer. A torrent removed is dropped from the data plane and from
+//! every source (trackers hear `stopped`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use crate::io::announce::{
+    AnnounceError, AnnounceTarget, Announcer, ClientConfig, TrackerStatus, Transfer,
+};
+use crate::io::plane::DataPlane;
+use crate::io::seeder::{Dialer, Observer, SeedConfig, SeedError, Seeder, SeederStats};
+use crate::io::storage::Torrent;
+use crate::proto::info_hash::InfoHash;
+
+/// Finds peers for the torrents of a Session and hands them to its dialer.
+pub trait PeerSource: Send {
+    /// A torrent to find peers for (or one whose metadata changed).
+    fn add(&mut self, torrent: &Arc<Torrent>);
+    /// A torrent no longer run: say goodbye where the protocol wants it.
+    fn remove(&mut self, info_hash: InfoHash);
+    /// A torrent's download completed.
+    fn completed(&mut self, _info_hash: InfoHash) {}
+    /// Ends the source, saying goodbye for every torrent; may block on the
+    /// network (the Session bounds how long it waits).
+    fn stop(self: Box<Self>);
+}
+
+/// What a Session runs with.
+#[derive(Debug, Clone, Default)]
+pub struct SessionConfig {
+    /// The data plane's settings.
+    pub plane: SeedConfig,
+    /// Announce to the torrents' trackers with this client; `None`: never.
+    pub trackers: Option<ClientConfig>,
+}
+
+/// Why a Session could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The data plane.
+    #[error(transparent)]
+    Plane(#[from] SeedError),
+    /// The tracker client.
+    #[error("cannot start announcing to trackers")]
+    Trackers(#[source] AnnounceError),
+}
+
+/// The running engine.
+pub struct Session {
+    plane: Seeder,
+    trackers: Option<Arc<Announcer>>,
+    sources: Vec<Box<dyn PeerSource>>,
+}
+
+impl Session {
+    /// Starts the data plane and the peer sources, and runs `torrents`.
+    pub fn start(config: SessionConfig, torrents: Vec<Arc<Torrent>>) -> Result<Self, SessionError> {
+        let plane = Seeder::start(config.plane, Vec::new())?;
+        let mut session = Session {
+            trackers: None,
+            sources: Vec::new(),
+            plane,
+        };
+        if let Some(client) = config.trackers {
+            let announcer = Arc::new(start_announcer(&session.plane, client)?);
+            session.trackers = Some(Arc::clone(&announcer));
+            session.sources.push(Box::new(Trackers(announcer)));
+        }
+        for torrent in torrents {
+            session.add_torrent(torrent);
+        }
+        Ok(session)
+    }
+
+    /// Runs `torrent` from now on: served by the data plane, announced by
+    /// every source. One with the same info-hash (an older copy of its
+    /// files) is retired: its peers are dropped and reconnect.
+    pub fn add_torrent(&mut self, torrent: Arc<Torrent>) {
+        self.plane.add_torrent(Arc::clone(&torrent));
+        for source in &mut self.sources {
+            source.add(&torrent);
+        }
+    }
+
+    /// Stops running the torrent with `info_hash`; returns it if it ran.
+    pub fn remove_torrent(&mut self, info_hash: &InfoHash) -> Option<Arc<Torrent>> {
+        for source in &mut self.sources {
+            source.remove(*info_hash);
+        }
+        self.plane.remove_torrent(info_hash)
+    }
+
+    /// A torrent's download completed: the sources that care are told.
+    pub fn completed(&mut self, info_hash: InfoHash) {
+        for source in &mut self.sources {
+            source.completed(info_hash);
+        }
+    }
+
+    /// Connects to `peers` for `info_hash` (peers given by the user or in a
+    /// magnet link).
+    pub fn dial(&self, info_hash: InfoHash, peers: &[SocketAddr]) {
+        self.plane.dialer().dial(info_hash, peers);
+    }
+
+    /// A handle that hands peers to the data plane, for a source's thread.
+    pub fn dialer(&self) -> Dialer {
+        self.plane.dialer()
+    }
+
+    /// Applies new data-plane settings live (limits, slots, timeouts).
+    pub fn reconfigure(&self, config: SeedConfig) {
+        self.plane.reconfigure(config);
+    }
+
+    /// The last outcome of every tracker of every torrent.
+    pub fn tracker_status(&self) -> Vec<TrackerStatus> {
+        self.trackers.as_ref().map_or_else(Vec::new, |a| a.status())
+    }
+
+    /// Counters now.
+    pub fn stats(&self) -> SeederStats {
+        self.plane.stats()
+    }
+
+    /// A handle that reads counters and liveness from any thread.
+    pub fn observer(&self) -> Observer {
+        self.plane.observer()
+    }
+
+    /// The address peers connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.plane.local_addr()
+    }
+
+    /// The data plane that runs.
+    pub fn data_plane(&self) -> DataPlane {
+        self.plane.data_plane()
+    }
+
+    /// Why `--io auto` runs epoll rather than io_uring, if it does.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.plane.fallback_reason()
+    }
+
+    /// Whether every worker ran its tick within `max_age`.
+    pub fn workers_alive(&self, max_age: Duration) -> bool {
+        self.plane.workers_alive(max_age)
+    }
+
+    /// Stops the sources first (trackers hear `stopped`, for at most
+    /// `goodbye`: returns false if some did not finish in time), then the
+    /// data plane; returns the final counters.
+    pub fn shutdown(mut self, goodbye: Duration) -> io::Result<(SeederStats, bool)> {
+        let sources = std::mem::take(&mut self.sources);
+        self.trackers = None;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("ringseed-goodbye".into())
+            .spawn(move || {
+                for source in sources {
+                    source.stop();
+                }
+                let _ = tx.send(());
+            })?;
+        let in_time = rx.recv_timeout(goodbye).is_ok();
+        let stats = self.plane.shutdown()?;
+        Ok((stats, in_time))
+    }
+}
+
+/// Starts the announcer for the torrents `plane` runs: transfer figures come
+/// from each torrent's counters and download state, and the peers trackers
+/// return are dialed (leechers behind a NAT can only be reached that way).
+fn start_announcer(plane: &Seeder, client: ClientConfig) -> Result<Announcer, SessionError> {
+    let observer = plane.observer();
+    let transfer = Arc::new(move |h: &InfoHash| {
+        let Some(t) = observer.torrent(h) else {
+            return Transfer::default();
+        };
+        let stats = t.stats.snapshot();
+        Transfer {
+            uploaded: stats.bytes_sent,
+            downloaded: stats.bytes_received,
+            left: t.download().map_or(0, |d| d.picker.bytes_missing()),
+        }
+    });
+    let dialer = plane.dialer();
+    let on_peers = Arc::new(move |h: &InfoHash, peers: &[SocketAddr]| dialer.dial(*h, peers));
+    Announcer::start(
+        Vec::new(),
+        plane.peer_id(),
+        plane.local_addr().port(),
+        client,
+        transfer,
+        Some(on_peers),
+    )
+    .map_err(SessionError::Trackers)
+}
+
+/// The torrents' trackers (BEP 3, 12, 15) as a peer source.
+struct Trackers(Arc<Announcer>);
+
+impl PeerSource for Trackers {
+    fn add(&mut self, torrent: &Arc<Torrent>) {
+        if !torrent.metainfo.trackers.is_empty() {
+            self.0.add(AnnounceTarget {
+                info_hash: torrent.metainfo.info_hash,
+                tiers: torrent.metainfo.trackers.clone(),
+            });
+        }
+    }
+
+    fn remove(&mut self, info_hash: InfoHash) {
+        self.0.remove(info_hash);
+    }
+
+    fn completed(&mut self, info_hash: InfoHash) {
+        self.0.completed(info_hash);
+    }
+
+    fn stop(self: Box<Self>) {
+        // The Session dropped its own handle first: this is the last one.
+        if let Ok(announcer) = Arc::try_unwrap(self.0) {
+            announcer.stop();
+        }
+    }
+}
