@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use ringseed_engine::io::plane::control::PlaneConfig;
 use ringseed_engine::io::plane::IoMode;
-use ringseed_engine::io::seeder::SeedConfig;
 
 /// Exit statuses that scripts can rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -529,9 +529,9 @@ pub struct PlaneArgs {
 impl PlaneArgs {
     /// The data plane's settings: these flags, listening on `listen`, the
     /// rest at their defaults.
-    pub fn config(&self, listen: std::net::SocketAddr) -> SeedConfig {
-        let defaults = SeedConfig::default();
-        SeedConfig {
+    pub fn config(&self, listen: std::net::SocketAddr) -> PlaneConfig {
+        let defaults = PlaneConfig::default();
+        PlaneConfig {
             listen,
             workers: self.workers.map_or(defaults.workers, NonZeroUsize::get),
             io: self.io,

@@ -1,4 +1,4 @@
-//! The seeding data plane in-process: a real `Seeder` on loopback and a
+//! The seeding data plane in-process: a real `Plane` on loopback and a
 //! minimal peer written with the engine's own wire codec, checking every
 //! byte served and the handling of bad peers.
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::write_data;
 use ringseed_engine::create::{create, CreateOptions};
 use ringseed_engine::io::files::DataPaths;
-use ringseed_engine::io::seeder::{SeedConfig, Seeder};
+use ringseed_engine::io::plane::control::{Plane, PlaneConfig};
 use ringseed_engine::io::storage::Torrent;
 use ringseed_engine::proto::extension::{ExtensionHandshake, MetadataMessage, UT_METADATA};
 use ringseed_engine::proto::wire::{self, BlockRequest, Handshake, Message, Reserved};
@@ -21,10 +21,10 @@ struct Fixture {
     _dir: tempfile::TempDir,
     data: Vec<u8>,
     metainfo: Metainfo,
-    seeder: Seeder,
+    seeder: Plane,
 }
 
-fn start(len: usize, piece: u64, config: SeedConfig) -> Fixture {
+fn start(len: usize, piece: u64, config: PlaneConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("payload.bin");
     write_data(&path, len, 42);
@@ -39,7 +39,7 @@ fn start(len: usize, piece: u64, config: SeedConfig) -> Fixture {
         &DataPaths::in_save_dir(&metainfo.info, dir.path()),
     )
     .unwrap();
-    let seeder = Seeder::start(config, vec![torrent]).unwrap();
+    let seeder = Plane::start(config, vec![torrent]).unwrap();
     Fixture {
         _dir: dir,
         data,
@@ -48,8 +48,8 @@ fn start(len: usize, piece: u64, config: SeedConfig) -> Fixture {
     }
 }
 
-fn loopback_config() -> SeedConfig {
-    SeedConfig {
+fn loopback_config() -> PlaneConfig {
+    PlaneConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         workers: 2,
         io: common::data_plane_under_test(),
@@ -406,7 +406,7 @@ fn a_file_truncated_during_a_transfer_errors_its_torrent_and_the_other_keeps_ser
         torrents.push(Torrent::open(m.clone(), &paths).unwrap());
         metas.push(m);
     }
-    let seeder = Seeder::start(loopback_config(), torrents).unwrap();
+    let seeder = Plane::start(loopback_config(), torrents).unwrap();
     let addr = seeder.local_addr();
     let survivor_data = std::fs::read(dir.path().join("survivor.bin")).unwrap();
 
@@ -497,7 +497,7 @@ fn a_file_truncated_during_a_transfer_errors_its_torrent_and_the_other_keeps_ser
 
 #[test]
 fn connection_limits_per_ip_and_per_torrent_are_enforced() {
-    let config = SeedConfig {
+    let config = PlaneConfig {
         max_connections_per_ip: 2,
         max_connections_per_torrent: 3,
         workers: 1,
@@ -556,7 +556,7 @@ fn connection_limits_per_ip_and_per_torrent_are_enforced() {
 
 #[test]
 fn one_dual_stack_listener_serves_ipv4_and_ipv6_peers() {
-    let config = SeedConfig {
+    let config = PlaneConfig {
         listen: "[::]:0".parse().unwrap(),
         ..loopback_config()
     };
@@ -584,7 +584,7 @@ fn an_oversized_length_prefix_is_refused_without_allocating_it() {
     let f = start(
         50_000,
         16384,
-        SeedConfig {
+        PlaneConfig {
             workers: 1,
             ..loopback_config()
         },
@@ -621,7 +621,7 @@ fn a_peer_that_never_reads_cannot_make_us_queue_without_bound() {
     let f = start(
         3 << 20,
         262144,
-        SeedConfig {
+        PlaneConfig {
             workers: 1,
             ..loopback_config()
         },

@@ -17,8 +17,8 @@ use std::time::Duration;
 use crate::io::announce::{
     AnnounceError, AnnounceTarget, Announcer, ClientConfig, TrackerStatus, Transfer,
 };
-use crate::io::plane::DataPlane;
-use crate::io::seeder::{Dialer, Observer, SeedConfig, SeedError, Seeder, SeederStats};
+use crate::io::plane::control::{Dialer, Observer, Plane, PlaneConfig, PlaneError, PlaneStats};
+use crate::io::plane::PlaneKind;
 use crate::io::storage::Torrent;
 use crate::proto::info_hash::InfoHash;
 
@@ -39,7 +39,7 @@ pub trait PeerSource: Send {
 #[derive(Debug, Clone, Default)]
 pub struct SessionConfig {
     /// The data plane's settings.
-    pub plane: SeedConfig,
+    pub plane: PlaneConfig,
     /// Announce to the torrents' trackers with this client; `None`: never.
     pub trackers: Option<ClientConfig>,
 }
@@ -49,7 +49,7 @@ pub struct SessionConfig {
 pub enum SessionError {
     /// The data plane.
     #[error(transparent)]
-    Plane(#[from] SeedError),
+    Plane(#[from] PlaneError),
     /// The tracker client.
     #[error("cannot start announcing to trackers")]
     Trackers(#[source] AnnounceError),
@@ -57,7 +57,7 @@ pub enum SessionError {
 
 /// The running engine.
 pub struct Session {
-    plane: Seeder,
+    plane: Plane,
     trackers: Option<Arc<Announcer>>,
     sources: Vec<Box<dyn PeerSource>>,
 }
@@ -65,7 +65,7 @@ pub struct Session {
 impl Session {
     /// Starts the data plane and the peer sources, and runs `torrents`.
     pub fn start(config: SessionConfig, torrents: Vec<Arc<Torrent>>) -> Result<Self, SessionError> {
-        let plane = Seeder::start(config.plane, Vec::new())?;
+        let plane = Plane::start(config.plane, Vec::new())?;
         let mut session = Session {
             trackers: None,
             sources: Vec::new(),
@@ -119,7 +119,7 @@ impl Session {
     }
 
     /// Applies new data-plane settings live (limits, slots, timeouts).
-    pub fn reconfigure(&self, config: SeedConfig) {
+    pub fn reconfigure(&self, config: PlaneConfig) {
         self.plane.reconfigure(config);
     }
 
@@ -129,7 +129,7 @@ impl Session {
     }
 
     /// Counters now.
-    pub fn stats(&self) -> SeederStats {
+    pub fn stats(&self) -> PlaneStats {
         self.plane.stats()
     }
 
@@ -144,7 +144,7 @@ impl Session {
     }
 
     /// The data plane that runs.
-    pub fn data_plane(&self) -> DataPlane {
+    pub fn data_plane(&self) -> PlaneKind {
         self.plane.data_plane()
     }
 
@@ -161,7 +161,7 @@ impl Session {
     /// Stops the sources first (trackers hear `stopped`, for at most
     /// `goodbye`: returns false if some did not finish in time), then the
     /// data plane; returns the final counters.
-    pub fn shutdown(mut self, goodbye: Duration) -> io::Result<(SeederStats, bool)> {
+    pub fn shutdown(mut self, goodbye: Duration) -> io::Result<(PlaneStats, bool)> {
         let sources = std::mem::take(&mut self.sources);
         self.trackers = None;
         let (tx, rx) = mpsc::channel();
@@ -182,7 +182,7 @@ impl Session {
 /// Starts the announcer for the torrents `plane` runs: transfer figures come
 /// from each torrent's counters and download state, and the peers trackers
 /// return are dialed (leechers behind a NAT can only be reached that way).
-fn start_announcer(plane: &Seeder, client: ClientConfig) -> Result<Announcer, SessionError> {
+fn start_announcer(plane: &Plane, client: ClientConfig) -> Result<Announcer, SessionError> {
     let observer = plane.observer();
     let transfer = Arc::new(move |h: &InfoHash| {
         let Some(t) = observer.torrent(h) else {

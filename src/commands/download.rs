@@ -16,8 +16,8 @@ use ringseed_engine::io::announce::{ClientConfig, TrackerClient};
 use ringseed_engine::io::files::DataPaths;
 use ringseed_engine::io::hasher::{thread_count, verify};
 use ringseed_engine::io::metadata_fetch::fetch_metadata;
+use ringseed_engine::io::plane::control::{new_peer_id, PlaneConfig};
 use ringseed_engine::io::resume::{stamps, ResumeData};
-use ringseed_engine::io::seeder::{new_peer_id, SeedConfig};
 use ringseed_engine::io::storage::Torrent;
 use ringseed_engine::policy::bitfield::Bitfield;
 use ringseed_engine::policy::download::DownloadConfig;
@@ -79,7 +79,7 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
     )
     .with_context(|| format!("cannot download into {}", args.output.display()))?;
     let start_have = torrent.download().map_or(0, |d| d.picker.have().count());
-    let config = SeedConfig {
+    let config = PlaneConfig {
         leech_upload_slots: args.upload_slots,
         max_upload_rate: args.max_upload_rate,
         ..args.plane.config(args.listen)
@@ -194,7 +194,7 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
 
 /// The line tests and scripts read: what this run received and why some
 /// of it was wasted.
-fn print_summary(p: &ringseed_engine::io::seeder::DownloadProgress) {
+fn print_summary(p: &ringseed_engine::io::plane::control::DownloadProgress) {
     let banned: Vec<String> = p.banned.iter().map(|ip| ip.to_string()).collect();
     println!(
         "summary: received={} wasted={} hash_failures={} pieces_verified={} banned={}",
@@ -456,7 +456,7 @@ impl Progress {
         }
     }
 
-    fn update(&mut self, p: &ringseed_engine::io::seeder::DownloadProgress, peers: u64) {
+    fn update(&mut self, p: &ringseed_engine::io::plane::control::DownloadProgress, peers: u64) {
         let done = self.total - p.bytes_missing.min(self.total);
         let now = Instant::now();
         let received = p.counters.bytes_received;

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use ringseed_engine::create::{collect_files, create, CreateOptions};
 use ringseed_engine::io::files::DataPaths;
 use ringseed_engine::io::hasher::{thread_count, verify};
-use ringseed_engine::io::seeder::SeedConfig;
+use ringseed_engine::io::plane::control::PlaneConfig;
 use ringseed_engine::io::storage::Torrent;
 use ringseed_engine::io::tracker_server::TrackerConfig;
 use ringseed_engine::proto::layout::Layout;
@@ -48,7 +48,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
         torrents.push(torrent);
     }
 
-    let config = SeedConfig {
+    let config = PlaneConfig {
         upload_slots: args.upload_slots,
         max_upload_rate: args.max_upload_rate,
         max_connections: args.max_connections,

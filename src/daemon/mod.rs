@@ -6,7 +6,7 @@
 //!
 //! One main loop owns every decision; the other threads (signals, inotify,
 //! hashing jobs, control and metrics servers) only send it [`Event`]s. The
-//! data plane is the same `Seeder` as `ringseed seed`, told about torrents
+//! data plane is the same `Plane` as `ringseed seed`, told about torrents
 //! as they come and go.
 
 pub mod catalog;
@@ -26,7 +26,7 @@ use anyhow::Context;
 use ringseed_engine::create::CreateOptions;
 use ringseed_engine::io::files::{write_atomic, DataPaths};
 use ringseed_engine::io::hasher::thread_count;
-use ringseed_engine::io::seeder::SeedConfig;
+use ringseed_engine::io::plane::control::PlaneConfig;
 use ringseed_engine::io::storage::Torrent;
 use ringseed_engine::io::tracker_server::{TrackerConfig, TrackerServer};
 use ringseed_engine::session::{Session, SessionConfig};
@@ -113,7 +113,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
     };
     let session = Session::start(
         SessionConfig {
-            plane: seed_config(&config),
+            plane: plane_config(&config),
             trackers,
         },
         Vec::new(),
@@ -183,9 +183,9 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
 }
 
 /// The data plane's settings from the configuration.
-fn seed_config(config: &Config) -> SeedConfig {
-    let defaults = SeedConfig::default();
-    SeedConfig {
+fn plane_config(config: &Config) -> PlaneConfig {
+    let defaults = PlaneConfig::default();
+    PlaneConfig {
         listen: config.listen,
         workers: if config.workers == 0 {
             defaults.workers
@@ -1009,7 +1009,7 @@ impl Daemon {
                     warn!("`{key}` changed: it takes effect at the next restart");
                 }
             }
-            self.session.reconfigure(seed_config(&new));
+            self.session.reconfigure(plane_config(&new));
             self.config = new;
             self.scan();
             info!("configuration reloaded");

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Receiver;
 
 use crate::hash::sha1;
-use crate::io::seeder::Shared;
+use crate::io::plane::control::Shared;
 use crate::io::storage::Torrent;
 use crate::policy::download::CompletePiece;
 

@@ -11,13 +11,15 @@
 use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use percent_encoding::percent_decode_str;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Socket, Type};
+
+use crate::io::net::{canonical, reuseport_socket};
 
 use crate::policy::swarm::{PeerRequest, SwarmTable, DEFAULT_NUMWANT};
 use crate::proto::bencode::OwnedValue;
@@ -220,33 +222,6 @@ fn spawn_workers(
             .spawn(move || serve(socket, state))?;
     }
     Ok(addr)
-}
-
-fn reuseport_socket(addr: SocketAddr, kind: Type) -> io::Result<Socket> {
-    let protocol = if kind == Type::DGRAM {
-        Protocol::UDP
-    } else {
-        Protocol::TCP
-    };
-    let socket = Socket::new(Domain::for_address(addr), kind, Some(protocol))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket)
-}
-
-/// Shows v4-mapped IPv6 addresses as IPv4, so one peer has one address.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), addr.port()),
-            None => addr,
-        },
-        IpAddr::V4(_) => addr,
-    }
 }
 
 fn udp_loop(socket: &UdpSocket, state: &State) {

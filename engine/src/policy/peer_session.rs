@@ -197,7 +197,8 @@ pub struct SessionCounters {
     pub unrequested_bytes: u64,
 }
 
-/// One connection we seed to, after the handshake.
+/// The protocol state of one peer connection after the handshake, whether
+/// we serve the peer, download from it, or both.
 #[derive(Debug)]
 pub struct PeerSession {
     config: SessionConfig,

@@ -47,11 +47,11 @@ impl Transport {
 /// The receive side.
 pub struct RecvBuf {
     /// Bytes received live in `buf[..len]`.
-    pub buf: Vec<u8>,
+    pub(super) buf: Vec<u8>,
     /// Filled length.
-    pub len: usize,
+    pub(super) len: usize,
     /// A receive op owns `buf[len..]`.
-    pub in_flight: bool,
+    pub(super) in_flight: bool,
 }
 
 impl RecvBuf {
@@ -70,18 +70,18 @@ impl RecvBuf {
 /// The send side: one vectored send at a time.
 pub struct SendBuf {
     /// The msghdr the kernel reads; points at `iov`.
-    pub msg: Box<libc::msghdr>,
+    pub(super) msg: Box<libc::msghdr>,
     /// The iovecs not yet sent.
-    pub iov: Vec<libc::iovec>,
+    pub(super) iov: Vec<libc::iovec>,
     /// Piece headers of the blocks of this send.
-    pub headers: Vec<[u8; PIECE_HEADER_LEN]>,
+    pub(super) headers: Vec<[u8; PIECE_HEADER_LEN]>,
     /// What this send carries; its torrent keeps the mapping alive while
     /// the send is in flight, even if the torrent is removed meanwhile.
-    pub plan: SendPlan,
+    pub(super) plan: SendPlan,
     /// Bytes of this send not yet confirmed.
-    pub remaining: usize,
+    pub(super) remaining: usize,
     /// A send op is in flight.
-    pub in_flight: bool,
+    pub(super) in_flight: bool,
 }
 
 impl SendBuf {
@@ -170,23 +170,23 @@ pub fn advance_iovecs(iov: &mut Vec<libc::iovec>, mut n: usize) {
 /// A connection.
 pub struct Conn {
     /// The socket.
-    pub fd: OwnedFd,
+    pub(super) fd: OwnedFd,
     /// Distinguishes this connection from earlier ones in the same slab slot.
-    pub generation: u32,
+    pub(super) generation: u32,
     /// How its bytes travel.
-    pub transport: Transport,
+    pub(super) transport: Transport,
     /// The protocol, transport-free.
-    pub peer: PeerConnection,
+    pub(super) peer: PeerConnection,
     /// Receive side.
-    pub recv: RecvBuf,
+    pub(super) recv: RecvBuf,
     /// Send side.
-    pub send: SendBuf,
+    pub(super) send: SendBuf,
     /// Set once the connection is being closed: no new ops are started.
-    pub closing: bool,
+    pub(super) closing: bool,
     /// For a connection we are opening: the address the connect op reads.
-    pub connect_to: Option<Box<socket2::SockAddr>>,
+    pub(super) connect_to: Option<Box<socket2::SockAddr>>,
     /// A connect op is in flight.
-    pub connect_in_flight: bool,
+    pub(super) connect_in_flight: bool,
 }
 
 impl Conn {

@@ -7,6 +7,7 @@
 //! on both (monoio's `OpAble { uring_op, legacy_call }` is the model).
 
 pub mod conn;
+pub mod control;
 pub mod epoll;
 pub mod peer;
 pub mod uring;
@@ -185,7 +186,7 @@ impl FromStr for IoMode {
 
 /// The data plane that runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DataPlane {
+pub enum PlaneKind {
     /// One io_uring per worker.
     Uring,
     /// One epoll instance per worker, with helper threads for file writes
@@ -193,17 +194,17 @@ pub enum DataPlane {
     Epoll,
 }
 
-impl DataPlane {
+impl PlaneKind {
     /// Its name in status, metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
-            DataPlane::Uring => "uring",
-            DataPlane::Epoll => "epoll",
+            PlaneKind::Uring => "uring",
+            PlaneKind::Epoll => "epoll",
         }
     }
 }
 
-impl fmt::Display for DataPlane {
+impl fmt::Display for PlaneKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -211,13 +212,13 @@ impl fmt::Display for DataPlane {
 
 /// Picks the data plane for `mode`: `Auto` probes io_uring and falls back to
 /// epoll, returning why beside it; `Uring` fails with why.
-pub fn choose(mode: IoMode) -> Result<(DataPlane, Option<uring::Unavailable>), uring::Unavailable> {
+pub fn choose(mode: IoMode) -> Result<(PlaneKind, Option<uring::Unavailable>), uring::Unavailable> {
     match mode {
-        IoMode::Epoll => Ok((DataPlane::Epoll, None)),
-        IoMode::Uring => uring::probe().map(|()| (DataPlane::Uring, None)),
+        IoMode::Epoll => Ok((PlaneKind::Epoll, None)),
+        IoMode::Uring => uring::probe().map(|()| (PlaneKind::Uring, None)),
         IoMode::Auto => match uring::probe() {
-            Ok(()) => Ok((DataPlane::Uring, None)),
-            Err(why) => Ok((DataPlane::Epoll, Some(why))),
+            Ok(()) => Ok((PlaneKind::Uring, None)),
+            Err(why) => Ok((PlaneKind::Epoll, Some(why))),
         },
     }
 }

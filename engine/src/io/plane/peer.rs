@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::io::piece_check::CheckJob;
-use crate::io::seeder::{Limits, SeedConfig};
+use crate::io::plane::control::{Limits, PlaneConfig};
 use crate::io::storage::Torrent;
 use crate::policy::bitfield::Bitfield;
 use crate::policy::choker::Candidate;
@@ -91,7 +91,7 @@ pub struct Env<'a> {
     /// Our peer id.
     pub peer_id: [u8; 20],
     /// The worker's settings.
-    pub config: &'a SeedConfig,
+    pub config: &'a PlaneConfig,
     /// Connection limits shared by the workers.
     pub limits: &'a Limits,
     /// The torrents served, by info-hash.
@@ -567,7 +567,7 @@ impl PeerConnection {
         now: Duration,
         elapsed: Duration,
         connecting: bool,
-        config: &SeedConfig,
+        config: &PlaneConfig,
     ) -> (Option<CloseReason>, bool) {
         let silent = now.saturating_sub(self.last_heard);
         let peer = self.key;

@@ -43,8 +43,9 @@ use slab::Slab;
 use super::conn::{Conn, Transport};
 use super::peer::{CloseReason, Env, LeechNews, PeerConnection, SendRoom, Tally};
 use super::{Backend, Completion, Op, UserData};
+use crate::io::net::canonical;
 use crate::io::piece_check::CheckJob;
-use crate::io::seeder::{SeedConfig, Shared, WorkerMessage};
+use crate::io::plane::control::{PlaneConfig, Shared, WorkerMessage};
 use crate::io::storage::Torrent;
 use crate::policy::choker::{Choker, LeechChoker};
 use crate::policy::download::CompletePiece;
@@ -106,7 +107,7 @@ pub struct Worker<B: Backend> {
     conns: Slab<Conn>,
     next_generation: u32,
     shared: Arc<Shared>,
-    config: Arc<SeedConfig>,
+    config: Arc<PlaneConfig>,
     choker: Choker,
     leech_choker: LeechChoker,
     bucket: TokenBucket,
@@ -156,7 +157,7 @@ impl<B: Backend> Worker<B> {
         listener: OwnedFd,
         wake_fd: RawFd,
         shared: Arc<Shared>,
-        config: Arc<SeedConfig>,
+        config: Arc<PlaneConfig>,
         check_tx: crossbeam_channel::Sender<CheckJob>,
         messages: crossbeam_channel::Receiver<WorkerMessage>,
     ) -> Self {
@@ -1169,14 +1170,7 @@ impl<B: Backend> Drop for Worker<B> {
 
 fn peer_addr(fd: &OwnedFd) -> Option<SocketAddr> {
     let addr = socket2::SockRef::from(fd).peer_addr().ok()?.as_socket()?;
-    // Show v4-mapped IPv6 addresses as plain IPv4.
-    Some(match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
-    })
+    Some(canonical(addr))
 }
 
 /// The key of connection `key` of worker `worker` in the shared picker.

@@ -19,7 +19,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     torrent: Arc<Torrent>,
     torrents: HashMap<InfoHash, Arc<Torrent>>,
-    config: SeedConfig,
+    config: PlaneConfig,
     limits: Limits,
     tally: Tally,
     rng: u64,
@@ -46,7 +46,7 @@ impl Fixture {
             _dir: dir,
             torrent,
             torrents,
-            config: SeedConfig::default(),
+            config: PlaneConfig::default(),
             limits: Limits::default(),
             tally: Tally::default(),
             rng: 1,
@@ -280,7 +280,7 @@ fn a_partial_frame_waits_and_says_how_much_room_it_needs() {
 #[test]
 fn a_silent_handshake_times_out_and_an_idle_peer_gets_a_keep_alive() {
     let mut f = Fixture::new();
-    let config = SeedConfig::default();
+    let config = PlaneConfig::default();
     let mut conn = incoming();
     let (close, _) = conn.housekeeping(Duration::from_secs(21), Duration::ZERO, false, &config);
     assert_eq!(close, Some(CloseReason::Idle));

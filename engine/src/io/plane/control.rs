@@ -12,13 +12,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Socket, Type};
+
+use crate::io::net::reuseport_socket;
 
 use crate::io::piece_check::{self, CheckJob, Checked};
 use crate::io::plane::epoll::Epoll;
 use crate::io::plane::uring::Uring;
 use crate::io::plane::worker::Worker;
-use crate::io::plane::{Backend, DataPlane, IoMode};
+use crate::io::plane::{Backend, IoMode, PlaneKind};
 use crate::io::storage::Torrent;
 use crate::policy::choker::ChokerConfig;
 use crate::policy::download::DownloadCounters;
@@ -37,7 +39,7 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 
 /// Settings of the data plane.
 #[derive(Debug, Clone)]
-pub struct SeedConfig {
+pub struct PlaneConfig {
     /// Where to listen; `[::]` listens on IPv4 and IPv6.
     pub listen: SocketAddr,
     /// Worker threads (one per core is best).
@@ -80,9 +82,9 @@ pub struct SeedConfig {
     pub io: IoMode,
 }
 
-impl Default for SeedConfig {
+impl Default for PlaneConfig {
     fn default() -> Self {
-        SeedConfig {
+        PlaneConfig {
             listen: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), DEFAULT_PORT),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin_workers: true,
@@ -104,7 +106,7 @@ impl Default for SeedConfig {
     }
 }
 
-impl SeedConfig {
+impl PlaneConfig {
     /// The choker settings of worker `index`: its share of the slots.
     pub fn choker_share(&self, index: usize) -> ChokerConfig {
         let workers = self.workers.max(1);
@@ -120,7 +122,7 @@ impl SeedConfig {
     }
 }
 
-impl SeedConfig {
+impl PlaneConfig {
     /// The tit-for-tat slots of worker `index` (0: unlimited).
     pub fn leech_slots_share(&self, index: usize) -> usize {
         let workers = self.workers.max(1);
@@ -134,7 +136,7 @@ impl SeedConfig {
 
 /// Why the data plane could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum SeedError {
+pub enum PlaneError {
     /// The io_uring data plane was asked for (`--io uring`) and cannot run
     /// here; the message says why and what to change.
     #[error("the io_uring data plane cannot run here: {0}; or run with --io auto (or epoll)")]
@@ -169,7 +171,7 @@ pub struct Limits {
 
 impl Limits {
     /// Admits a new connection from `ip`, or refuses it.
-    pub fn try_admit(&self, ip: IpAddr, config: &SeedConfig) -> bool {
+    pub fn try_admit(&self, ip: IpAddr, config: &PlaneConfig) -> bool {
         let total = self.total.fetch_add(1, Ordering::Relaxed);
         if config.max_connections != 0 && total >= config.max_connections {
             self.total.fetch_sub(1, Ordering::Relaxed);
@@ -199,7 +201,7 @@ impl Limits {
     }
 
     /// Admits a handshaken connection to `torrent`, or refuses it.
-    pub fn try_join_torrent(&self, torrent: &Torrent, config: &SeedConfig) -> bool {
+    pub fn try_join_torrent(&self, torrent: &Torrent, config: &PlaneConfig) -> bool {
         let n = torrent.connections.fetch_add(1, Ordering::Relaxed);
         if config.max_connections_per_torrent != 0 && n >= config.max_connections_per_torrent {
             torrent.connections.fetch_sub(1, Ordering::Relaxed);
@@ -224,7 +226,7 @@ pub enum WorkerMessage {
     /// Stop serving this torrent (it was retired: its peers are dropped).
     RemoveTorrent(InfoHash),
     /// New settings; the listen address, workers and ring size stay.
-    Reconfigure(Arc<SeedConfig>),
+    Reconfigure(Arc<PlaneConfig>),
 }
 
 /// What the workers share: the catalog of torrents (for the control side),
@@ -253,7 +255,7 @@ pub struct Shared {
     /// Our peer id.
     pub peer_id: [u8; 20],
     /// The data plane the workers run.
-    pub data_plane: DataPlane,
+    pub data_plane: PlaneKind,
     /// Wake-up eventfd of worker *i* (shutdown, peers to dial).
     pub wake_fds: Vec<OwnedFd>,
     /// Peers worker *i* should connect to (control path, never per block).
@@ -362,7 +364,7 @@ fn worker_for(addr: &SocketAddr, workers: usize) -> usize {
 
 /// Counters of the whole data plane at one moment.
 #[derive(Debug, Clone)]
-pub struct SeederStats {
+pub struct PlaneStats {
     /// Sum over workers.
     pub total: StatsSnapshot,
     /// Per worker.
@@ -370,7 +372,7 @@ pub struct SeederStats {
     /// Per torrent: info-hash, name, counters, error if it failed.
     pub torrents: Vec<TorrentStats>,
     /// The data plane that runs.
-    pub data_plane: DataPlane,
+    pub data_plane: PlaneKind,
 }
 
 /// A torrent's counters.
@@ -423,7 +425,7 @@ impl DownloadProgress {
 }
 
 /// The running data plane.
-pub struct Seeder {
+pub struct Plane {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<io::Result<()>>>,
     checkers: Vec<JoinHandle<()>>,
@@ -435,19 +437,19 @@ pub struct Seeder {
     fallback: Option<String>,
 }
 
-impl Seeder {
+impl Plane {
     /// Binds the listeners and starts the workers; returns once every
     /// worker has its ring and is accepting.
-    pub fn start(config: SeedConfig, torrents: Vec<Arc<Torrent>>) -> Result<Self, SeedError> {
-        let (plane, fallback) =
-            crate::io::plane::choose(config.io).map_err(|e| SeedError::IoUringUnavailable(e.0))?;
+    pub fn start(config: PlaneConfig, torrents: Vec<Arc<Torrent>>) -> Result<Self, PlaneError> {
+        let (kind, fallback) =
+            crate::io::plane::choose(config.io).map_err(|e| PlaneError::IoUringUnavailable(e.0))?;
         if let Some(why) = &fallback {
             tracing::warn!("running the epoll data plane: io_uring is unavailable: {why}");
         }
         let workers = config.workers.max(1);
         let peer_id = new_peer_id();
         let wake_fds = (0..workers)
-            .map(|index| eventfd().map_err(|source| SeedError::Worker { index, source }))
+            .map(|index| eventfd().map_err(|source| PlaneError::Worker { index, source }))
             .collect::<Result<Vec<_>, _>>()?;
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
             .map(|_| crossbeam_channel::unbounded::<WorkerMessage>())
@@ -467,7 +469,7 @@ impl Seeder {
             worker_stats: (0..workers).map(|_| Counters::default()).collect(),
             limits: Limits::default(),
             peer_id,
-            data_plane: plane,
+            data_plane: kind,
             wake_fds,
             dial_queues: (0..workers).map(|_| Mutex::default()).collect(),
             checked: (0..workers).map(|_| Mutex::default()).collect(),
@@ -478,7 +480,7 @@ impl Seeder {
         let mut listeners = Vec::with_capacity(workers);
         let mut addr = config.listen;
         for _ in 0..workers {
-            let socket = listen(addr).map_err(|source| SeedError::Listen { addr, source })?;
+            let socket = listen(addr).map_err(|source| PlaneError::Listen { addr, source })?;
             addr = socket
                 .local_addr()
                 .ok()
@@ -487,12 +489,12 @@ impl Seeder {
             listeners.push(OwnedFd::from(socket));
         }
 
-        let config = Arc::new(SeedConfig { workers, ..config });
+        let config = Arc::new(PlaneConfig { workers, ..config });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         // Built first so that any early return below stops (via `Drop`) the
         // workers already started.
-        let mut seeder = Seeder {
+        let mut plane = Plane {
             shared: Arc::clone(&shared),
             workers: Vec::with_capacity(workers),
             // The checkers end when the workers, which hold the senders, do.
@@ -528,16 +530,16 @@ impl Seeder {
                         check_tx,
                         messages,
                     };
-                    match plane {
-                        DataPlane::Uring => {
+                    match kind {
+                        PlaneKind::Uring => {
                             let entries = parts.config.ring_entries;
                             run_worker(Uring::new(entries), parts, ready)
                         }
-                        DataPlane::Epoll => run_worker(Epoll::new(), parts, ready),
+                        PlaneKind::Epoll => run_worker(Epoll::new(), parts, ready),
                     }
                 })
-                .map_err(|source| SeedError::Worker { index, source })?;
-            seeder.workers.push(handle);
+                .map_err(|source| PlaneError::Worker { index, source })?;
+            plane.workers.push(handle);
         }
         drop(ready_tx);
         drop(check_tx);
@@ -545,10 +547,10 @@ impl Seeder {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    let _ = seeder.stop_workers();
-                    return Err(match plane {
-                        DataPlane::Uring => SeedError::IoUringUnavailable(e.to_string()),
-                        DataPlane::Epoll => SeedError::Worker {
+                    let _ = plane.stop_workers();
+                    return Err(match kind {
+                        PlaneKind::Uring => PlaneError::IoUringUnavailable(e.to_string()),
+                        PlaneKind::Epoll => PlaneError::Worker {
                             index: 0,
                             source: e,
                         },
@@ -557,11 +559,11 @@ impl Seeder {
                 Err(_) => break,
             }
         }
-        Ok(seeder)
+        Ok(plane)
     }
 
     /// The data plane that runs.
-    pub fn data_plane(&self) -> DataPlane {
+    pub fn data_plane(&self) -> PlaneKind {
         self.shared.data_plane
     }
 
@@ -621,8 +623,8 @@ impl Seeder {
     /// Applies new settings live: limits, slots, timeouts. The listen
     /// address, the number of workers and the ring size cannot change
     /// without a restart and keep their old values.
-    pub fn reconfigure(&self, config: SeedConfig) {
-        let config = Arc::new(SeedConfig {
+    pub fn reconfigure(&self, config: PlaneConfig) {
+        let config = Arc::new(PlaneConfig {
             listen: self.local_addr,
             workers: self.shared.messages.len(),
             ring_entries: self.ring_entries,
@@ -647,7 +649,7 @@ impl Seeder {
     }
 
     /// Counters now (updated by the workers once a second).
-    pub fn stats(&self) -> SeederStats {
+    pub fn stats(&self) -> PlaneStats {
         self.observer().stats()
     }
 
@@ -678,7 +680,7 @@ impl Seeder {
 
     /// Closes every connection, stops the workers and returns the final
     /// counters (the workers flush theirs as they stop).
-    pub fn shutdown(mut self) -> io::Result<SeederStats> {
+    pub fn shutdown(mut self) -> io::Result<PlaneStats> {
         self.stop_workers()?;
         Ok(self.stats())
     }
@@ -693,7 +695,7 @@ pub struct Observer {
 
 impl Observer {
     /// Counters now (updated by the workers once a second).
-    pub fn stats(&self) -> SeederStats {
+    pub fn stats(&self) -> PlaneStats {
         let workers: Vec<StatsSnapshot> = self
             .shared
             .worker_stats
@@ -717,7 +719,7 @@ impl Observer {
             })
             .collect();
         torrents.sort_by(|a, b| a.name.cmp(&b.name));
-        SeederStats {
+        PlaneStats {
             total,
             workers,
             torrents,
@@ -741,7 +743,7 @@ impl Observer {
     }
 }
 
-impl Drop for Seeder {
+impl Drop for Plane {
     fn drop(&mut self) {
         let _ = self.stop_workers();
     }
@@ -753,7 +755,7 @@ struct WorkerParts {
     listener: OwnedFd,
     wake_fd: std::os::fd::RawFd,
     shared: Arc<Shared>,
-    config: Arc<SeedConfig>,
+    config: Arc<PlaneConfig>,
     check_tx: crossbeam_channel::Sender<CheckJob>,
     messages: crossbeam_channel::Receiver<WorkerMessage>,
 }
@@ -791,23 +793,9 @@ fn run_worker<B: Backend>(
     }
 }
 
-/// A listening socket shared by the workers (SO_REUSEPORT). `[::]` also
-/// accepts IPv4; where IPv6 is off, it falls back to `0.0.0.0`.
+/// A listening socket shared by the workers (SO_REUSEPORT), IPv4 and IPv6.
 fn listen(addr: SocketAddr) -> io::Result<Socket> {
-    let socket = match Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)) {
-        Err(e) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
-            let v4 = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port());
-            return listen(v4).map_err(|_| e);
-        }
-        other => other?,
-    };
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_cloexec(true)?;
-    socket.bind(&addr.into())?;
+    let socket = reuseport_socket(addr, Type::STREAM)?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket)
 }
