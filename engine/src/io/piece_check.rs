@@ -9,30 +9,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Receiver;
 
 use crate::hash::sha1;
-use crate::io::plane::control::Shared;
-use crate::io::storage::Torrent;
-use crate::policy::download::CompletePiece;
-
-/// A piece to check.
-pub struct CheckJob {
-    /// Its torrent.
-    pub torrent: Arc<Torrent>,
-    /// The piece and its bytes.
-    pub piece: CompletePiece,
-    /// The worker to give the verdict to.
-    pub worker: usize,
-}
-
-/// A checked piece.
-#[derive(Debug)]
-pub struct Checked {
-    /// Its torrent.
-    pub torrent: Arc<Torrent>,
-    /// The piece and its bytes.
-    pub piece: CompletePiece,
-    /// Whether it matches the torrent's hash.
-    pub good: bool,
-}
+use crate::io::plane::shared::{CheckJob, Checked, Shared};
 
 /// Starts `threads` hashing threads that serve `jobs` until every sender is
 /// gone.

@@ -10,6 +10,7 @@ pub mod conn;
 pub mod control;
 pub mod epoll;
 pub mod peer;
+pub mod shared;
 pub mod uring;
 pub mod worker;
 

@@ -12,8 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::io::piece_check::CheckJob;
-use crate::io::plane::control::{Limits, PlaneConfig};
+use crate::io::plane::shared::{CheckJob, Limits, PlaneConfig};
 use crate::io::storage::Torrent;
 use crate::policy::bitfield::Bitfield;
 use crate::policy::choker::Candidate;

@@ -1,0 +1,284 @@
+//! What the control side of the data plane (`control`), its workers and
+//! the piece-checking pool share: settings, connection limits, the messages
+//! workers are sent, the counters and queues they exchange. A leaf: it
+//! depends on none of them, so none depends on another through it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::{IoMode, PlaneKind};
+use crate::io::storage::Torrent;
+use crate::policy::choker::ChokerConfig;
+use crate::policy::download::CompletePiece;
+use crate::policy::peer_session::SessionConfig;
+use crate::proto::info_hash::InfoHash;
+use crate::stats::Counters;
+
+/// The default BitTorrent port.
+pub const DEFAULT_PORT: u16 = 6881;
+
+/// Listen backlog of each worker's socket. The kernel caps it at
+/// `net.core.somaxconn` (4096 here); a backlog of 128 dropped SYNs and
+/// capped accepts at ~600/s in our load tests.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Settings of the data plane.
+#[derive(Debug, Clone)]
+pub struct PlaneConfig {
+    /// Where to listen; `[::]` listens on IPv4 and IPv6.
+    pub listen: SocketAddr,
+    /// Worker threads (one per core is best).
+    pub workers: usize,
+    /// Pin worker *i* to core *i*.
+    pub pin_workers: bool,
+    /// Upload slots for the whole process, 0 for unlimited; split among
+    /// workers, each getting at least one.
+    pub upload_slots: usize,
+    /// Bytes per second for the whole process, 0 for unlimited; each worker
+    /// has a token bucket whose share follows demand (see
+    /// `policy::rate_limit::worker_share`).
+    pub max_upload_rate: u64,
+    /// Connections for the whole process, 0 for unlimited.
+    pub max_connections: usize,
+    /// Connections per torrent, 0 for unlimited.
+    pub max_connections_per_torrent: usize,
+    /// Connections per peer IP address, 0 for unlimited.
+    pub max_connections_per_ip: usize,
+    /// How often the choker runs.
+    pub rechoke_every: Duration,
+    /// Choker settings other than the slots.
+    pub choker: ChokerConfig,
+    /// Per-connection protocol settings.
+    pub session: SessionConfig,
+    /// Submission queue entries per ring.
+    pub ring_entries: u32,
+    /// Upload slots for peers of torrents being downloaded (tit-for-tat),
+    /// for the whole process; 0 for unlimited.
+    pub leech_upload_slots: usize,
+    /// A peer that sends no block for this long while we wait for some is
+    /// snubbed: its requests go to other peers.
+    pub request_timeout: Duration,
+    /// Outgoing connections not yet established, per worker.
+    pub max_half_open: usize,
+    /// How long an outgoing connection may take to be established.
+    pub connect_timeout: Duration,
+    /// Which data plane to run (io_uring, epoll, or the best this host
+    /// allows).
+    pub io: IoMode,
+}
+
+impl Default for PlaneConfig {
+    fn default() -> Self {
+        PlaneConfig {
+            listen: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), DEFAULT_PORT),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin_workers: true,
+            upload_slots: 0,
+            max_upload_rate: 0,
+            max_connections: 0,
+            max_connections_per_torrent: 0,
+            max_connections_per_ip: 8,
+            rechoke_every: Duration::from_secs(10),
+            choker: ChokerConfig::default(),
+            session: SessionConfig::default(),
+            ring_entries: 4096,
+            leech_upload_slots: 8,
+            request_timeout: Duration::from_secs(20),
+            max_half_open: 32,
+            connect_timeout: Duration::from_secs(10),
+            io: IoMode::Auto,
+        }
+    }
+}
+
+impl PlaneConfig {
+    /// The choker settings of worker `index`: its share of the slots.
+    pub fn choker_share(&self, index: usize) -> ChokerConfig {
+        let workers = self.workers.max(1);
+        let upload_slots = if self.upload_slots == 0 {
+            0
+        } else {
+            (self.upload_slots / workers + usize::from(index < self.upload_slots % workers)).max(1)
+        };
+        ChokerConfig {
+            upload_slots,
+            ..self.choker
+        }
+    }
+}
+
+impl PlaneConfig {
+    /// The tit-for-tat slots of worker `index` (0: unlimited).
+    pub fn leech_slots_share(&self, index: usize) -> usize {
+        let workers = self.workers.max(1);
+        if self.leech_upload_slots == 0 {
+            return 0;
+        }
+        (self.leech_upload_slots / workers + usize::from(index < self.leech_upload_slots % workers))
+            .max(1)
+    }
+}
+
+/// Connection limits, checked when a connection is accepted or completes
+/// its handshake (never per block).
+#[derive(Debug, Default)]
+pub struct Limits {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Limits {
+    /// Admits a new connection from `ip`, or refuses it.
+    pub fn try_admit(&self, ip: IpAddr, config: &PlaneConfig) -> bool {
+        let total = self.total.fetch_add(1, Ordering::Relaxed);
+        if config.max_connections != 0 && total >= config.max_connections {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = per_ip.entry(ip).or_insert(0);
+        if config.max_connections_per_ip != 0 && *n >= config.max_connections_per_ip {
+            drop(per_ip);
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A connection admitted by `try_admit` closed.
+    pub fn leave(&self, ip: IpAddr) {
+        self.total.fetch_sub(1, Ordering::Relaxed);
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Admits a handshaken connection to `torrent`, or refuses it.
+    pub fn try_join_torrent(&self, torrent: &Torrent, config: &PlaneConfig) -> bool {
+        let n = torrent.connections.fetch_add(1, Ordering::Relaxed);
+        if config.max_connections_per_torrent != 0 && n >= config.max_connections_per_torrent {
+            torrent.connections.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// A connection admitted by `try_join_torrent` closed.
+    pub fn leave_torrent(&self, torrent: &Torrent) {
+        torrent.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a worker is told by the control side: changes to the set of
+/// torrents and to the settings. Workers keep their own copy of the torrent
+/// set, so the serving path never takes a lock to find a torrent.
+#[derive(Debug)]
+pub enum WorkerMessage {
+    /// Serve this torrent too (replacing one with the same info-hash).
+    AddTorrent(Arc<Torrent>),
+    /// Stop serving this torrent (it was retired: its peers are dropped).
+    RemoveTorrent(InfoHash),
+    /// New settings; the listen address, workers and ring size stay.
+    Reconfigure(Arc<PlaneConfig>),
+}
+
+/// What the workers share: the catalog of torrents (for the control side),
+/// counters each worker writes alone, limits, and the stop flag.
+#[derive(Debug)]
+pub struct Shared {
+    /// The torrents served, by info-hash: the control side's copy. Workers
+    /// keep their own, updated by [`WorkerMessage`]s.
+    pub(super) catalog: Mutex<HashMap<InfoHash, Arc<Torrent>>>,
+    /// Messages to worker *i*.
+    pub messages: Vec<crossbeam_channel::Sender<WorkerMessage>>,
+    /// When worker *i* last ran its tick, in milliseconds since `epoch`
+    /// (the watchdog's proof of life).
+    pub heartbeats: Vec<AtomicU64>,
+    /// The origin of `heartbeats`.
+    pub epoch: Instant,
+    /// Whether worker *i* hit its upload bucket in its last second: the
+    /// rate limit's shares follow these (once a second, never per block).
+    pub rate_wanted: Vec<AtomicBool>,
+    /// Set to stop the workers.
+    pub stop: AtomicBool,
+    /// Counters of worker *i*, written by it alone.
+    pub worker_stats: Vec<Counters>,
+    /// Connection limits.
+    pub limits: Limits,
+    /// Our peer id.
+    pub peer_id: [u8; 20],
+    /// The data plane the workers run.
+    pub data_plane: PlaneKind,
+    /// Wake-up eventfd of worker *i* (shutdown, peers to dial).
+    pub wake_fds: Vec<OwnedFd>,
+    /// Peers worker *i* should connect to (control path, never per block).
+    pub dial_queues: Vec<Mutex<Vec<(InfoHash, SocketAddr)>>>,
+    /// Pieces checked for worker *i* (once per piece, never per block).
+    pub checked: Vec<Mutex<Vec<Checked>>>,
+}
+
+impl Shared {
+    /// The control side's catalog of torrents.
+    pub fn catalog(&self) -> MutexGuard<'_, HashMap<InfoHash, Arc<Torrent>>> {
+        self.catalog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that worker `index` is alive now.
+    pub fn heartbeat(&self, index: usize) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.heartbeats[index].store(ms, Ordering::Relaxed);
+    }
+
+    /// Sends `message` to every worker and wakes them.
+    pub fn broadcast(&self, message: impl Fn() -> WorkerMessage) {
+        for (index, tx) in self.messages.iter().enumerate() {
+            // A worker that ended has dropped its receiver: nothing to tell.
+            let _ = tx.send(message());
+            self.wake(index);
+        }
+    }
+
+    /// Wakes worker `index` (its eventfd read completes).
+    pub fn wake(&self, index: usize) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a live u64 to an eventfd we own,
+        // which lives as long as `self`.
+        unsafe {
+            libc::write(
+                self.wake_fds[index].as_raw_fd(),
+                (&one as *const u64).cast(),
+                8,
+            )
+        };
+    }
+}
+
+/// A piece to check.
+pub struct CheckJob {
+    /// Its torrent.
+    pub torrent: Arc<Torrent>,
+    /// The piece and its bytes.
+    pub piece: CompletePiece,
+    /// The worker to give the verdict to.
+    pub worker: usize,
+}
+
+/// A checked piece.
+#[derive(Debug)]
+pub struct Checked {
+    /// Its torrent.
+    pub torrent: Arc<Torrent>,
+    /// The piece and its bytes.
+    pub piece: CompletePiece,
+    /// Whether it matches the torrent's hash.
+    pub good: bool,
+}
