@@ -12,12 +12,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::io::announce::{
     AnnounceError, AnnounceTarget, Announcer, ClientConfig, TrackerStatus, Transfer,
 };
 use crate::io::plane::control::{Dialer, Observer, Plane, PlaneConfig, PlaneError, PlaneStats};
+use crate::io::plane::shared::MetadataError;
 use crate::io::plane::PlaneKind;
 use crate::io::storage::Torrent;
 use crate::proto::info_hash::InfoHash;
@@ -111,6 +112,42 @@ impl Session {
     /// magnet link).
     pub fn dial(&self, info_hash: InfoHash, peers: &[SocketAddr]) {
         self.plane.dialer().dial(info_hash, peers);
+    }
+
+    /// Fetches the info dictionary of `info_hash` (a magnet link) on the
+    /// data plane, from `peers` and from whoever connects for it, for at most
+    /// `timeout`. Peers are dialed again every few seconds while we are not
+    /// connected to them (a peer may turn us away while it starts); it gives
+    /// up early once every peer has failed a few times. The result hashes to
+    /// `info_hash`.
+    pub fn fetch_metadata(
+        &self,
+        info_hash: InfoHash,
+        peers: &[SocketAddr],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, MetadataError> {
+        /// Dials of the peers again this often.
+        const REDIAL_EVERY: Duration = Duration::from_secs(2);
+        /// Failed attempts per peer before giving up early.
+        const ATTEMPTS_PER_PEER: usize = 3;
+        if peers.is_empty() {
+            return Err(MetadataError::NoPeers);
+        }
+        let fetch = self.plane.fetch_metadata(info_hash);
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let info = loop {
+            self.dial(info_hash, peers);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || fetch.failures() >= ATTEMPTS_PER_PEER * peers.len() {
+                break None;
+            }
+            if let Some(info) = fetch.wait(left.min(REDIAL_EVERY)) {
+                break Some(info);
+            }
+        };
+        self.plane.stop_fetch(&fetch);
+        info.ok_or_else(|| fetch.error(started.elapsed()))
     }
 
     /// A handle that hands peers to the data plane, for a source's thread.

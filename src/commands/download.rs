@@ -15,7 +15,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ringseed_engine::io::announce::{ClientConfig, TrackerClient};
 use ringseed_engine::io::files::DataPaths;
 use ringseed_engine::io::hasher::{thread_count, verify};
-use ringseed_engine::io::metadata_fetch::fetch_metadata;
 use ringseed_engine::io::plane::control::{new_peer_id, PlaneConfig};
 use ringseed_engine::io::resume::{stamps, ResumeData};
 use ringseed_engine::io::storage::Torrent;
@@ -43,7 +42,25 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
     let threads = thread_count(args.hashing.threads);
     let stop = stop_flag()?;
 
-    let (metainfo, extra_peers) = load_source(&args, &state)?;
+    let config = PlaneConfig {
+        leech_upload_slots: args.upload_slots,
+        max_upload_rate: args.max_upload_rate,
+        ..args.plane.config(args.listen)
+    };
+    let trackers = if args.no_announce {
+        None
+    } else {
+        Some(client_config(&args)?)
+    };
+    // The data plane starts first: a magnet link's metadata is fetched on it.
+    let mut session = Session::start(
+        SessionConfig {
+            plane: config,
+            trackers,
+        },
+        Vec::new(),
+    )?;
+    let (metainfo, extra_peers) = load_source(&args, &state, &session)?;
     let paths = DataPaths::in_save_dir(&metainfo.info, &args.output);
     let layout = Layout::new(&metainfo.info);
     let selected = select_files(&metainfo, &args.only)?;
@@ -79,23 +96,7 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
     )
     .with_context(|| format!("cannot download into {}", args.output.display()))?;
     let start_have = torrent.download().map_or(0, |d| d.picker.have().count());
-    let config = PlaneConfig {
-        leech_upload_slots: args.upload_slots,
-        max_upload_rate: args.max_upload_rate,
-        ..args.plane.config(args.listen)
-    };
-    let trackers = if args.no_announce {
-        None
-    } else {
-        Some(client_config(&args)?)
-    };
-    let mut session = Session::start(
-        SessionConfig {
-            plane: config,
-            trackers,
-        },
-        vec![Arc::clone(&torrent)],
-    )?;
+    session.add_torrent(Arc::clone(&torrent));
     println!("data plane: {}", session.data_plane());
     println!("listening on {}", session.local_addr());
     if start_have > 0 {
@@ -221,7 +222,11 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 }
 
 /// The torrent, and peers to dial from a magnet link's `x.pe`.
-fn load_source(args: &DownloadArgs, state: &Path) -> anyhow::Result<(Metainfo, Vec<SocketAddr>)> {
+fn load_source(
+    args: &DownloadArgs,
+    state: &Path,
+    session: &Session,
+) -> anyhow::Result<(Metainfo, Vec<SocketAddr>)> {
     if !args.source.starts_with("magnet:") {
         return Ok((
             crate::setup::load_torrent(Path::new(&args.source))?,
@@ -255,10 +260,9 @@ fn load_source(args: &DownloadArgs, state: &Path) -> anyhow::Result<(Metainfo, V
         "fetching the torrent's metadata from {} peer(s)...",
         peers.len()
     );
-    let info = fetch_metadata(
+    let info = session.fetch_metadata(
         magnet.info_hash,
         &peers,
-        new_peer_id(),
         Duration::from_secs(args.metadata_timeout),
     )?;
     let bytes = torrent_file(&info, &magnet.trackers);

@@ -5,7 +5,6 @@ pub mod announce;
 pub mod files;
 pub mod hasher;
 pub mod loadtest;
-pub mod metadata_fetch;
 pub mod net;
 pub mod piece_check;
 pub mod plane;

@@ -7,6 +7,7 @@ pub mod bitfield;
 pub mod choker;
 pub mod download;
 pub mod load_pattern;
+pub mod metadata;
 pub mod peer_session;
 pub mod picker;
 pub mod rate_limit;

@@ -17,7 +17,7 @@ use crate::io::net::reuseport_socket;
 
 use crate::io::piece_check;
 use crate::io::plane::epoll::Epoll;
-use crate::io::plane::shared::{CheckJob, Shared, WorkerMessage};
+use crate::io::plane::shared::{CheckJob, MetadataFetch, Shared, WorkerMessage};
 pub use crate::io::plane::shared::{Limits, PlaneConfig, DEFAULT_PORT, LISTEN_BACKLOG};
 use crate::io::plane::uring::Uring;
 use crate::io::plane::worker::Worker;
@@ -79,13 +79,14 @@ pub struct Dialer {
 
 impl Dialer {
     /// Asks the workers to connect to `peers` for torrent `info_hash`,
-    /// spread over the workers; unknown torrents are ignored.
+    /// spread over the workers; unknown torrents (neither served nor
+    /// fetched) are ignored.
     /// At most [`MAX_DIALS_PER_CALL`] peers are taken, addresses nobody can
     /// be reached at are skipped, and each worker queues at most
     /// [`MAX_DIAL_QUEUE`]: a tracker reply cannot make us open thousands of
     /// connections.
     pub fn dial(&self, info_hash: InfoHash, peers: &[SocketAddr]) {
-        if peers.is_empty() || !self.shared.catalog().contains_key(&info_hash) {
+        if peers.is_empty() || !self.shared.wants_peers(&info_hash) {
             return;
         }
         let workers = self.shared.dial_queues.len();
@@ -210,6 +211,7 @@ impl Plane {
             .map(|_| crossbeam_channel::unbounded::<WorkerMessage>())
             .unzip();
         let shared = Arc::new(Shared {
+            fetching: Mutex::default(),
             catalog: Mutex::new(
                 torrents
                     .into_iter()
@@ -315,6 +317,33 @@ impl Plane {
             }
         }
         Ok(plane)
+    }
+
+    /// Starts fetching the metadata of `info_hash` (a magnet link):
+    /// connections for it, dialed or incoming, ask their peer for it.
+    pub fn fetch_metadata(&self, info_hash: InfoHash) -> Arc<MetadataFetch> {
+        let fetch = Arc::new(MetadataFetch::new(info_hash));
+        self.shared
+            .fetching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(info_hash);
+        self.shared
+            .broadcast(|| WorkerMessage::FetchMetadata(Arc::clone(&fetch)));
+        fetch
+    }
+
+    /// Ends a fetch: its connections close at the workers' next
+    /// housekeeping.
+    pub fn stop_fetch(&self, fetch: &MetadataFetch) {
+        fetch.finish();
+        let h = fetch.info_hash;
+        self.shared
+            .fetching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&h);
+        self.shared.broadcast(|| WorkerMessage::StopFetch(h));
     }
 
     /// The data plane that runs.

@@ -12,11 +12,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::io::plane::shared::{CheckJob, Limits, PlaneConfig};
+use crate::io::plane::shared::{CheckJob, Limits, MetadataFetch, PlaneConfig};
 use crate::io::storage::Torrent;
 use crate::policy::bitfield::Bitfield;
 use crate::policy::choker::Candidate;
 use crate::policy::download::CompletePiece;
+use crate::policy::metadata::{MetadataFetcher, MAX_METADATA_SIZE};
 use crate::policy::peer_session::{Event, PeerSession, SessionEnd, TorrentView};
 use crate::policy::picker::PeerKey;
 use crate::policy::rate_limit::TokenBucket;
@@ -54,6 +55,11 @@ pub enum CloseReason {
     Banned,
     /// Both sides are seeds.
     BothSeeds,
+    /// A magnet link's metadata: this peer delivered it, another did, or
+    /// the fetch was given up.
+    MetadataDone,
+    /// A magnet link's metadata: this peer cannot or will not deliver it.
+    MetadataFailed,
 }
 
 /// A worker's counters since its last flush: its own, and per torrent.
@@ -95,6 +101,8 @@ pub struct Env<'a> {
     pub limits: &'a Limits,
     /// The torrents served, by info-hash.
     pub torrents: &'a HashMap<InfoHash, Arc<Torrent>>,
+    /// Magnet links whose metadata is being fetched, by info-hash.
+    pub fetching: &'a HashMap<InfoHash, Arc<MetadataFetch>>,
     /// Counters.
     pub tally: &'a mut Tally,
     /// The worker's random generator.
@@ -124,6 +132,16 @@ pub struct Joined {
     pub leeching: bool,
     /// Pieces verified before this connection (in our greeting already).
     pub verified: usize,
+}
+
+/// What a handshake led to.
+enum Handshaken {
+    /// Not all of it is in yet.
+    Incomplete,
+    /// A torrent we run.
+    Joined(Joined),
+    /// A magnet link whose metadata we fetch.
+    Fetching,
 }
 
 /// What to send next, in order: control bytes, then each block with its
@@ -209,12 +227,17 @@ impl TorrentView for View<'_> {
     }
 }
 
-/// Before the handshake, and after.
+/// Before the handshake, and after: serving or downloading a torrent, or
+/// fetching a magnet link's metadata.
 enum Phase {
     Handshake,
     Active {
         torrent: Arc<Torrent>,
         session: Box<PeerSession>,
+    },
+    Metadata {
+        fetch: Arc<MetadataFetch>,
+        fetcher: Box<MetadataFetcher>,
     },
 }
 
@@ -237,6 +260,9 @@ pub struct PeerConnection {
     /// (piece, start, end) of the last read-ahead started for this peer, so
     /// the following blocks of that range do not start it again.
     prefetched: Option<(u32, u32, u32)>,
+    /// A failed metadata attempt of this connection was reported (so its
+    /// close is not reported again).
+    fetch_failure_reported: bool,
 }
 
 impl PeerConnection {
@@ -254,6 +280,7 @@ impl PeerConnection {
             served_since_unchoke: 0,
             choke_changed: now,
             prefetched: None,
+            fetch_failure_reported: false,
         }
     }
 
@@ -271,7 +298,7 @@ impl PeerConnection {
     pub fn torrent(&self) -> Option<&Arc<Torrent>> {
         match &self.phase {
             Phase::Active { torrent, .. } => Some(torrent),
-            Phase::Handshake => None,
+            Phase::Handshake | Phase::Metadata { .. } => None,
         }
     }
 
@@ -293,6 +320,7 @@ impl PeerConnection {
         self.greeting.len()
             + match &self.phase {
                 Phase::Active { session, .. } => session.pending_output().len(),
+                Phase::Metadata { fetcher, .. } => fetcher.pending_output(),
                 Phase::Handshake => 0,
             }
     }
@@ -331,19 +359,27 @@ impl PeerConnection {
         let mut out = Received::default();
         if matches!(self.phase, Phase::Handshake) {
             match self.handshake(input, env, unchoked_leeching) {
-                Ok(None) => {
+                Ok(Handshaken::Incomplete) => {
                     out.need = wire::HANDSHAKE_LEN;
                     return out;
                 }
-                Ok(Some(joined)) => {
+                Ok(Handshaken::Joined(joined)) => {
                     out.consumed = wire::HANDSHAKE_LEN;
                     out.joined = Some(joined);
                 }
+                Ok(Handshaken::Fetching) => out.consumed = wire::HANDSHAKE_LEN,
                 Err(reason) => {
                     out.close = Some(reason);
                     return out;
                 }
             }
+        }
+        if let Phase::Metadata { fetch, fetcher } = &mut self.phase {
+            if let Err(why) = fetch_metadata(input, &mut out, fetch, fetcher) {
+                fetch.failed(self.addr, &why);
+                self.fetch_failure_reported = true;
+            }
+            return out;
         }
         let now = env.now;
         let ip = self.addr.ip();
@@ -413,9 +449,9 @@ impl PeerConnection {
         input: &[u8],
         env: &mut Env<'_>,
         unchoked_leeching: impl FnOnce() -> usize,
-    ) -> Result<Option<Joined>, CloseReason> {
+    ) -> Result<Handshaken, CloseReason> {
         let hs = match Handshake::decode(input) {
-            Ok(None) => return Ok(None),
+            Ok(None) => return Ok(Handshaken::Incomplete),
             Ok(Some(hs)) => hs,
             Err(_) => return Err(CloseReason::NotBitTorrent),
         };
@@ -426,11 +462,9 @@ impl PeerConnection {
             // We dialed ourselves (our own address from a tracker).
             return Err(CloseReason::UnknownTorrent);
         }
-        let torrent = env
-            .torrents
-            .get(&hs.info_hash)
-            .filter(|t| !t.is_errored())
-            .ok_or(CloseReason::UnknownTorrent)?;
+        let Some(torrent) = env.torrents.get(&hs.info_hash).filter(|t| !t.is_errored()) else {
+            return self.fetch_from(&hs, env);
+        };
         if torrent
             .download()
             .is_some_and(|d| d.is_banned(&self.addr.ip()))
@@ -479,11 +513,44 @@ impl PeerConnection {
             torrent: Arc::clone(torrent),
             session: Box::new(session),
         };
-        Ok(Some(Joined {
+        Ok(Handshaken::Joined(Joined {
             info_hash: hs.info_hash,
             leeching,
             verified,
         }))
+    }
+
+    /// A handshake for a torrent we do not run: if its metadata is being
+    /// fetched, this connection asks the peer for it.
+    fn fetch_from(&mut self, hs: &Handshake, env: &mut Env<'_>) -> Result<Handshaken, CloseReason> {
+        let fetch = env
+            .fetching
+            .get(&hs.info_hash)
+            .filter(|f| !f.is_finished())
+            .ok_or(CloseReason::UnknownTorrent)?;
+        let fetcher = MetadataFetcher::new(
+            hs.info_hash,
+            hs.reserved.extension_protocol(),
+            &env.config.session.client_name,
+        )
+        .map_err(|e| {
+            fetch.failed(self.addr, &e);
+            self.fetch_failure_reported = true;
+            CloseReason::MetadataFailed
+        })?;
+        if self.outgoing.is_none() {
+            Handshake {
+                reserved: Reserved::OURS,
+                info_hash: hs.info_hash,
+                peer_id: env.peer_id,
+            }
+            .encode(&mut self.greeting);
+        }
+        self.phase = Phase::Metadata {
+            fetch: Arc::clone(fetch),
+            fetcher: Box::new(fetcher),
+        };
+        Ok(Handshaken::Fetching)
     }
 
     /// Fills `plan` (empty) with what to send now: pending control bytes,
@@ -497,7 +564,13 @@ impl PeerConnection {
         env: &mut Env<'_>,
     ) -> bool {
         plan.control.append(&mut self.greeting);
+        if let Phase::Metadata { fetcher, .. } = &mut self.phase {
+            fetcher.drain_output_into(&mut plan.control);
+        }
         let Phase::Active { torrent, session } = &mut self.phase else {
+            if !plan.is_empty() {
+                self.last_sent = env.now;
+            }
             return false;
         };
         if torrent.is_errored() {
@@ -576,6 +649,15 @@ impl PeerConnection {
             }
             Phase::Handshake if silent >= HANDSHAKE_TIMEOUT => (Some(CloseReason::Idle), false),
             Phase::Handshake => (None, false),
+            Phase::Metadata { fetch, .. } if fetch.is_finished() => {
+                (Some(CloseReason::MetadataDone), false)
+            }
+            Phase::Metadata { fetch, .. } if silent >= HANDSHAKE_TIMEOUT => {
+                fetch.failed(self.addr, &"silent for 20 s");
+                self.fetch_failure_reported = true;
+                (Some(CloseReason::Idle), false)
+            }
+            Phase::Metadata { .. } => (None, false),
             Phase::Active { torrent, .. } if torrent.is_errored() => {
                 (Some(CloseReason::TorrentErrored), false)
             }
@@ -684,8 +766,22 @@ impl PeerConnection {
     }
 
     /// The connection is gone: its requests go back to the picker, and its
-    /// counters to the tallies.
-    pub fn close(self, tally: &mut Tally, limits: &Limits) {
+    /// counters to the tallies. A connection meant to fetch metadata that
+    /// ends before delivering it counts as a failed attempt.
+    pub fn close(
+        self,
+        tally: &mut Tally,
+        limits: &Limits,
+        fetching: &HashMap<InfoHash, Arc<MetadataFetch>>,
+    ) {
+        let fetch = match &self.phase {
+            Phase::Metadata { fetch, .. } => Some(fetch),
+            Phase::Handshake => self.outgoing.and_then(|h| fetching.get(&h)),
+            Phase::Active { .. } => None,
+        };
+        if let Some(fetch) = fetch.filter(|f| !f.is_finished() && !self.fetch_failure_reported) {
+            fetch.failed(self.addr, &"the connection ended");
+        }
         let Phase::Active {
             torrent,
             mut session,
@@ -712,6 +808,52 @@ impl PeerConnection {
         tally.worker.metadata_pieces_served += counters.metadata_pieces_served;
         limits.leave_torrent(&torrent);
     }
+}
+
+/// Feeds a metadata connection's input to its fetcher; a delivered
+/// dictionary goes to `fetch`, and either way the connection then ends.
+/// Returns why the attempt failed, if it did.
+fn fetch_metadata(
+    input: &[u8],
+    out: &mut Received,
+    fetch: &MetadataFetch,
+    fetcher: &mut MetadataFetcher,
+) -> Result<(), String> {
+    // A bitfield of any torrent whose metadata we accept (16 MiB of it is
+    // at most ~800 000 pieces: 100 KiB), or a metadata piece.
+    let max_frame = (MAX_METADATA_SIZE / 20 / 8) as u32 + 1024;
+    loop {
+        match wire::decode(&input[out.consumed..], max_frame) {
+            Ok(Some((msg, used))) => {
+                out.consumed += used;
+                match fetcher.on_message(msg) {
+                    Ok(None) => {}
+                    Ok(Some(info)) => {
+                        fetch.deliver(info);
+                        out.close = Some(CloseReason::MetadataDone);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        out.close = Some(CloseReason::MetadataFailed);
+                        return Err(e.to_string());
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                out.close = Some(CloseReason::MetadataFailed);
+                return Err(e.to_string());
+            }
+        }
+    }
+    if fetch.is_finished() {
+        out.close = Some(CloseReason::MetadataDone);
+    }
+    let rest = &input[out.consumed..];
+    if rest.len() >= 4 {
+        out.need = 4 + u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+    }
+    Ok(())
 }
 
 /// Applies a session event to the torrent's shared download state; returns

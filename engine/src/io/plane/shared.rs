@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::{IoMode, PlaneKind};
@@ -189,6 +189,120 @@ pub enum WorkerMessage {
     RemoveTorrent(InfoHash),
     /// New settings; the listen address, workers and ring size stay.
     Reconfigure(Arc<PlaneConfig>),
+    /// Fetch this torrent's metadata from the peers of its info-hash.
+    FetchMetadata(Arc<MetadataFetch>),
+    /// Stop fetching the metadata of this info-hash.
+    StopFetch(InfoHash),
+}
+
+/// A magnet link's metadata being fetched on the data plane: connections
+/// for its info-hash (dialed or incoming) ask their peer for it, and the
+/// first one to assemble a dictionary that hashes to the info-hash hands it
+/// here.
+#[derive(Debug)]
+pub struct MetadataFetch {
+    /// The torrent.
+    pub info_hash: InfoHash,
+    state: Mutex<FetchState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct FetchState {
+    info: Option<Vec<u8>>,
+    /// Delivered, or given up: its connections end.
+    finished: bool,
+    /// Peers whose attempt failed, and the last failure.
+    failures: usize,
+    last_error: Option<String>,
+}
+
+/// Why no peer gave us the metadata.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// No peer to ask.
+    #[error("no peers to fetch the torrent's metadata from (give --peer, or a magnet link with trackers or x.pe)")]
+    NoPeers,
+    /// Every peer failed or the time ran out; the last peer's error.
+    #[error("no peer delivered the torrent's metadata in {waited_secs} s of trying ({failures} attempt(s) failed; last error: {last})")]
+    Failed {
+        /// How long we tried, in seconds.
+        waited_secs: u64,
+        /// Peer attempts that failed.
+        failures: usize,
+        /// The last failure.
+        last: String,
+    },
+}
+
+impl MetadataFetch {
+    /// A fetch of `info_hash`'s metadata.
+    pub fn new(info_hash: InfoHash) -> Self {
+        MetadataFetch {
+            info_hash,
+            state: Mutex::default(),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FetchState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection assembled the verified dictionary.
+    pub fn deliver(&self, info: Vec<u8>) {
+        let mut state = self.lock();
+        if !state.finished {
+            state.info = Some(info);
+            state.finished = true;
+        }
+        self.changed.notify_all();
+    }
+
+    /// A peer's attempt failed.
+    pub fn failed(&self, peer: SocketAddr, why: &dyn std::fmt::Display) {
+        let mut state = self.lock();
+        state.failures += 1;
+        state.last_error = Some(format!("{peer}: {why}"));
+    }
+
+    /// Peer attempts that failed so far.
+    pub fn failures(&self) -> usize {
+        self.lock().failures
+    }
+
+    /// Whether it was delivered or given up.
+    pub fn is_finished(&self) -> bool {
+        self.lock().finished
+    }
+
+    /// Gives up: its connections end at their next housekeeping.
+    pub fn finish(&self) {
+        self.lock().finished = true;
+    }
+
+    /// Waits at most `timeout` for the dictionary; returns it if it came.
+    pub fn wait(&self, timeout: Duration) -> Option<Vec<u8>> {
+        let state = self.lock();
+        let (mut state, _) = self
+            .changed
+            .wait_timeout_while(state, timeout, |s| s.info.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        state.info.take()
+    }
+
+    /// The error to report after trying for `waited`.
+    pub fn error(&self, waited: Duration) -> MetadataError {
+        let state = self.lock();
+        MetadataError::Failed {
+            waited_secs: waited.as_secs(),
+            failures: state.failures,
+            last: state
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "no peer answered".into()),
+        }
+    }
 }
 
 /// What the workers share: the catalog of torrents (for the control side),
@@ -198,6 +312,9 @@ pub struct Shared {
     /// The torrents served, by info-hash: the control side's copy. Workers
     /// keep their own, updated by [`WorkerMessage`]s.
     pub(super) catalog: Mutex<HashMap<InfoHash, Arc<Torrent>>>,
+    /// Magnet links whose metadata is being fetched (peers may be dialed
+    /// for them too).
+    pub(super) fetching: Mutex<std::collections::HashSet<InfoHash>>,
     /// Messages to worker *i*.
     pub messages: Vec<crossbeam_channel::Sender<WorkerMessage>>,
     /// When worker *i* last ran its tick, in milliseconds since `epoch`
@@ -230,6 +347,17 @@ impl Shared {
     /// The control side's catalog of torrents.
     pub fn catalog(&self) -> MutexGuard<'_, HashMap<InfoHash, Arc<Torrent>>> {
         self.catalog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether peers may be dialed for `info_hash`: a torrent served, or a
+    /// magnet link whose metadata is being fetched.
+    pub fn wants_peers(&self, info_hash: &InfoHash) -> bool {
+        self.catalog().contains_key(info_hash)
+            || self
+                .fetching
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(info_hash)
     }
 
     /// Records that worker `index` is alive now.

@@ -44,7 +44,7 @@ use super::conn::{Conn, Transport};
 use super::peer::{CloseReason, Env, LeechNews, PeerConnection, SendRoom, Tally};
 use super::{Backend, Completion, Op, UserData};
 use crate::io::net::canonical;
-use crate::io::plane::shared::{CheckJob, PlaneConfig, Shared, WorkerMessage};
+use crate::io::plane::shared::{CheckJob, MetadataFetch, PlaneConfig, Shared, WorkerMessage};
 use crate::io::storage::Torrent;
 use crate::policy::choker::{Choker, LeechChoker};
 use crate::policy::download::CompletePiece;
@@ -139,6 +139,8 @@ pub struct Worker<B: Backend> {
     /// This worker's copy of the torrents served, kept current by
     /// `messages`: finding a torrent never takes a lock.
     torrents: HashMap<InfoHash, Arc<Torrent>>,
+    /// Magnet links whose metadata connections of this worker fetch.
+    fetching: HashMap<InfoHash, Arc<MetadataFetch>>,
     messages: crossbeam_channel::Receiver<WorkerMessage>,
     /// Whether the upload bucket refused a send since the last housekeeping.
     rate_wanted: bool,
@@ -191,6 +193,7 @@ impl<B: Backend> Worker<B> {
             last_rate_tick: now,
             half_open: 0,
             torrents,
+            fetching: HashMap::new(),
             messages,
             reported_unchoked: HashMap::new(),
             rate_wanted: false,
@@ -355,6 +358,13 @@ impl<B: Backend> Worker<B> {
                     self.leech_choker
                         .set_slots(config.leech_slots_share(self.index));
                     self.config = config;
+                }
+                WorkerMessage::FetchMetadata(fetch) => {
+                    self.fetching.insert(fetch.info_hash, fetch);
+                }
+                // Its connections end at the next housekeeping.
+                WorkerMessage::StopFetch(h) => {
+                    self.fetching.remove(&h);
                 }
             }
         }
@@ -573,6 +583,7 @@ impl<B: Backend> Worker<B> {
             config: &self.config,
             limits: &self.shared.limits,
             torrents: &self.torrents,
+            fetching: &self.fetching,
             tally: &mut self.tally,
             rng: &mut self.rng,
         };
@@ -620,6 +631,7 @@ impl<B: Backend> Worker<B> {
             config: &self.config,
             limits: &self.shared.limits,
             torrents: &self.torrents,
+            fetching: &self.fetching,
             tally: &mut self.tally,
             rng: &mut self.rng,
         };
@@ -760,7 +772,8 @@ impl<B: Backend> Worker<B> {
         let conn = self.conns.remove(key);
         self.backend.forget_fd(conn.fd.as_raw_fd());
         self.shared.limits.leave(conn.peer.addr().ip());
-        conn.peer.close(&mut self.tally, &self.shared.limits);
+        conn.peer
+            .close(&mut self.tally, &self.shared.limits, &self.fetching);
         // Dropping `conn` closes the socket.
     }
 

@@ -19,6 +19,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     torrent: Arc<Torrent>,
     torrents: HashMap<InfoHash, Arc<Torrent>>,
+    fetching: HashMap<InfoHash, Arc<MetadataFetch>>,
     config: PlaneConfig,
     limits: Limits,
     tally: Tally,
@@ -46,6 +47,7 @@ impl Fixture {
             _dir: dir,
             torrent,
             torrents,
+            fetching: HashMap::new(),
             config: PlaneConfig::default(),
             limits: Limits::default(),
             tally: Tally::default(),
@@ -63,6 +65,7 @@ impl Fixture {
             config: &self.config,
             limits: &self.limits,
             torrents: &self.torrents,
+            fetching: &self.fetching,
             tally: &mut self.tally,
             rng: &mut self.rng,
         }
@@ -298,4 +301,94 @@ fn a_silent_handshake_times_out_and_an_idle_peer_gets_a_keep_alive() {
     assert!(send, "a keep-alive is due");
     let (plan, _) = f.plan(&mut conn, ROOM, 0);
     assert_eq!(plan.control, vec![0, 0, 0, 0]);
+}
+
+/// A connection dialed for a magnet link whose metadata is being fetched.
+fn fetching(f: &mut Fixture, info_hash: InfoHash) -> (PeerConnection, Arc<MetadataFetch>) {
+    let fetch = Arc::new(MetadataFetch::new(info_hash));
+    f.fetching.insert(info_hash, Arc::clone(&fetch));
+    let addr = "127.0.0.9:6881".parse().unwrap();
+    let mut conn = PeerConnection::new(addr, 7, Some(info_hash), Duration::ZERO);
+    conn.connected(PEER_ID, Duration::from_secs(1));
+    (conn, fetch)
+}
+
+#[test]
+fn a_magnet_links_metadata_is_fetched_by_the_same_connection() {
+    use crate::proto::extension::{
+        ExtensionHandshake, MetadataMessage, OUR_UT_METADATA_ID, UT_METADATA,
+    };
+    let mut f = Fixture::new();
+    // A torrent this worker does not run: only its metadata is wanted.
+    let info = f.torrent.metainfo.info_bytes.clone();
+    let info_hash = f.info_hash();
+    f.torrents.clear();
+    let (mut conn, fetch) = fetching(&mut f, info_hash);
+
+    let mut input = their_handshake(info_hash);
+    let hs = ExtensionHandshake {
+        extensions: vec![(UT_METADATA.to_owned(), 4)],
+        metadata_size: Some(info.len() as u64),
+        ..Default::default()
+    };
+    let mut payload = Vec::new();
+    hs.encode(&mut payload);
+    input.extend(messages(&[
+        Message::HaveAll,
+        Message::Extended {
+            id: 0,
+            payload: &payload,
+        },
+    ]));
+    let r = f.receive(&mut conn, &input);
+    assert_eq!((r.consumed, r.close), (input.len(), None));
+    assert!(r.joined.is_none(), "no torrent joined: only metadata");
+    let (plan, _) = f.plan(&mut conn, ROOM, 0);
+    // Our handshake, our extension handshake, one request (one piece).
+    let ids = message_ids(&plan.control[wire::HANDSHAKE_LEN..]);
+    assert_eq!(ids, vec![20, 20]);
+    assert!(plan.blocks.is_empty());
+
+    let mut body = Vec::new();
+    MetadataMessage::Data {
+        piece: 0,
+        total_size: info.len() as u64,
+        data: &info,
+    }
+    .encode(&mut body);
+    let input = messages(&[Message::Extended {
+        id: OUR_UT_METADATA_ID,
+        payload: &body,
+    }]);
+    let r = f.receive(&mut conn, &input);
+    assert_eq!(r.close, Some(CloseReason::MetadataDone));
+    assert!(fetch.is_finished());
+    assert_eq!(fetch.wait(Duration::ZERO), Some(info));
+    conn.close(&mut f.tally, &f.limits, &f.fetching);
+    assert_eq!(fetch.failures(), 0, "a delivery is no failure");
+}
+
+#[test]
+fn a_peer_that_cannot_give_metadata_is_one_failed_attempt() {
+    let mut f = Fixture::new();
+    let info_hash = InfoHash([5; 20]);
+    let (mut conn, fetch) = fetching(&mut f, info_hash);
+    let mut hs = Vec::new();
+    Handshake {
+        reserved: Reserved([0; 8]),
+        info_hash,
+        peer_id: THEIR_ID,
+    }
+    .encode(&mut hs);
+    let r = f.receive(&mut conn, &hs);
+    assert_eq!(r.close, Some(CloseReason::MetadataFailed));
+    conn.close(&mut f.tally, &f.limits, &f.fetching);
+    assert_eq!(fetch.failures(), 1);
+    let error = fetch.error(Duration::from_secs(3)).to_string();
+    assert!(error.contains("extension protocol"), "{error}");
+
+    // One that closes before its handshake counts too.
+    let (conn, fetch) = fetching(&mut f, InfoHash([6; 20]));
+    conn.close(&mut f.tally, &f.limits, &f.fetching);
+    assert_eq!(fetch.failures(), 1);
 }
