@@ -294,9 +294,13 @@ pub struct LoadtestArgs {
         env = "RINGSEED_VERIFY"
     )]
     pub verify: f64,
-    /// Load threads, one io_uring each [default: one per core].
+    /// Load threads, one io_uring (or epoll instance) each [default: one
+    /// per core].
     #[arg(long, value_name = "N", env = "RINGSEED_THREADS")]
     pub threads: Option<NonZeroUsize>,
+    /// The load threads' backend: auto, uring or epoll, as the data plane's.
+    #[arg(value_name = "MODE", long, default_value = "auto", env = "RINGSEED_IO")]
+    pub io: IoMode,
     /// Cores to pin the load threads to (e.g. `2,3`) [default: with
     /// --target-pid, the cores none of the target's threads may use].
     #[arg(

@@ -150,6 +150,7 @@ fn peers(args: &LoadtestArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
         rate_per_peer: args.rate_per_peer,
         verify_fraction: args.verify,
         threads,
+        io: args.io,
         cores: if args.cores.is_empty() {
             args.target_pid.map(free_cores).unwrap_or_default()
         } else {

@@ -19,10 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use io_uring::{opcode, types, IoUring};
 
 use crate::hash::{sha1, Sha1Digest};
-use crate::io::plane::{uring::cancel_all_and_wait, UserData};
+use crate::io::plane::epoll::Epoll;
+use crate::io::plane::uring::Uring;
+use crate::io::plane::{Backend, Completion, IoMode, Op, PlaneKind, UserData};
 use crate::policy::load_pattern::{LoadPattern, Pattern};
 use crate::policy::rate_limit::TokenBucket;
 use crate::proto::info_hash::InfoHash;
@@ -62,8 +63,10 @@ pub struct PeerLoad {
     pub rate_per_peer: u64,
     /// Fraction of pieces checked against their hash.
     pub verify_fraction: f64,
-    /// Threads (one io_uring each).
+    /// Threads (one io_uring or epoll instance each).
     pub threads: usize,
+    /// Which backend the threads run on (the data plane's `--io`).
+    pub io: IoMode,
     /// Cores to pin the threads to, in turn; empty for no pinning.
     pub cores: Vec<usize>,
     /// Give each peer its own source address in 127.0.0.0/8 (for a target
@@ -171,6 +174,8 @@ struct SimPeer {
     recv_in_flight: bool,
     /// The bytes of the send in flight.
     sending: Vec<u8>,
+    /// The send's header and its one iovec (over `sending`).
+    msg: Box<(libc::msghdr, libc::iovec)>,
     send_in_flight: bool,
     /// Bytes queued while a send is in flight.
     queued: Vec<u8>,
@@ -211,6 +216,8 @@ pub fn run_peer_load(
     stop: &AtomicBool,
 ) -> io::Result<PeerLoadReport> {
     let threads = load.threads.max(1);
+    let (kind, _) = crate::io::plane::choose(load.io)
+        .map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e.0))?;
     let started = Instant::now();
     let reports = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
@@ -221,7 +228,16 @@ pub fn run_peer_load(
                         core_affinity::set_for_current(core_affinity::CoreId { id: core });
                     }
                     let peers: Vec<usize> = (t..load.peers).step_by(threads).collect();
-                    LoadThread::new(load, peers, live, stop)?.run()
+                    match kind {
+                        PlaneKind::Uring => {
+                            let entries =
+                                (peers.len() * 2 + 64).next_power_of_two().clamp(256, 32768) as u32;
+                            LoadThread::new(Uring::new(entries)?, load, peers, live, stop).run()
+                        }
+                        PlaneKind::Epoll => {
+                            LoadThread::new(Epoll::new()?, load, peers, live, stop).run()
+                        }
+                    }
                 })
             })
             .collect();
@@ -241,83 +257,76 @@ pub fn run_peer_load(
     Ok(total)
 }
 
-struct LoadThread<'a> {
+struct LoadThread<'a, B: Backend> {
     load: &'a PeerLoad,
     live: &'a LiveCounters,
     stop: &'a AtomicBool,
-    ring: IoUring,
+    backend: B,
     /// Global index of each peer of this thread, in connect order.
     indexes: Vec<usize>,
     peers: Vec<Option<SimPeer>>,
     next_connect: usize,
     in_flight: usize,
-    tick_spec: Box<types::Timespec>,
     started: Instant,
     report: PeerLoadReport,
     flushed: (u64, u64, u64, u64, u64),
     rng: u64,
 }
 
-impl<'a> LoadThread<'a> {
+impl<'a, B: Backend> LoadThread<'a, B> {
+    /// A thread's share of the peers on `backend` (made on this thread).
     fn new(
+        backend: B,
         load: &'a PeerLoad,
         indexes: Vec<usize>,
         live: &'a LiveCounters,
         stop: &'a AtomicBool,
-    ) -> io::Result<Self> {
-        let entries = (indexes.len() * 2 + 64)
-            .next_power_of_two()
-            .clamp(256, 32768) as u32;
-        Ok(LoadThread {
+    ) -> Self {
+        LoadThread {
             load,
             live,
             stop,
-            ring: IoUring::builder()
-                .setup_cqsize(entries * 2)
-                .build(entries)?,
+            backend,
             peers: (0..indexes.len()).map(|_| None).collect(),
             indexes,
             next_connect: 0,
             in_flight: 0,
-            tick_spec: Box::new(types::Timespec::from(TICK)),
             started: Instant::now(),
             report: PeerLoadReport::new(),
             flushed: (0, 0, 0, 0, 0),
             rng: rng::seeded(),
-        })
+        }
     }
 
-    fn push(&mut self, entry: io_uring::squeue::Entry) {
-        loop {
-            // SAFETY: every entry points into buffers owned by `self.peers`
-            // (or the boxed timespec) that are neither moved nor freed until
-            // the op completes: a peer is dropped only with no op in flight,
-            // and `finish` waits for every op before the thread returns.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                self.in_flight += 1;
-                return;
-            }
-            let _ = self.ring.submit();
-        }
+    /// Hands an op to the backend.
+    ///
+    /// # Safety
+    ///
+    /// As [`Backend::push`]: every op of this module points into a peer's
+    /// heap buffers (its receive buffer, its send buffer and message header,
+    /// its target address), which are neither moved nor freed until the op
+    /// completes: a peer is dropped only with no op in flight, and `Drop`
+    /// waits for every op before the thread returns.
+    unsafe fn push(&mut self, op: Op, data: UserData) {
+        // SAFETY: the caller's contract, which is `Backend::push`'s.
+        unsafe { self.backend.push(op, data.pack()) };
+        self.in_flight += 1;
     }
 
     fn run(mut self) -> io::Result<PeerLoadReport> {
         self.arm_tick();
         let end = self.started + self.load.duration;
-        let mut completions = Vec::with_capacity(1024);
+        let mut completions: Vec<Completion> = Vec::with_capacity(1024);
         loop {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-                Err(e) => return Err(e),
-            }
             completions.clear();
-            completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            self.backend.wait(&mut completions, true)?;
             let mut ending = false;
-            for &(data, result) in &completions {
+            for &Completion {
+                user_data, result, ..
+            } in &completions
+            {
                 self.in_flight -= 1;
-                match UserData::unpack(data) {
+                match UserData::unpack(user_data) {
                     UserData::Connect { key, .. } => self.on_connect(key as usize, result),
                     UserData::Recv { key, .. } => self.on_recv(key as usize, result),
                     UserData::Send { key, .. } => self.on_send(key as usize, result),
@@ -340,10 +349,8 @@ impl<'a> LoadThread<'a> {
     }
 
     fn arm_tick(&mut self) {
-        let entry = opcode::Timeout::new(&*self.tick_spec)
-            .build()
-            .user_data(UserData::Tick.pack());
-        self.push(entry);
+        // SAFETY: a timeout points to nothing of ours.
+        unsafe { self.push(Op::Timeout { after: TICK }, UserData::Tick) };
     }
 
     fn random(&mut self) -> u64 {
@@ -422,6 +429,9 @@ impl<'a> LoadThread<'a> {
             recv_len: 0,
             recv_in_flight: false,
             sending: Vec::new(),
+            // SAFETY: msghdr and iovec are plain C structs; all-zero is
+            // their empty value.
+            msg: Box::new(unsafe { std::mem::zeroed() }),
             send_in_flight: false,
             queued: Vec::new(),
             connect_in_flight: true,
@@ -439,21 +449,19 @@ impl<'a> LoadThread<'a> {
                 .then(|| TokenBucket::new(self.load.rate_per_peer, self.started.elapsed())),
             checking: None,
         };
-        let entry = opcode::Connect::new(
-            types::Fd(peer.fd.as_raw_fd()),
-            peer.target.as_ptr().cast(),
-            peer.target.len(),
-        )
-        .build()
-        .user_data(
-            UserData::Connect {
-                key: key as u32,
-                generation: 0,
-            }
-            .pack(),
-        );
+        let op = Op::Connect {
+            fd: peer.fd.as_raw_fd(),
+            addr: peer.target.as_ptr().cast(),
+            len: peer.target.len(),
+        };
         self.peers[key] = Some(peer);
-        self.push(entry);
+        let data = UserData::Connect {
+            key: key as u32,
+            generation: 0,
+        };
+        // SAFETY: the target address is boxed in the peer, kept until the
+        // connect completes.
+        unsafe { self.push(op, data) };
     }
 
     fn on_connect(&mut self, key: usize, result: i32) {
@@ -500,22 +508,24 @@ impl<'a> LoadThread<'a> {
         }
         std::mem::swap(&mut peer.sending, &mut peer.queued);
         peer.queued.clear();
-        let entry = opcode::Send::new(
-            types::Fd(peer.fd.as_raw_fd()),
-            peer.sending.as_ptr(),
-            peer.sending.len() as u32,
-        )
-        .flags(libc::MSG_NOSIGNAL)
-        .build()
-        .user_data(
-            UserData::Send {
-                key: key as u32,
-                generation: 0,
-            }
-            .pack(),
-        );
+        let (msg, iov) = &mut *peer.msg;
+        iov.iov_base = peer.sending.as_mut_ptr().cast();
+        iov.iov_len = peer.sending.len();
+        msg.msg_iov = iov;
+        msg.msg_iovlen = 1;
+        let op = Op::SendMsg {
+            fd: peer.fd.as_raw_fd(),
+            msg,
+            cold: false,
+        };
+        let data = UserData::Send {
+            key: key as u32,
+            generation: 0,
+        };
         peer.send_in_flight = true;
-        self.push(entry);
+        // SAFETY: `sending` and the boxed header are not touched until the
+        // send completes (`send_in_flight`).
+        unsafe { self.push(op, data) };
     }
 
     fn on_send(&mut self, key: usize, result: i32) {
@@ -545,21 +555,19 @@ impl<'a> LoadThread<'a> {
             return;
         }
         let spare = peer.recv.len() - peer.recv_len;
-        let entry = opcode::Recv::new(
-            types::Fd(peer.fd.as_raw_fd()),
-            peer.recv[peer.recv_len..].as_mut_ptr(),
-            spare as u32,
-        )
-        .build()
-        .user_data(
-            UserData::Recv {
-                key: key as u32,
-                generation: 0,
-            }
-            .pack(),
-        );
+        let op = Op::Recv {
+            fd: peer.fd.as_raw_fd(),
+            buf: peer.recv[peer.recv_len..].as_mut_ptr(),
+            len: spare as u32,
+        };
+        let data = UserData::Recv {
+            key: key as u32,
+            generation: 0,
+        };
         peer.recv_in_flight = true;
-        self.push(entry);
+        // SAFETY: `recv[recv_len..]` is lent until the receive completes
+        // (`recv_in_flight`).
+        unsafe { self.push(op, data) };
     }
 
     fn on_recv(&mut self, key: usize, result: i32) {
@@ -736,7 +744,9 @@ impl<'a> LoadThread<'a> {
     /// Frees a peer once no op of it is in flight.
     fn drop_peer(&mut self, key: usize) {
         if self.peers[key].as_ref().is_some_and(|p| !p.in_flight()) {
-            self.peers[key] = None;
+            if let Some(peer) = self.peers[key].take() {
+                self.backend.forget_fd(peer.fd.as_raw_fd());
+            }
         } else if let Some(p) = self.peers[key].as_mut() {
             p.state = PeerState::Closed;
         }
@@ -753,7 +763,7 @@ impl<'a> LoadThread<'a> {
     }
 }
 
-impl Drop for LoadThread<'_> {
+impl<B: Backend> Drop for LoadThread<'_, B> {
     /// Ops in flight point into `peers`: shut the sockets down, cancel the
     /// ops and wait for them before anything is freed, or leak the buffers
     /// if even that fails (after an error or a panic in `run`).
@@ -765,13 +775,9 @@ impl Drop for LoadThread<'_> {
             // SAFETY: shutting down sockets we own; nothing is freed here.
             unsafe { libc::shutdown(p.fd.as_raw_fd(), libc::SHUT_RDWR) };
         }
-        self.in_flight = cancel_all_and_wait(&mut self.ring, self.in_flight);
+        self.in_flight = self.backend.cancel_all_and_wait(self.in_flight);
         if self.in_flight > 0 {
             std::mem::forget(std::mem::take(&mut self.peers));
-            std::mem::forget(std::mem::replace(
-                &mut self.tick_spec,
-                Box::new(types::Timespec::new()),
-            ));
         }
     }
 }
