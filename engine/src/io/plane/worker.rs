@@ -1,20 +1,25 @@
-//! One data-plane worker: a thread pinned to a core, with its own io_uring,
-//! its own SO_REUSEPORT listener and the connections it accepted. Nothing on
-//! its per-block path takes a lock or writes memory another worker writes.
+//! One data-plane worker: a thread pinned to a core, with its own backend
+//! (an io_uring, or an epoll instance), its own SO_REUSEPORT listener and
+//! the connections it accepted. Nothing on its per-block path takes a lock
+//! or writes memory another worker writes. It never calls the kernel for a
+//! connection itself: it pushes `Op`s and handles their completions.
 //!
 //! Anatomy of seeding a block:
 //! 1. a multishot accept yields a socket; a receive is armed on it;
-//! 2. the handshake names a torrent; we answer with ours, the extension
+//! 2. the received bytes go to the connection's `PeerConnection`: the
+//!    handshake names a torrent; we answer with ours, the extension
 //!    handshake and `have_all` (or a bitfield);
-//! 3. `request` messages are validated by the `PeerSession` and queued;
-//! 4. `try_send` pops queued requests (within the rate limit), builds for
-//!    each a 13-byte header iovec and iovecs into the file mapping, and
-//!    submits them with control messages as one `sendmsg`: adjacent requests
-//!    share one submission;
+//! 3. `request` messages are validated by its `PeerSession` and queued;
+//! 4. `try_send` asks the `PeerConnection` for a `SendPlan` (control bytes,
+//!    then queued requests within the rate limit and the send's room), and
+//!    the connection's `Transport` renders it: for TCP a 13-byte header
+//!    iovec and iovecs into the file mapping per block, submitted with the
+//!    control bytes as one `sendmsg`: adjacent requests share one
+//!    submission;
 //! 5. if a block's pages are not in the page cache, they are prefetched
-//!    (`MADV_WILLNEED`, exactly those pages) and the send is marked
-//!    `IOSQE_ASYNC`, so any wait for the disk happens in an io-wq kernel
-//!    thread, never on this thread;
+//!    (`MADV_WILLNEED`, exactly those pages) and the send is marked cold,
+//!    so any wait for the disk happens in an io-wq kernel thread (io_uring)
+//!    or a helper thread (epoll), never on this thread;
 //! 6. a short send is resumed where it stopped; `EFAULT` means a file was
 //!    truncated under us: the torrent is marked errored and its peers
 //!    dropped, and the worker goes on.
