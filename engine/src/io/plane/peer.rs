@@ -474,15 +474,7 @@ impl PeerConnection {
         if !env.limits.try_join_torrent(torrent, env.config) {
             return Err(CloseReason::Limit);
         }
-        if self.outgoing.is_none() {
-            // Incoming: answer with ours (an outgoing one sent it first).
-            Handshake {
-                reserved: Reserved::OURS,
-                info_hash: hs.info_hash,
-                peer_id: env.peer_id,
-            }
-            .encode(&mut self.greeting);
-        }
+        self.answer(hs.info_hash, env.peer_id);
         let mut session = PeerSession::new(
             &hs,
             Some(self.addr.ip()),
@@ -520,6 +512,19 @@ impl PeerConnection {
         }))
     }
 
+    /// An incoming connection's handshake is answered with ours (an
+    /// outgoing one sent it first, in `connected`).
+    fn answer(&mut self, info_hash: InfoHash, peer_id: [u8; 20]) {
+        if self.outgoing.is_none() {
+            Handshake {
+                reserved: Reserved::OURS,
+                info_hash,
+                peer_id,
+            }
+            .encode(&mut self.greeting);
+        }
+    }
+
     /// A handshake for a torrent we do not run: if its metadata is being
     /// fetched, this connection asks the peer for it.
     fn fetch_from(&mut self, hs: &Handshake, env: &mut Env<'_>) -> Result<Handshaken, CloseReason> {
@@ -538,14 +543,7 @@ impl PeerConnection {
             self.fetch_failure_reported = true;
             CloseReason::MetadataFailed
         })?;
-        if self.outgoing.is_none() {
-            Handshake {
-                reserved: Reserved::OURS,
-                info_hash: hs.info_hash,
-                peer_id: env.peer_id,
-            }
-            .encode(&mut self.greeting);
-        }
+        self.answer(hs.info_hash, env.peer_id);
         self.phase = Phase::Metadata {
             fetch: Arc::clone(fetch),
             fetcher: Box::new(fetcher),
