@@ -238,22 +238,44 @@ fn write_config(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// Under `dir`: a data directory published to `pub`, a state directory, and
+/// a config that watches the one and publishes to the other.
+struct DataDirSetup {
+    data: PathBuf,
+    publish: PathBuf,
+    state: PathBuf,
+    config: PathBuf,
+}
+
+impl DataDirSetup {
+    fn new(dir: &Path) -> DataDirSetup {
+        let (data, publish, state) = (dir.join("data"), dir.join("pub"), dir.join("state"));
+        std::fs::create_dir_all(&data).unwrap();
+        let config = dir.join("ringseed.toml");
+        write_config(
+            &config,
+            &format!("settle_secs = 1\n[[data_dir]]\npath = {data:?}\npublish = {publish:?}\n"),
+        );
+        DataDirSetup {
+            data,
+            publish,
+            state,
+            config,
+        }
+    }
+}
+
 #[test]
 #[ignore = "interop: needs python3-libtorrent (scripts/test runs it)"]
 fn a_dropped_iso_is_downloaded_by_libtorrent_replaced_and_removed() {
     require_libtorrent();
     let dir = tempfile::tempdir().unwrap();
-    let (data, publish, state) = (
-        dir.path().join("data"),
-        dir.path().join("pub"),
-        dir.path().join("state"),
-    );
-    std::fs::create_dir_all(&data).unwrap();
-    let config = dir.path().join("ringseed.toml");
-    write_config(
-        &config,
-        &format!("settle_secs = 1\n[[data_dir]]\npath = {data:?}\npublish = {publish:?}\n"),
-    );
+    let DataDirSetup {
+        data,
+        publish,
+        state,
+        config,
+    } = DataDirSetup::new(dir.path());
     let mut daemon = Daemon::start(&state, &[&"--config", &config]);
 
     // Drop an ISO in: it is hashed, published and seeded.
@@ -910,17 +932,12 @@ fn sources_that_would_publish_the_same_name_and_ambiguous_removals_are_refused()
 fn under_a_seccomp_filter_that_blocks_io_uring_the_daemon_serves_on_epoll() {
     require_libtorrent();
     let dir = tempfile::tempdir().unwrap();
-    let (data, publish, state) = (
-        dir.path().join("data"),
-        dir.path().join("pub"),
-        dir.path().join("state"),
-    );
-    std::fs::create_dir_all(&data).unwrap();
-    let config = dir.path().join("ringseed.toml");
-    write_config(
-        &config,
-        &format!("settle_secs = 1\n[[data_dir]]\npath = {data:?}\npublish = {publish:?}\n"),
-    );
+    let DataDirSetup {
+        data,
+        publish,
+        state,
+        config,
+    } = DataDirSetup::new(dir.path());
     let mut cmd = ringseed();
     // As in a Docker 25+ container with the default profile.
     deny_io_uring(&mut cmd)
