@@ -490,7 +490,9 @@ pub struct SeedArgs {
     /// Upload limit in bytes per second (K/M/G suffixes, powers of 1024); 0 = none.
     #[arg(value_name = "RATE", long, default_value = "0", value_parser = parse_rate, env = "RINGSEED_MAX_UPLOAD_RATE")]
     pub max_upload_rate: u64,
-    /// Connections for the whole process; 0 = no limit (the open-file limit still applies).
+    /// Connections for the whole process; 0 = the open-file limit less a
+    /// quarter (at least 32) kept for files, trackers and sockets. At the
+    /// cap, the oldest connection still in its handshake makes room.
     #[arg(
         value_name = "N",
         long,

@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::write_data;
 use ringseed_engine::create::{create, CreateOptions};
@@ -736,4 +736,95 @@ fn dials_the_peers_it_is_given_and_serves_them() {
         "no second connection to a connected peer"
     );
     assert!(wrong.closed_by_seeder());
+}
+
+/// Waits (up to 10 s) until the plane's counters satisfy `check` (workers
+/// flush them once a second).
+fn wait_stats(
+    f: &Fixture,
+    what: &str,
+    check: impl Fn(&ringseed_engine::stats::StatsSnapshot) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let total = f.seeder.stats().total;
+        if check(&total) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {total:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Regression (issue 13): clients that connect and then send nothing, or a
+/// byte at a time, held every connection slot and locked real peers out.
+/// At the cap, the oldest connection still in its handshake makes room.
+#[test]
+fn slow_clients_at_the_connection_cap_do_not_lock_out_a_real_peer() {
+    let config = PlaneConfig {
+        max_connections: 6,
+        max_connections_per_ip: 0,
+        workers: 1,
+        ..loopback_config()
+    };
+    let f = start(100_000, 16384, config);
+    let addr = f.seeder.local_addr();
+    let slow: Vec<TcpStream> = (0..6)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(&[19]).unwrap();
+            s
+        })
+        .collect();
+    wait_stats(&f, "accepted the slow clients", |t| {
+        t.connections_accepted == 6
+    });
+    // A connection in its handshake is evicted for a new one only once it
+    // is a second old (a burst does not evict itself): let them age.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut peer = Peer::unchoked(addr, f.metainfo.info_hash.0);
+    assert_eq!(peer.fetch(0, 0, 16384), f.data[..16384]);
+    wait_stats(&f, "counted the eviction", |t| t.evicted_handshakes >= 1);
+    drop(slow);
+}
+
+/// Regression (issue 13): the handshake timeout restarted on every byte, so
+/// a client sending one byte every 10 s held a connection for ~11 minutes.
+/// The deadline now counts from the accept.
+#[test]
+fn a_trickling_handshake_is_closed_at_its_deadline() {
+    let config = PlaneConfig {
+        handshake_timeout: Duration::from_secs(2),
+        ..loopback_config()
+    };
+    let f = start(50_000, 16384, config);
+    let mut s = TcpStream::connect(f.seeder.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    let started = Instant::now();
+    let mut hs = Vec::new();
+    Handshake {
+        reserved: Reserved::OURS,
+        info_hash: f.metainfo.info_hash,
+        peer_id: [7; 20],
+    }
+    .encode(&mut hs);
+    // The attack: a byte of a valid handshake every 400 ms.
+    let closed = hs.iter().any(|b| {
+        if s.write_all(&[*b]).is_err() {
+            return true;
+        }
+        let mut buf = [0u8; 16];
+        match s.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    });
+    let held = started.elapsed();
+    assert!(closed, "the seeder kept the trickling client");
+    assert!(held < Duration::from_secs(5), "held for {held:?}");
 }

@@ -106,6 +106,12 @@ counters! {
     metadata_pieces_served: counter,
     /// Connections refused by a limit or dropped with their torrent.
     dropped_connections: counter,
+    /// Connections still in their handshake closed to make room for new
+    /// ones (the process held its connection cap, or ran out of
+    /// descriptors).
+    evicted_handshakes: counter,
+    /// Accepts that failed (out of descriptors or memory).
+    accept_errors: counter,
     /// Bytes of blocks received that we had asked for.
     bytes_received: counter,
     /// Blocks received that we had asked for.

@@ -171,6 +171,26 @@ pub fn deny_io_uring(cmd: &mut Command) -> &mut Command {
     }
 }
 
+/// Makes `cmd` run with at most `n` open files (RLIMIT_NOFILE, soft and
+/// hard), as a seeder under a low `ulimit -n`.
+pub fn limit_open_files(cmd: &mut Command, n: u64) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the child between fork and exec and only makes one
+    // setrlimit call (async-signal-safe) on a struct it owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A `ringseed seed` process, stopped with SIGINT (by its PID) when dropped.
 pub struct SeedProcess {
     child: Option<std::process::Child>,

@@ -231,6 +231,7 @@ impl Plane {
             dial_queues: (0..workers).map(|_| Mutex::default()).collect(),
             checked: (0..workers).map(|_| Mutex::default()).collect(),
         });
+        shared.limits.set_cap(config.connection_cap());
         let (check_tx, check_rx) = crossbeam_channel::unbounded::<CheckJob>();
 
         // Bind worker 0 first: with port 0 it picks the port the others share.
@@ -416,6 +417,7 @@ impl Plane {
             io: self.io,
             ..config
         });
+        self.shared.limits.set_cap(config.connection_cap());
         self.shared
             .broadcast(|| WorkerMessage::Reconfigure(Arc::clone(&config)));
     }

@@ -30,8 +30,8 @@ use crate::stats::StatsDelta;
 const KEEPALIVE_AFTER: Duration = Duration::from_secs(90);
 /// A peer silent this long is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(240);
-/// How long a peer has to complete its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a peer fetching metadata may stay silent.
+const METADATA_SILENCE: Duration = Duration::from_secs(20);
 
 /// Why a connection is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,8 @@ pub enum CloseReason {
     MetadataDone,
     /// A magnet link's metadata: this peer cannot or will not deliver it.
     MetadataFailed,
+    /// Still in its handshake when a new connection needed its place.
+    Evicted,
 }
 
 /// A worker's counters since its last flush: its own, and per torrent.
@@ -251,6 +253,9 @@ pub struct PeerConnection {
     outgoing: Option<InfoHash>,
     /// Bytes to send before the session exists (our handshake).
     greeting: Vec<u8>,
+    /// When the connection started (accepted, or its connect completed):
+    /// the handshake deadline counts from here.
+    opened: Duration,
     last_heard: Duration,
     last_sent: Duration,
     /// Bytes of blocks served since the last unchoke (for the choker).
@@ -275,6 +280,7 @@ impl PeerConnection {
             phase: Phase::Handshake,
             outgoing,
             greeting: Vec::new(),
+            opened: now,
             last_heard: now,
             last_sent: now,
             served_since_unchoke: 0,
@@ -330,10 +336,17 @@ impl PeerConnection {
         matches!(self.phase, Phase::Handshake)
     }
 
+    /// When the connection started (the handshake deadline counts from
+    /// here).
+    pub fn opened(&self) -> Duration {
+        self.opened
+    }
+
     /// Our outgoing connection is established: we speak first, naming the
     /// torrent we dialed for. The handshake timeout counts from here.
     pub fn connected(&mut self, peer_id: [u8; 20], now: Duration) {
         self.last_heard = now;
+        self.opened = now;
         if let Some(info_hash) = self.outgoing {
             Handshake {
                 reserved: Reserved::OURS,
@@ -645,12 +658,14 @@ impl PeerConnection {
             Phase::Handshake if connecting && silent >= config.connect_timeout => {
                 (Some(CloseReason::Idle), false)
             }
-            Phase::Handshake if silent >= HANDSHAKE_TIMEOUT => (Some(CloseReason::Idle), false),
+            Phase::Handshake if now.saturating_sub(self.opened) >= config.handshake_timeout => {
+                (Some(CloseReason::Idle), false)
+            }
             Phase::Handshake => (None, false),
             Phase::Metadata { fetch, .. } if fetch.is_finished() => {
                 (Some(CloseReason::MetadataDone), false)
             }
-            Phase::Metadata { fetch, .. } if silent >= HANDSHAKE_TIMEOUT => {
+            Phase::Metadata { fetch, .. } if silent >= METADATA_SILENCE => {
                 fetch.failed(self.addr, &"silent for 20 s");
                 self.fetch_failure_reported = true;
                 (Some(CloseReason::Idle), false)

@@ -42,7 +42,9 @@ pub struct PlaneConfig {
     /// has a token bucket whose share follows demand (see
     /// `policy::rate_limit::worker_share`).
     pub max_upload_rate: u64,
-    /// Connections for the whole process, 0 for unlimited.
+    /// Connections for the whole process; 0 for as many as the open-file
+    /// limit allows with headroom for files, trackers and control sockets
+    /// (see [`PlaneConfig::connection_cap`]).
     pub max_connections: usize,
     /// Connections per torrent, 0 for unlimited.
     pub max_connections_per_torrent: usize,
@@ -66,6 +68,10 @@ pub struct PlaneConfig {
     pub max_half_open: usize,
     /// How long an outgoing connection may take to be established.
     pub connect_timeout: Duration,
+    /// How long a peer has to complete its handshake, counted from the
+    /// connection's start, not from its last byte: a peer trickling one byte
+    /// at a time cannot hold a connection longer.
+    pub handshake_timeout: Duration,
     /// Which data plane to run (io_uring, epoll, or the best this host
     /// allows).
     pub io: IoMode,
@@ -90,12 +96,25 @@ impl Default for PlaneConfig {
             request_timeout: Duration::from_secs(20),
             max_half_open: 32,
             connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(20),
             io: IoMode::Auto,
         }
     }
 }
 
 impl PlaneConfig {
+    /// The connections the process may hold: `max_connections`, or when it
+    /// is 0, the open-file limit less a quarter of it (at least 32) kept for
+    /// the torrents' files, trackers, the control and metrics sockets and
+    /// the rings; at least 8.
+    pub fn connection_cap(&self) -> usize {
+        if self.max_connections != 0 {
+            return self.max_connections;
+        }
+        let nofile = open_file_limit();
+        nofile.saturating_sub((nofile / 4).max(32)).max(8)
+    }
+
     /// The choker settings of worker `index`: its share of the slots.
     pub fn choker_share(&self, index: usize) -> ChokerConfig {
         let workers = self.workers.max(1);
@@ -123,31 +142,69 @@ impl PlaneConfig {
     }
 }
 
+/// The soft limit on open files (RLIMIT_NOFILE), capped at 2^24.
+pub fn open_file_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    limit.rlim_cur.min(1 << 24) as usize
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The process holds its connection cap.
+    Full,
+    /// Its address holds its per-address cap.
+    PerIp,
+}
+
 /// Connection limits, checked when a connection is accepted or completes
 /// its handshake (never per block).
 #[derive(Debug, Default)]
 pub struct Limits {
+    /// The process's connection cap (`PlaneConfig::connection_cap`, set
+    /// when the plane starts and on reconfiguration); 0 until then.
+    cap: AtomicUsize,
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl Limits {
-    /// Admits a new connection from `ip`, or refuses it.
-    pub fn try_admit(&self, ip: IpAddr, config: &PlaneConfig) -> bool {
+    /// Admits a new connection from `ip`, or says why not. `room` lets it
+    /// past a full process (the caller is evicting another connection to
+    /// make room); the per-address cap always holds.
+    pub fn try_admit(&self, ip: IpAddr, config: &PlaneConfig, room: bool) -> Result<(), Refusal> {
         let total = self.total.fetch_add(1, Ordering::Relaxed);
-        if config.max_connections != 0 && total >= config.max_connections {
+        let cap = self.cap.load(Ordering::Relaxed);
+        if !room && cap != 0 && total >= cap {
             self.total.fetch_sub(1, Ordering::Relaxed);
-            return false;
+            return Err(Refusal::Full);
         }
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         let n = per_ip.entry(ip).or_insert(0);
         if config.max_connections_per_ip != 0 && *n >= config.max_connections_per_ip {
             drop(per_ip);
             self.total.fetch_sub(1, Ordering::Relaxed);
-            return false;
+            return Err(Refusal::PerIp);
         }
         *n += 1;
-        true
+        Ok(())
+    }
+
+    /// Sets the process's connection cap.
+    pub fn set_cap(&self, cap: usize) {
+        self.cap.store(cap, Ordering::Relaxed);
+    }
+
+    /// Connections admitted now.
+    pub fn connections(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
     }
 
     /// A connection admitted by `try_admit` closed.

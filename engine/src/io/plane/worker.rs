@@ -49,7 +49,9 @@ use super::conn::{Conn, Transport};
 use super::peer::{CloseReason, Env, LeechNews, PeerConnection, SendRoom, Tally};
 use super::{Backend, Completion, Op, UserData};
 use crate::io::net::canonical;
-use crate::io::plane::shared::{CheckJob, MetadataFetch, PlaneConfig, Shared, WorkerMessage};
+use crate::io::plane::shared::{
+    CheckJob, MetadataFetch, PlaneConfig, Refusal, Shared, WorkerMessage,
+};
 use crate::io::storage::Torrent;
 use crate::policy::choker::{Choker, LeechChoker};
 use crate::policy::download::CompletePiece;
@@ -91,6 +93,14 @@ const OUTPUT_HIGH_WATER: usize = 256 << 10;
 /// Control bytes a peer may make us queue at all: beyond this it is
 /// flooding us (e.g. metadata requests without reading the replies).
 const OUTPUT_LIMIT: usize = 4 << 20;
+/// A connection in its handshake is evicted for a new one only once it is
+/// this old (a burst of new connections does not evict each other).
+const EVICT_AFTER: Duration = Duration::from_secs(1);
+/// Connections in their handshake closed when an accept finds no
+/// descriptor left.
+const EVICT_ON_EMFILE: usize = 8;
+/// Failed accepts are logged at most this often (with their count).
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Timer period: rate-limit refills and housekeeping.
 const TICK: Duration = Duration::from_millis(100);
 /// Stats flush, file checks, keep-alives and idle checks.
@@ -160,6 +170,9 @@ pub struct Worker<B: Backend> {
     last_rate_tick: Duration,
     /// Outgoing connections not yet established.
     half_open: usize,
+    /// When a failed accept was last logged, and failures since.
+    last_accept_log: Option<Duration>,
+    accept_errors_unlogged: u64,
     /// This worker's copy of the torrents served, kept current by
     /// `messages`: finding a torrent never takes a lock.
     torrents: HashMap<InfoHash, Arc<Torrent>>,
@@ -216,6 +229,8 @@ impl<B: Backend> Worker<B> {
             leeching: HashMap::new(),
             last_rate_tick: now,
             half_open: 0,
+            last_accept_log: None,
+            accept_errors_unlogged: 0,
             torrents,
             fetching: HashMap::new(),
             messages,
@@ -397,8 +412,7 @@ impl<B: Backend> Worker<B> {
     fn on_accept(&mut self, result: i32) {
         if result < 0 {
             if result != -libc::ECANCELED {
-                let err = io::Error::from_raw_os_error(-result);
-                tracing::error!("worker {}: accept failed: {err}", self.index);
+                self.accept_failed(-result);
             }
             return;
         }
@@ -409,7 +423,16 @@ impl<B: Backend> Worker<B> {
             return;
         }
         let Some(addr) = peer_addr(&fd) else { return };
-        if !self.shared.limits.try_admit(addr.ip(), &self.config) {
+        let limits = &self.shared.limits;
+        let admitted = match limits.try_admit(addr.ip(), &self.config, false) {
+            // Full: the oldest connection still in its handshake goes
+            // first, so silent or trickling clients cannot hold every slot.
+            Err(Refusal::Full) if self.evict_oldest_handshakes(1, EVICT_AFTER) > 0 => {
+                self.shared.limits.try_admit(addr.ip(), &self.config, true)
+            }
+            other => other,
+        };
+        if admitted.is_err() {
             self.tally.worker.dropped_connections += 1;
             return;
         }
@@ -417,6 +440,56 @@ impl<B: Backend> Worker<B> {
         self.tally.worker.connections_accepted += 1;
         let key = self.insert_conn(fd, addr, None);
         self.arm_recv(key);
+    }
+
+    /// An accept failed (`errno`): counted, logged at most every
+    /// [`ACCEPT_LOG_EVERY`], and when descriptors ran out, the oldest
+    /// connections still in their handshake are closed to free some (the
+    /// accept is armed again at the next tick).
+    fn accept_failed(&mut self, errno: i32) {
+        self.tally.worker.accept_errors += 1;
+        self.accept_errors_unlogged += 1;
+        let now = self.now();
+        if self
+            .last_accept_log
+            .is_none_or(|t| now.saturating_sub(t) >= ACCEPT_LOG_EVERY)
+        {
+            let err = io::Error::from_raw_os_error(errno);
+            tracing::error!(
+                "worker {}: accept failed: {err} ({} time(s) since the last report)",
+                self.index,
+                self.accept_errors_unlogged
+            );
+            self.last_accept_log = Some(now);
+            self.accept_errors_unlogged = 0;
+        }
+        if errno == libc::EMFILE || errno == libc::ENFILE {
+            self.evict_oldest_handshakes(EVICT_ON_EMFILE, Duration::ZERO);
+        }
+    }
+
+    /// Closes up to `n` of this worker's connections that are still in
+    /// their handshake and at least `min_age` old, oldest first; returns how
+    /// many.
+    fn evict_oldest_handshakes(&mut self, n: usize, min_age: Duration) -> usize {
+        let now = self.now();
+        let mut candidates: Vec<(Duration, usize)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                !c.closing
+                    && !c.connect_in_flight
+                    && c.peer.in_handshake()
+                    && now.saturating_sub(c.peer.opened()) >= min_age
+            })
+            .map(|(k, c)| (c.peer.opened(), k))
+            .collect();
+        candidates.sort_unstable();
+        candidates.truncate(n);
+        for &(_, key) in &candidates {
+            self.close(key, Some(CloseReason::Evicted));
+        }
+        candidates.len()
     }
 
     /// Adds a connection to the slab: a new generation, a peer connection
@@ -463,7 +536,12 @@ impl<B: Backend> Worker<B> {
             if self.conns.iter().any(|(_, c)| c.peer.addr() == addr) {
                 continue;
             }
-            if !self.shared.limits.try_admit(addr.ip(), &self.config) {
+            if self
+                .shared
+                .limits
+                .try_admit(addr.ip(), &self.config, false)
+                .is_err()
+            {
                 self.tally.worker.dropped_connections += 1;
                 continue;
             }
@@ -746,6 +824,7 @@ impl<B: Backend> Worker<B> {
                 Some(CloseReason::Limit | CloseReason::TorrentErrored | CloseReason::Banned) => {
                     worker.dropped_connections += 1
                 }
+                Some(CloseReason::Evicted) => worker.evicted_handshakes += 1,
                 _ => {}
             }
             if reason == Some(CloseReason::Violation) {

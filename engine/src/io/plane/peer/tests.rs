@@ -392,3 +392,27 @@ fn a_peer_that_cannot_give_metadata_is_one_failed_attempt() {
     conn.close(&mut f.tally, &f.limits, &f.fetching);
     assert_eq!(fetch.failures(), 1);
 }
+
+/// Regression (issue 13): a client sending one byte every few seconds held a
+/// connection for minutes, because the handshake timeout restarted on every
+/// byte. The deadline counts from the connection's start.
+#[test]
+fn the_handshake_deadline_counts_from_the_start_not_from_the_last_byte() {
+    let mut f = Fixture::new();
+    let config = PlaneConfig::default();
+    let mut conn = incoming();
+    let hs = their_handshake(f.info_hash());
+    for second in [5u64, 10, 15, 19] {
+        let check = f.check.clone();
+        let mut env = f.env();
+        env.now = Duration::from_secs(second);
+        let part = &hs[..second as usize / 5];
+        let r = conn.receive(part, &mut env, || 0, &check);
+        assert!(r.close.is_none() && r.joined.is_none());
+        let (close, _) =
+            conn.housekeeping(Duration::from_secs(second), Duration::ZERO, false, &config);
+        assert_eq!(close, None, "at {second} s");
+    }
+    let (close, _) = conn.housekeeping(Duration::from_secs(20), Duration::ZERO, false, &config);
+    assert_eq!(close, Some(CloseReason::Idle), "20 s after it started");
+}

@@ -1,0 +1,69 @@
+//! Attacks on a seeder exposed to the internet, as regressions (issue 13):
+//! whatever slow, silent or numerous clients do, a real peer is served.
+//! The in-process cases (the connection cap, a trickled handshake) are in
+//! tests/seed_wire.rs; these need a whole process and its descriptor limit.
+
+mod common;
+
+use std::fs::File;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Regression: 1,100 silent connections against a seeder with `ulimit -n
+/// 1024` locked out every real peer, and the log got ten `accept failed:
+/// Too many open files` lines a second. Out of descriptors, the oldest
+/// connections still in their handshake now go first, and failed accepts
+/// are logged at a bounded rate.
+#[test]
+fn out_of_descriptors_the_oldest_handshakes_go_and_a_real_peer_is_served() {
+    let p = Payload::new(4 << 20, 17, "256K", &[]);
+    let log_path = p.dir.path().join("seed.log");
+    let mut cmd = ringseed();
+    limit_open_files(&mut cmd, 128).stderr(File::create(&log_path).unwrap());
+    let seeder = SeedProcess::start_from(
+        cmd,
+        "127.0.0.1:0",
+        &[
+            &p.torrent,
+            &"--data",
+            &p.seed_dir(),
+            // Above the descriptor limit: descriptors run out first.
+            &"--max-connections",
+            &"1000",
+            &"--max-connections-per-ip",
+            &"0",
+        ],
+    );
+    // More silent clients than the seeder has descriptors.
+    let attack = Instant::now();
+    let silent: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(seeder.addr).unwrap())
+        .collect();
+    let out = p.dir.path().join("out");
+    let state = p.dir.path().join("state");
+    let peer = seeder.addr.to_string();
+    download_ok(
+        &p.torrent,
+        &out,
+        &state,
+        &[&"--peer", &peer, &"--no-announce"],
+    );
+    p.assert_downloaded(&out);
+    // Served while the attack holds: before the silent clients' own
+    // handshake deadline (20 s) would have freed any descriptor.
+    let served_after = attack.elapsed();
+    assert!(
+        served_after < Duration::from_secs(18),
+        "the real peer waited {served_after:?}: until the attackers timed out"
+    );
+    drop(silent);
+    let (status, _) = seeder.stop_with_output();
+    assert!(status.success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let reports = log.matches("accept failed").count();
+    assert!(reports >= 1, "descriptors never ran out:\n{log}");
+    // Two workers, one report each per 10 s at most.
+    assert!(reports <= 6, "{reports} reports of failed accepts:\n{log}");
+}
