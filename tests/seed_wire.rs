@@ -117,9 +117,20 @@ impl Peer {
             offset,
             length,
         }));
-        match self.next() {
+        match self.next_but_unchoke() {
             Owned::Piece { data, .. } => data,
             other => panic!("expected a block, got {other:?}"),
+        }
+    }
+
+    /// The next message other than `unchoke` (the seeder says it again when
+    /// we say we are interested).
+    fn next_but_unchoke(&mut self) -> Owned {
+        loop {
+            match self.next() {
+                Owned::Unchoke => {}
+                other => return other,
+            }
         }
     }
 
@@ -258,7 +269,7 @@ fn serves_every_block_of_every_piece_byte_exact() {
                 piece: p,
                 offset,
                 data,
-            } = peer.next()
+            } = peer.next_but_unchoke()
             else {
                 panic!("a block")
             };
@@ -481,7 +492,7 @@ fn a_file_truncated_during_a_transfer_errors_its_torrent_and_the_other_keeps_ser
             offset: 16384,
             length: 16384,
         }));
-        let Owned::Piece { data, .. } = peer.next() else {
+        let Owned::Piece { data, .. } = peer.next_but_unchoke() else {
             panic!("a block")
         };
         let start = piece as usize * 262144 + 16384;

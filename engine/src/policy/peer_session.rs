@@ -322,7 +322,15 @@ impl PeerSession {
                     return Ok(Event::MayRequest);
                 }
             }
-            Message::Interested => self.peer_interested = true,
+            Message::Interested => {
+                // Some clients (webtorrent) request only after an unchoke
+                // that follows their `interested`: say it again, once per
+                // change of interest, as libtorrent does.
+                if !self.peer_interested && !self.am_choking {
+                    self.send(&Message::Unchoke);
+                }
+                self.peer_interested = true;
+            }
             Message::NotInterested => self.peer_interested = false,
             Message::Have(piece) if piece >= num_pieces => {
                 return Err(Violation::HaveOutOfRange { piece, num_pieces }.into())

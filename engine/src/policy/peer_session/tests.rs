@@ -512,3 +512,28 @@ fn a_block_that_arrives_after_completion_is_no_breach() {
     assert_eq!(s.on_message(late, &t), Ok(Event::None));
     assert_eq!(s.counters().unrequested_bytes, 16384);
 }
+
+/// Regression (issue 13): webtorrent starts requesting only on an `unchoke`
+/// that arrives after its `interested`; ringseed unchoked once, before it,
+/// and webtorrent waited forever.
+#[test]
+fn interested_is_answered_with_unchoke_when_the_peer_is_unchoked() {
+    let t = torrent();
+    let mut s = PeerSession::new(&handshake(true, false), None, &t, config());
+    s.set_choking(false);
+    sent(&mut s);
+    s.on_message(Message::Interested, &t).unwrap();
+    assert_eq!(sent(&mut s), vec![Message::Unchoke]);
+    // Said again only after a change of interest.
+    s.on_message(Message::Interested, &t).unwrap();
+    assert!(sent(&mut s).is_empty());
+    s.on_message(Message::NotInterested, &t).unwrap();
+    s.on_message(Message::Interested, &t).unwrap();
+    assert_eq!(sent(&mut s), vec![Message::Unchoke]);
+    // A choked peer hears nothing until the choker unchokes it.
+    s.set_choking(true);
+    sent(&mut s);
+    s.on_message(Message::NotInterested, &t).unwrap();
+    s.on_message(Message::Interested, &t).unwrap();
+    assert!(sent(&mut s).is_empty());
+}

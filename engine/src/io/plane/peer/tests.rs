@@ -261,8 +261,9 @@ fn a_block_the_transport_cannot_carry_is_rejected() {
     };
     let (plan, _) = f.plan(&mut conn, room, 0);
     assert!(plan.blocks.is_empty());
-    // reject_request (BEP 6, id 16).
-    assert_eq!(message_ids(&plan.control), vec![16]);
+    // The unchoke that answers `interested` (1), then reject_request (BEP
+    // 6, id 16).
+    assert_eq!(message_ids(&plan.control), vec![1, 16]);
 }
 
 #[test]
