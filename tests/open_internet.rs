@@ -67,3 +67,42 @@ fn out_of_descriptors_the_oldest_handshakes_go_and_a_real_peer_is_served() {
     // Two workers, one report each per 10 s at most.
     assert!(reports <= 6, "{reports} reports of failed accepts:\n{log}");
 }
+
+/// A tracker that accepts connections and never answers.
+fn silent_tracker() -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/announce", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+/// Regression: with a tracker that never answers, `seed` took 14 s to stop
+/// on SIGTERM and `download` ran 20 s past the end of its data; the last
+/// announces get a short, bounded wait.
+#[test]
+fn an_unresponsive_tracker_does_not_hold_up_the_exit() {
+    let (tracker, url) = silent_tracker();
+    let p = Payload::new(1 << 20, 23, "256K", &["--tracker", &url]);
+    let seeder = SeedProcess::start(&[&p.torrent, &"--data", &p.seed_dir()]);
+    // The seeder's `started` announce is in flight: the tracker took it.
+    let (_announce, _) = tracker.accept().unwrap();
+
+    let out = p.dir.path().join("out");
+    let state = p.dir.path().join("state");
+    let peer = seeder.addr.to_string();
+    let mut download = DownloadProcess::start(&p.torrent, &out, &state, &[&"--peer", &peer]);
+    download.wait_for_line("complete:", Duration::from_secs(60));
+    let completed = Instant::now();
+    let (status, stdout, stderr) = download.wait(Duration::from_secs(60));
+    assert!(status.success(), "{stdout}\n{stderr}");
+    let after = completed.elapsed();
+    assert!(
+        after < Duration::from_secs(5),
+        "download exited {after:?} after completing"
+    );
+    p.assert_downloaded(&out);
+
+    let stopping = Instant::now();
+    assert!(seeder.stop().success());
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(5), "seed took {took:?} to stop");
+}
