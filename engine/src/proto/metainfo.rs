@@ -20,6 +20,16 @@ pub const MAX_PIECE_LENGTH: u64 = 512 * 1024 * 1024;
 /// Longest file name component we accept: the limit of Linux file systems.
 pub const MAX_NAME_BYTES: usize = 255;
 
+/// Most components in one file's path (its directories and its name). Each
+/// level is a directory created on disk; real trees stay far below (a deep
+/// source tree has 20), and a hostile torrent of 2,000 levels made 2,011
+/// directories before this limit.
+pub const MAX_PATH_DEPTH: usize = 64;
+
+/// Longest path we accept, the torrent's name included: Linux's PATH_MAX
+/// less room for the download directory it goes into.
+pub const MAX_PATH_BYTES: usize = 3072;
+
 /// A parsed .torrent file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metainfo {
@@ -447,6 +457,13 @@ fn parse_files(list: &Field<'_, '_>, name: &str) -> Result<Vec<FileEntry>> {
         if components.is_empty() {
             return Err(unsafe_path(&path_field, "", "empty path"));
         }
+        if components.len() > MAX_PATH_DEPTH {
+            return Err(unsafe_path(
+                &path_field,
+                &format!("({} components)", components.len()),
+                "deeper than 64 levels (each level is a directory to create; real torrents stay far below)",
+            ));
+        }
         let mut path = PathBuf::from(name);
         let mut shown = String::new();
         for (c, component) in components.iter().enumerate() {
@@ -460,6 +477,13 @@ fn parse_files(list: &Field<'_, '_>, name: &str) -> Result<Vec<FileEntry>> {
             let text = std::str::from_utf8(bytes)
                 .map_err(|_| unsafe_path(&path_field, &shown, "not UTF-8"))?;
             path.push(text);
+        }
+        if path.as_os_str().len() > MAX_PATH_BYTES {
+            return Err(unsafe_path(
+                &path_field,
+                &shown,
+                "longer than 3072 bytes (Linux paths end at 4096, with the download directory)",
+            ));
         }
 
         // Two files at one path, or a file where another needs a directory,

@@ -155,6 +155,29 @@ fn refuses_path_traversal_and_unsafe_names() {
     );
 }
 
+/// Regression (issue 13): a 2,000-level deep path was accepted and created
+/// 2,011 directories.
+#[test]
+fn refuses_paths_too_deep_or_too_long_to_create() {
+    let deep: Vec<String> = (0..65).map(|i| format!("d{i}")).collect();
+    let deep: Vec<&str> = deep.iter().map(String::as_str).collect();
+    let err = parse(&torrent(multi_file_info(&[&deep]))).unwrap_err();
+    assert!(
+        matches!(&err, MetainfoError::UnsafePath { reason, .. } if reason.starts_with("deeper than 64")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("65 components"), "{err}");
+    // 64 levels are fine.
+    assert!(parse(&torrent(multi_file_info(&[&deep[..64]]))).is_ok());
+    let long = "x".repeat(250);
+    let long_path: Vec<&str> = (0..13).map(|_| long.as_str()).collect();
+    let err = parse(&torrent(multi_file_info(&[&long_path]))).unwrap_err();
+    assert!(
+        matches!(&err, MetainfoError::UnsafePath { reason, .. } if reason.starts_with("longer than 3072")),
+        "{err}"
+    );
+}
+
 #[test]
 fn refuses_paths_that_collide() {
     let dup = parse(&torrent(multi_file_info(&[&["a"], &["a"]]))).unwrap_err();
