@@ -220,6 +220,16 @@ pub struct DownloadArgs {
         env = "RINGSEED_METADATA_TIMEOUT"
     )]
     pub metadata_timeout: u64,
+    /// Give up (exit status 1, resume data kept) when no byte of data has
+    /// arrived for this many seconds; 0 waits for peers forever, as other
+    /// clients do.
+    #[arg(
+        value_name = "SECONDS",
+        long,
+        default_value_t = 0,
+        env = "RINGSEED_STALL_TIMEOUT"
+    )]
+    pub stall_timeout: u64,
     #[command(flatten)]
     pub hashing: HashingArgs,
 }

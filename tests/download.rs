@@ -393,3 +393,27 @@ fn only_after_a_full_download_never_serves_unopened_files() {
         "other files are refused: {r}"
     );
 }
+
+/// Issue 13: `download` never gave up when no peer ever answered; scripts
+/// can now ask it to, with `--stall-timeout`.
+#[test]
+fn a_stalled_download_gives_up_when_asked_and_keeps_its_resume_data() {
+    let p = payload(1 << 20, "256K");
+    let out = p.dir("out");
+    let state = p.dir("state");
+    // A peer that never answers: a port nobody listens on.
+    let nobody = free_port();
+    let peer = format!("127.0.0.1:{nobody}");
+    let output = run(ringseed()
+        .arg("download")
+        .arg(&p.torrent)
+        .arg("-o")
+        .arg(&out)
+        .arg("--state")
+        .arg(&state)
+        .args(["--peer", &peer, "--no-announce", "--stall-timeout", "2"]));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stalled: no data for 2 s"), "{stderr}");
+    assert!(stderr.contains("resume data saved"), "{stderr}");
+}

@@ -116,6 +116,9 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
     let mut last_save = Instant::now();
     let mut last_dial = Instant::now();
     let mut announced_complete = false;
+    let stall_timeout = Duration::from_secs(args.stall_timeout);
+    // The last time data arrived, and how much had then.
+    let mut last_data = (Instant::now(), 0u64);
     let outcome = loop {
         std::thread::sleep(Duration::from_millis(250));
         let stats = session.stats();
@@ -149,6 +152,18 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
             } else {
                 Err("interrupted".into())
             };
+        }
+        let received = progress.counters.bytes_received;
+        if received != last_data.1 {
+            last_data = (Instant::now(), received);
+        }
+        if !announced_complete && !stall_timeout.is_zero() && last_data.0.elapsed() >= stall_timeout
+        {
+            break Err(format!(
+                "stalled: no data for {} s (--stall-timeout), {} peer(s) connected",
+                stall_timeout.as_secs(),
+                t.stats.peers
+            ));
         }
         if !announced_complete && last_save.elapsed() >= SAVE_EVERY {
             last_save = Instant::now();
