@@ -154,11 +154,17 @@ impl Daemon {
 
     /// GET `path` from the metrics endpoint.
     fn http_get(&self, path: &str) -> String {
-        let mut stream = TcpStream::connect(self.metrics).unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        self.try_http_get(path)
+            .expect("the metrics server answered")
+    }
+
+    /// GET `path`, or `None` if the server closed the connection unanswered.
+    fn try_http_get(&self, path: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(self.metrics).ok()?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
         let mut out = String::new();
-        stream.read_to_string(&mut out).unwrap();
-        out
+        stream.read_to_string(&mut out).ok()?;
+        Some(out).filter(|o| !o.is_empty())
     }
 
     fn signal(&self, signal: i32) {
@@ -967,4 +973,67 @@ fn under_a_seccomp_filter_that_blocks_io_uring_the_daemon_serves_on_epoll() {
     let metrics = daemon.http_get("/metrics");
     assert!(metrics.contains("ringseed_data_plane{plane=\"epoll\"} 1"));
     assert!(daemon.stop().0.success());
+}
+
+/// Regression (issue 13): 32 silent connections delayed a scrape by 20 s
+/// (each read waited 10 s, the deadline was checked between reads) and
+/// 1,000 stopped it; 16 `ctl` clients trickling a byte every 5 s blocked
+/// `ringseed ctl` forever. Now a request has 5 s in all, and a client beyond
+/// the 32 slots is refused at once instead of queued.
+#[test]
+fn silent_and_trickling_clients_do_not_hold_the_metrics_and_control_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("state"), &[]);
+    let attack = Instant::now();
+    let silent: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(daemon.metrics).unwrap())
+        .collect();
+    // Clients that trickle a byte of a request every 500 ms.
+    let trickling: Vec<std::os::unix::net::UnixStream> = (0..16)
+        .map(|_| std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap())
+        .collect();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..20 {
+            for mut s in &trickling {
+                let _ = s.write_all(b"{");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    // Beyond the slots: refused at once, not queued.
+    let mut refused = &silent[39];
+    refused
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let outcome = refused.read(&mut byte);
+    assert!(
+        match &outcome {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        },
+        "a client beyond the slots was kept: {outcome:?}"
+    );
+    // Within the request deadline (5 s) of the attack, scrapes and ctl are
+    // answered again.
+    let metrics = loop {
+        if let Some(text) = daemon.try_http_get("/metrics") {
+            break text;
+        }
+        assert!(
+            attack.elapsed() < Duration::from_secs(8),
+            "no scrape answered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(metrics.contains("ringseed_data_plane"));
+    let status = daemon.ctl(&["status"]);
+    assert!(status.status.success(), "{status:?}");
+    assert!(attack.elapsed() < Duration::from_secs(9));
+    drop(silent);
+    trickle.join().unwrap();
 }

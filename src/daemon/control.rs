@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -132,12 +132,65 @@ pub fn bind_control(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Connections served at once by each server; more wait in the listen
-/// backlog. A handful of slow or stuck clients cannot exhaust threads.
-const MAX_CLIENTS: usize = 16;
+/// Connections served at once by each server. A client beyond them is
+/// refused at once (closed) rather than queued behind slow ones.
+const MAX_CLIENTS: usize = 32;
+
+/// How long a client has to send its whole request, however it trickles
+/// it: every read is bounded by what is left.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A stream whose reads all end by one deadline: each read waits at most
+/// for what is left of it, and none starts after it.
+struct DeadlineReader<'a, S> {
+    stream: &'a S,
+    deadline: Instant,
+}
+
+/// The two kinds of stream the servers read.
+trait TimedStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl TimedStream for UnixStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        UnixStream::set_read_timeout(self, timeout)
+    }
+}
+
+impl TimedStream for TcpStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, timeout)
+    }
+}
+
+impl<S: TimedStream> Read for DeadlineReader<'_, S>
+where
+    for<'s> &'s S: Read,
+{
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut stream = self.stream;
+        stream.read(buf)
+    }
+}
+
+impl<'a, S> DeadlineReader<'a, S> {
+    fn new(stream: &'a S) -> Self {
+        DeadlineReader {
+            stream,
+            deadline: Instant::now() + REQUEST_DEADLINE,
+        }
+    }
+}
 
 /// Accepts connections on a thread named `name` and serves each on a
-/// thread of its own with `handle`, at most [`MAX_CLIENTS`] at once.
+/// thread of its own with `handle`, at most [`MAX_CLIENTS`] at once; a
+/// client beyond them is closed at once.
 fn serve_each<S: Send + 'static>(
     name: &str,
     incoming: impl Iterator<Item = std::io::Result<S>> + Send + 'static,
@@ -158,9 +211,12 @@ fn serve_each<S: Send + 'static>(
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
                 };
-                // Wait for a free slot; each client thread returns its own.
-                if freed.recv().is_err() {
-                    return;
+                // A free slot, or the client is refused (dropped): each
+                // client thread returns its slot when done.
+                match freed.try_recv() {
+                    Ok(()) => {}
+                    Err(mpsc::TryRecvError::Empty) => continue,
+                    Err(mpsc::TryRecvError::Disconnected) => return,
                 }
                 let ask = std::sync::Arc::clone(&ask);
                 let slot = slots.clone();
@@ -181,9 +237,9 @@ pub fn serve_control(listener: UnixListener, ask: Ask) -> std::io::Result<()> {
 
 /// Reads one request line from a `ringseed ctl` client and writes the reply.
 fn answer_control(stream: UnixStream, ask: &Ask) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.set_write_timeout(Some(REQUEST_DEADLINE));
     let mut line = String::new();
-    let mut reader = BufReader::new(&stream);
+    let mut reader = BufReader::new(DeadlineReader::new(&stream));
     if reader.by_ref().take(1 << 20).read_line(&mut line).is_err() {
         return;
     }
@@ -236,16 +292,13 @@ pub fn serve_metrics(addr: SocketAddr, ask: Ask) -> anyhow::Result<SocketAddr> {
 }
 
 fn serve_http(mut stream: TcpStream, ask: &Ask) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    // A client trickling bytes gets 10 s in all, not 10 s per read.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
+    let reader_stream = stream.try_clone()?;
+    let mut reader = DeadlineReader::new(&reader_stream);
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let path = loop {
-        if std::time::Instant::now() > deadline {
-            return Ok(());
-        }
-        let n = stream.read(&mut chunk)?;
+        let n = reader.read(&mut chunk)?;
         if n == 0 {
             return Ok(());
         }
