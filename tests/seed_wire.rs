@@ -839,3 +839,24 @@ fn a_trickling_handshake_is_closed_at_its_deadline() {
     assert!(closed, "the seeder kept the trickling client");
     assert!(held < Duration::from_secs(5), "held for {held:?}");
 }
+
+/// Regression (found by black-box testing of the epoll plane): a peer whose
+/// last message and FIN arrive in one segment was not seen to close (the
+/// FIN makes no edge of its own), so its socket sat in CLOSE-WAIT, holding
+/// its slot and its per-address share, until the idle timeout.
+#[test]
+fn a_peer_closing_right_after_its_last_message_is_closed_at_once() {
+    let f = start(50_000, 16384, loopback_config());
+    let addr = f.seeder.local_addr();
+    let (mut peer, _) = Peer::connect(addr, f.metainfo.info_hash.0, Reserved::OURS);
+    // Data and FIN in one segment.
+    socket2::SockRef::from(&peer.stream)
+        .set_tcp_cork(true)
+        .unwrap();
+    peer.send(Message::NotInterested);
+    peer.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    peer.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(peer.closed_by_seeder(), "the seeder kept a closed peer");
+}

@@ -6,7 +6,10 @@
 //! - Sockets are registered once, edge-triggered, for reading and writing.
 //!   An op is tried at once (in the next `wait`); if it would block, it waits
 //!   for the next edge. A receive or send that moved fewer bytes than asked
-//!   drained its socket, so the next one waits for an edge without trying.
+//!   drained its socket, so the next one waits for an edge without trying;
+//!   except a receive once the peer has shut its side (RDHUP): its FIN may
+//!   wait behind the data with no edge of its own (found by black-box
+//!   testing: such peers stayed in CLOSE-WAIT until the idle timeout).
 //! - A multishot accept is the listener's pending read: every readiness
 //!   accepts up to [`ACCEPT_BATCH`] connections, each a completion with
 //!   `more` set.
@@ -64,6 +67,10 @@ struct FdState {
     readable: bool,
     /// No `EAGAIN` since the last writable edge.
     writable: bool,
+    /// The peer shut its side (an RDHUP or HUP edge came): a FIN may wait
+    /// behind data, with no edge of its own, so reads go on until they
+    /// return 0 or fail.
+    peer_closed: bool,
     /// Writable edges seen: a cold send handed to a helper that comes back
     /// with `EAGAIN` knows whether an edge came meanwhile.
     write_edges: u32,
@@ -425,7 +432,9 @@ impl Epoll {
                     st.readable = false;
                     return;
                 }
-                if n > 0 && (n as usize) < len as usize {
+                // Fewer bytes than asked: the queue was drained, unless the
+                // peer's FIN waits behind them (it makes no edge of its own).
+                if n > 0 && (n as usize) < len as usize && !st.peer_closed {
                     st.readable = false;
                 }
                 st.read = None;
@@ -516,6 +525,9 @@ impl Epoll {
             let hup = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
             if bits & (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 | hup != 0 {
                 st.readable = true;
+            }
+            if bits & libc::EPOLLRDHUP as u32 | hup != 0 {
+                st.peer_closed = true;
             }
             if bits & libc::EPOLLOUT as u32 | hup != 0 {
                 st.writable = true;
