@@ -104,15 +104,15 @@ impl Default for PlaneConfig {
 
 impl PlaneConfig {
     /// The connections the process may hold: `max_connections`, or when it
-    /// is 0, the open-file limit less a quarter of it (at least 32) kept for
-    /// the torrents' files, trackers, the control and metrics sockets and
-    /// the rings; at least 8.
+    /// is 0, the open-file limit less a quarter of it (at least 64) kept for
+    /// the torrents' files, trackers, the control and metrics sockets, the
+    /// rings, and connections being closed; at least 8.
     pub fn connection_cap(&self) -> usize {
         if self.max_connections != 0 {
             return self.max_connections;
         }
         let nofile = open_file_limit();
-        nofile.saturating_sub((nofile / 4).max(32)).max(8)
+        nofile.saturating_sub((nofile / 4).max(64)).max(8)
     }
 
     /// The choker settings of worker `index`: its share of the slots.
@@ -200,6 +200,31 @@ impl Limits {
     /// Sets the process's connection cap.
     pub fn set_cap(&self, cap: usize) {
         self.cap.store(cap, Ordering::Relaxed);
+    }
+
+    /// Descriptors ran out with `held` connections: the cap comes down to
+    /// below that (at least 8), so each worker's share leaves the others
+    /// room. Returns the new cap if it came down. A reconfiguration sets it
+    /// again from the settings.
+    pub fn lower_cap(&self, held: usize, headroom: usize) -> Option<usize> {
+        let new = held.saturating_sub(headroom).max(8);
+        let old = self.cap.load(Ordering::Relaxed);
+        (old == 0 || new < old)
+            .then(|| {
+                self.cap
+                    .compare_exchange(old, new, Ordering::Relaxed, Ordering::Relaxed)
+                    .ok()
+                    .map(|_| new)
+            })
+            .flatten()
+    }
+
+    /// The connections one of `workers` workers may hold: its share of the
+    /// process's cap (0: no cap). Each worker accepts on its own listener,
+    /// so without a share one worker could take every descriptor and leave
+    /// the other nothing to accept with, and nothing of its own to evict.
+    pub fn worker_cap(&self, workers: usize) -> usize {
+        self.cap.load(Ordering::Relaxed).div_ceil(workers.max(1))
     }
 
     /// Connections admitted now.

@@ -96,6 +96,9 @@ const OUTPUT_LIMIT: usize = 4 << 20;
 /// A connection in its handshake is evicted for a new one only once it is
 /// this old (a burst of new connections does not evict each other).
 const EVICT_AFTER: Duration = Duration::from_secs(1);
+/// Connections being closed (holding descriptors) past which a full worker
+/// refuses new connections instead of evicting more.
+const EVICTIONS_IN_FLIGHT: usize = 8;
 /// Connections in their handshake closed when an accept finds no
 /// descriptor left.
 const EVICT_ON_EMFILE: usize = 8;
@@ -170,6 +173,9 @@ pub struct Worker<B: Backend> {
     last_rate_tick: Duration,
     /// Outgoing connections not yet established.
     half_open: usize,
+    /// Connections marked closing and not yet removed (their descriptors
+    /// are still open).
+    closing: usize,
     /// When a failed accept was last logged, and failures since.
     last_accept_log: Option<Duration>,
     accept_errors_unlogged: u64,
@@ -229,6 +235,7 @@ impl<B: Backend> Worker<B> {
             leeching: HashMap::new(),
             last_rate_tick: now,
             half_open: 0,
+            closing: 0,
             last_accept_log: None,
             accept_errors_unlogged: 0,
             torrents,
@@ -423,11 +430,22 @@ impl<B: Backend> Worker<B> {
             return;
         }
         let Some(addr) = peer_addr(&fd) else { return };
-        let limits = &self.shared.limits;
-        let admitted = match limits.try_admit(addr.ip(), &self.config, false) {
-            // Full: the oldest connection still in its handshake goes
-            // first, so silent or trickling clients cannot hold every slot.
-            Err(Refusal::Full) if self.evict_oldest_handshakes(1, EVICT_AFTER) > 0 => {
+        // This worker's share of the cap, then the process's.
+        let worker_cap = self.shared.limits.worker_cap(self.config.workers);
+        let live = self.conns.len() - self.closing;
+        let admitted = if worker_cap != 0 && live >= worker_cap {
+            Err(Refusal::Full)
+        } else {
+            self.shared.limits.try_admit(addr.ip(), &self.config, false)
+        };
+        // Full: the oldest connection still in its handshake goes first, so
+        // silent or trickling clients cannot hold every slot. Connections
+        // being closed still hold descriptors: past a few, new ones wait.
+        let admitted = match admitted {
+            Err(Refusal::Full)
+                if self.closing < EVICTIONS_IN_FLIGHT
+                    && self.evict_oldest_handshakes(1, EVICT_AFTER) > 0 =>
+            {
                 self.shared.limits.try_admit(addr.ip(), &self.config, true)
             }
             other => other,
@@ -464,6 +482,17 @@ impl<B: Backend> Worker<B> {
             self.accept_errors_unlogged = 0;
         }
         if errno == libc::EMFILE || errno == libc::ENFILE {
+            // The cap was above what descriptors allow: bring it down to
+            // what the process holds, so each worker keeps to its share and
+            // none is left with no descriptor to accept with.
+            let limits = &self.shared.limits;
+            let headroom = EVICT_ON_EMFILE * self.config.workers.max(1);
+            if let Some(cap) = limits.lower_cap(limits.connections(), headroom) {
+                tracing::warn!(
+                    "out of file descriptors: at most {cap} connections from now on (raise \
+                     the open-file limit, LimitNOFILE= in systemd, or lower max_connections)"
+                );
+            }
             self.evict_oldest_handshakes(EVICT_ON_EMFILE, Duration::ZERO);
         }
     }
@@ -817,6 +846,7 @@ impl<B: Backend> Worker<B> {
         };
         if !conn.closing {
             conn.closing = true;
+            self.closing += 1;
             let worker = &mut self.tally.worker;
             match reason {
                 Some(CloseReason::Violation) => worker.protocol_errors += 1,
@@ -853,6 +883,7 @@ impl<B: Backend> Worker<B> {
             return;
         }
         let conn = self.conns.remove(key);
+        self.closing -= 1;
         self.backend.forget_fd(conn.fd.as_raw_fd());
         self.shared.limits.leave(conn.peer.addr().ip());
         conn.peer
