@@ -139,7 +139,7 @@ impl Session {
         let info = loop {
             self.dial(info_hash, peers);
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || fetch.failures() >= ATTEMPTS_PER_PEER * peers.len() {
+            if left.is_zero() || fetch.each_failed(peers, ATTEMPTS_PER_PEER) {
                 break None;
             }
             if let Some(info) = fetch.wait(left.min(REDIAL_EVERY)) {

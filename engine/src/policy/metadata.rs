@@ -164,6 +164,18 @@ impl MetadataFetcher {
     pub fn pending_output(&self) -> usize {
         self.out.len()
     }
+
+    /// What the peer offered and delivered so far: (pieces received, pieces
+    /// in all, size in bytes), once its extension handshake came.
+    pub fn progress(&self) -> Option<(usize, usize, usize)> {
+        self.peer_id_for_ut.map(|_| {
+            (
+                self.have.iter().filter(|&&h| h).count(),
+                self.have.len(),
+                self.info.len(),
+            )
+        })
+    }
 }
 
 #[cfg(test)]

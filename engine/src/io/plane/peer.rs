@@ -30,8 +30,9 @@ use crate::stats::StatsDelta;
 const KEEPALIVE_AFTER: Duration = Duration::from_secs(90);
 /// A peer silent this long is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(240);
-/// How long a peer fetching metadata may stay silent.
-const METADATA_SILENCE: Duration = Duration::from_secs(20);
+/// How long a peer has to deliver the metadata once the handshake is done
+/// (a few KiB to a few MiB: seconds for any peer that means to).
+const METADATA_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Why a connection is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,8 +266,9 @@ pub struct PeerConnection {
     /// (piece, start, end) of the last read-ahead started for this peer, so
     /// the following blocks of that range do not start it again.
     prefetched: Option<(u32, u32, u32)>,
-    /// A failed metadata attempt of this connection was reported (so its
-    /// close is not reported again).
+    /// This connection's part in a metadata fetch is accounted for (a
+    /// failure reported, or it was turned away as one too many), so its
+    /// close is not reported as a failure.
     fetch_failure_reported: bool,
 }
 
@@ -546,16 +548,24 @@ impl PeerConnection {
             .get(&hs.info_hash)
             .filter(|f| !f.is_finished())
             .ok_or(CloseReason::UnknownTorrent)?;
+        if !fetch.try_start() {
+            // Enough peers are at it; this one is not a failure.
+            self.fetch_failure_reported = true;
+            return Err(CloseReason::Limit);
+        }
         let fetcher = MetadataFetcher::new(
             hs.info_hash,
             hs.reserved.extension_protocol(),
             &env.config.session.client_name,
         )
         .map_err(|e| {
+            fetch.ended();
             fetch.failed(self.addr, &e);
             self.fetch_failure_reported = true;
             CloseReason::MetadataFailed
         })?;
+        // The deadline counts from here.
+        self.opened = env.now;
         self.answer(hs.info_hash, env.peer_id);
         self.phase = Phase::Metadata {
             fetch: Arc::clone(fetch),
@@ -665,8 +675,17 @@ impl PeerConnection {
             Phase::Metadata { fetch, .. } if fetch.is_finished() => {
                 (Some(CloseReason::MetadataDone), false)
             }
-            Phase::Metadata { fetch, .. } if silent >= METADATA_SILENCE => {
-                fetch.failed(self.addr, &"silent for 20 s");
+            Phase::Metadata { fetch, fetcher }
+                if now.saturating_sub(self.opened) >= METADATA_DEADLINE =>
+            {
+                let why = match fetcher.progress() {
+                    Some((got, pieces, size)) => format!(
+                        "offered {size} bytes of metadata but sent {got} of its {pieces} \
+                         piece(s) in 30 s"
+                    ),
+                    None => "sent no extension handshake in 30 s".to_owned(),
+                };
+                fetch.failed(self.addr, &why);
                 self.fetch_failure_reported = true;
                 (Some(CloseReason::Idle), false)
             }
@@ -787,6 +806,9 @@ impl PeerConnection {
         limits: &Limits,
         fetching: &HashMap<InfoHash, Arc<MetadataFetch>>,
     ) {
+        if let Phase::Metadata { fetch, .. } = &self.phase {
+            fetch.ended();
+        }
         let fetch = match &self.phase {
             Phase::Metadata { fetch, .. } => Some(fetch),
             Phase::Handshake => self.outgoing.and_then(|h| fetching.get(&h)),

@@ -417,3 +417,43 @@ fn the_handshake_deadline_counts_from_the_start_not_from_the_last_byte() {
     let (close, _) = conn.housekeeping(Duration::from_secs(20), Duration::ZERO, false, &config);
     assert_eq!(close, Some(CloseReason::Idle), "20 s after it started");
 }
+
+/// Found by black-box testing: 40 lying peers each holding an almost
+/// complete 16 MiB dictionary made a download hold 686 MB; and one bad peer
+/// (or incoming strangers) ended the fetch while an honest peer was still
+/// answering.
+#[test]
+fn metadata_fetches_are_bounded_and_one_bad_peer_does_not_end_them() {
+    let mut f = Fixture::new();
+    let info_hash = InfoHash([8; 20]);
+    let fetch = Arc::new(MetadataFetch::new(info_hash));
+    f.fetching.insert(info_hash, Arc::clone(&fetch));
+    let hs = their_handshake(info_hash);
+    let mut conns: Vec<PeerConnection> = (0..6u8)
+        .map(|i| {
+            let addr = std::net::SocketAddr::from(([127, 0, 9, i + 1], 6881));
+            PeerConnection::new(addr, u64::from(i), None, Duration::ZERO)
+        })
+        .collect();
+    let closes: Vec<Option<CloseReason>> =
+        conns.iter_mut().map(|c| f.receive(c, &hs).close).collect();
+    let limited = closes
+        .iter()
+        .filter(|c| **c == Some(CloseReason::Limit))
+        .count();
+    assert_eq!(
+        limited,
+        6 - crate::io::plane::shared::MAX_METADATA_CONNECTIONS
+    );
+    for conn in conns {
+        conn.close(&mut f.tally, &f.limits, &f.fetching);
+    }
+    // Four attempts ended unanswered; the two turned away are no failures.
+    assert_eq!(fetch.failures(), 4);
+    // Only the listed peers' failures decide whether to give up.
+    let listed: std::net::SocketAddr = "127.0.9.200:6881".parse().unwrap();
+    assert!(!fetch.each_failed(&[listed], 1));
+    fetch.failed(listed, &"refused");
+    assert!(fetch.each_failed(&[listed], 1));
+    assert!(fetch.try_start(), "slots came back with the closes");
+}
