@@ -860,3 +860,35 @@ fn a_peer_closing_right_after_its_last_message_is_closed_at_once() {
         .unwrap();
     assert!(peer.closed_by_seeder(), "the seeder kept a closed peer");
 }
+
+/// A block spanning more files than one `sendmsg` can name (IOV_MAX, 1024)
+/// was refused; it is now read into a buffer (by the kernel, with a
+/// positioned read: a truncated file is a short read, never SIGBUS) and
+/// sent from there, on either backend.
+#[test]
+fn a_block_of_a_thousand_tiny_files_is_served_from_a_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tiny");
+    std::fs::create_dir(&root).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..2000u32 {
+        let bytes: Vec<u8> = (0..10).map(|j| (i * 7 + j) as u8).collect();
+        std::fs::write(root.join(format!("f{i:04}")), &bytes).unwrap();
+        expected.extend_from_slice(&bytes);
+    }
+    let opts = CreateOptions {
+        piece_length: Some(16384),
+        ..Default::default()
+    };
+    let metainfo = create(&root, &opts, &()).unwrap().metainfo;
+    let torrent = Torrent::open(
+        metainfo.clone(),
+        &DataPaths::in_save_dir(&metainfo.info, dir.path()),
+    )
+    .unwrap();
+    let seeder = Plane::start(loopback_config(), vec![torrent]).unwrap();
+    let mut peer = Peer::unchoked(seeder.local_addr(), metainfo.info_hash.0);
+    // 1639 files in the first block, then the rest of the torrent.
+    assert_eq!(peer.fetch(0, 0, 16384), expected[..16384]);
+    assert_eq!(peer.fetch(1, 0, 20000 - 16384), expected[16384..]);
+}

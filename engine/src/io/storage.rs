@@ -492,6 +492,26 @@ impl Torrent {
         }
     }
 
+    /// The positioned reads that copy a block's bytes into a buffer: (file
+    /// descriptor, offset in the file, offset in the block, length), one per
+    /// file it spans; pad files are left out (their bytes are zeros, as the
+    /// buffer starts). For blocks sent from a buffer rather than from the
+    /// mapping; reading with the kernel, not through the mapping, so a
+    /// truncated file shows as a short read, never as SIGBUS.
+    pub fn block_reads(&self, req: &BlockRequest) -> Option<Vec<(RawFd, u64, usize, usize)>> {
+        let mut at = 0usize;
+        let mut out = Vec::new();
+        for seg in self.layout.segments(self.block_range(req)) {
+            let len = seg.len as usize;
+            if !seg.pad {
+                let f = self.files[seg.file].as_ref()?;
+                out.push((f.file.as_raw_fd(), seg.file_offset, at, len));
+            }
+            at += len;
+        }
+        Some(out)
+    }
+
     /// How many iovecs the block's bytes need (one per file it spans).
     pub fn block_segments(&self, req: &BlockRequest) -> usize {
         self.layout.segments(self.block_range(req)).count()

@@ -25,9 +25,10 @@ pub const INITIAL_RECV_BUF: usize = 4096;
 /// How a connection's bytes travel. Each transport turns the peer
 /// connection's [`SendPlan`] into what goes on the wire, and what arrives
 /// into the peer's bytes. Plain TCP sends blocks straight from the file
-/// mappings (iovecs: no copy in user space); an encrypted stream (MSE) will
-/// have its blocks read into a buffer to transform them, and uTP will carry
-/// them in datagrams.
+/// mappings (iovecs: no copy in user space), except blocks the plan marks
+/// `copied`, which the worker first reads into `SendBuf::copy`; an
+/// encrypted stream (MSE) will have every block read that way to transform
+/// it, and uTP will carry them in datagrams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     /// BitTorrent over TCP, unencrypted.
@@ -82,6 +83,14 @@ pub struct SendBuf {
     pub(super) remaining: usize,
     /// A send op is in flight.
     pub(super) in_flight: bool,
+    /// The bytes of the plan's copied blocks, one after another; allocated
+    /// once per send (never grown while a read writes into it).
+    pub(super) copy: Vec<u8>,
+    /// Reads still to do into `copy`: (fd, file offset, offset in `copy`,
+    /// length); the last is done first.
+    pub(super) reads: Vec<(std::os::fd::RawFd, u64, usize, usize)>,
+    /// A read into `copy` is in flight.
+    pub(super) reading: bool,
 }
 
 impl SendBuf {
@@ -95,16 +104,58 @@ impl SendBuf {
             plan: SendPlan::default(),
             remaining: 0,
             in_flight: false,
+            copy: Vec::new(),
+            reads: Vec::new(),
+            reading: false,
         }
     }
 
     /// Clears a completed send.
     pub fn reset(&mut self) {
-        debug_assert!(!self.in_flight);
+        debug_assert!(!self.in_flight && !self.reading);
         self.iov.clear();
         self.headers.clear();
         self.plan.clear();
+        self.copy.clear();
+        self.reads.clear();
         self.remaining = 0;
+    }
+
+    /// Lists the reads that copy the plan's copied blocks into `copy`
+    /// (sized for them now); `false` if a block's file is gone.
+    pub fn plan_reads(&mut self) -> bool {
+        let Some(torrent) = self.plan.torrent.clone() else {
+            return true;
+        };
+        let total: usize = self
+            .plan
+            .blocks
+            .iter()
+            .zip(&self.plan.copied)
+            .filter(|(_, &c)| c)
+            .map(|(b, _)| b.length as usize)
+            .sum();
+        self.copy = vec![0; total];
+        let mut at = 0;
+        for (req, _) in self
+            .plan
+            .blocks
+            .iter()
+            .zip(&self.plan.copied)
+            .filter(|(_, &c)| c)
+        {
+            let Some(reads) = torrent.block_reads(req) else {
+                return false;
+            };
+            self.reads.extend(
+                reads
+                    .into_iter()
+                    .map(|(fd, off, inside, len)| (fd, off, at + inside, len)),
+            );
+            at += req.length as usize;
+        }
+        self.reads.reverse();
+        true
     }
 
     fn render_iovecs(&mut self) {
@@ -122,13 +173,29 @@ impl SendBuf {
                 .map(|r| wire::piece_header(r.piece, r.offset, r.length)),
         );
         if let Some(torrent) = &self.plan.torrent {
-            // `headers` is final: pointers into it stay valid.
-            for (req, header) in self.plan.blocks.iter().zip(&self.headers) {
+            // `headers` and `copy` are final: pointers into them stay valid.
+            let mut copied_at = 0;
+            for ((req, header), &copied) in self
+                .plan
+                .blocks
+                .iter()
+                .zip(&self.headers)
+                .zip(&self.plan.copied)
+            {
                 self.iov.push(libc::iovec {
                     iov_base: header.as_ptr() as *mut libc::c_void,
                     iov_len: PIECE_HEADER_LEN,
                 });
-                torrent.block_iovecs(req, &mut self.iov);
+                if copied {
+                    let len = req.length as usize;
+                    self.iov.push(libc::iovec {
+                        iov_base: self.copy[copied_at..].as_mut_ptr().cast(),
+                        iov_len: len,
+                    });
+                    copied_at += len;
+                } else {
+                    torrent.block_iovecs(req, &mut self.iov);
+                }
             }
         }
         self.remaining = self.iov.iter().map(|v| v.iov_len).sum();
@@ -211,7 +278,7 @@ impl Conn {
 
     /// Whether an op of this connection is still with the kernel.
     pub fn has_ops_in_flight(&self) -> bool {
-        self.recv.in_flight || self.send.in_flight || self.connect_in_flight
+        self.recv.in_flight || self.send.in_flight || self.send.reading || self.connect_in_flight
     }
 }
 

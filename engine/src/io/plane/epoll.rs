@@ -95,6 +95,13 @@ enum Job {
         len: u32,
         offset: u64,
     },
+    ReadAt {
+        user_data: u64,
+        fd: RawFd,
+        buf: *mut u8,
+        len: u32,
+        offset: u64,
+    },
 }
 
 // SAFETY: a job's pointers are to buffers that `Backend::push`'s contract
@@ -212,6 +219,24 @@ fn run_job(job: Job) -> Done {
         } => {
             // SAFETY: `buf[..len]` lives until this op completes.
             let n = unsafe { libc::pwrite(fd, buf.cast(), len as usize, offset as libc::off_t) };
+            Done {
+                completion: Completion {
+                    user_data,
+                    result: result_of(n),
+                    more: false,
+                },
+                retry: None,
+            }
+        }
+        Job::ReadAt {
+            user_data,
+            fd,
+            buf,
+            len,
+            offset,
+        } => {
+            // SAFETY: `buf[..len]` is lent to this op until it completes.
+            let n = unsafe { libc::pread(fd, buf.cast(), len as usize, offset as libc::off_t) };
             Done {
                 completion: Completion {
                     user_data,
@@ -580,6 +605,20 @@ impl Backend for Epoll {
                 len,
                 offset,
             } => self.helpers.submit(Job::Write {
+                user_data,
+                fd,
+                buf,
+                len,
+                offset,
+            }),
+            // Regular files are always "ready" to epoll: a read that may wait
+            // for the disk goes to a helper.
+            Op::ReadAt {
+                fd,
+                buf,
+                len,
+                offset,
+            } => self.helpers.submit(Job::ReadAt {
                 user_data,
                 fd,
                 buf,

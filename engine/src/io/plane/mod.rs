@@ -69,6 +69,17 @@ pub enum Op {
         /// Its length.
         len: libc::socklen_t,
     },
+    /// Read up to `len` bytes of a file at `offset` into `buf`.
+    ReadAt {
+        /// The file.
+        fd: RawFd,
+        /// Where the bytes go.
+        buf: *mut u8,
+        /// Room at `buf`.
+        len: u32,
+        /// Where in the file.
+        offset: u64,
+    },
     /// Write `len` bytes at `buf` to a file at `offset`.
     Write {
         /// The file.
@@ -253,6 +264,13 @@ pub enum UserData {
         /// Connection generation.
         generation: u32,
     },
+    /// A read of a block's bytes into connection `key`'s send buffer.
+    BlockRead {
+        /// Slab key.
+        key: u32,
+        /// Connection generation.
+        generation: u32,
+    },
     /// One file segment of a verified piece being written.
     Write {
         /// Key in the worker's table of writes.
@@ -283,6 +301,7 @@ impl UserData {
             UserData::Ignore => 6 << 56,
             UserData::Connect { key, generation } => conn(7, key, generation),
             UserData::Write { key, segment } => conn(8, key, segment),
+            UserData::BlockRead { key, generation } => conn(9, key, generation),
         }
     }
 
@@ -301,6 +320,7 @@ impl UserData {
                 key,
                 segment: generation,
             },
+            9 => UserData::BlockRead { key, generation },
             _ => UserData::Ignore,
         }
     }
@@ -325,6 +345,10 @@ mod tests {
             UserData::Write {
                 key: 3,
                 segment: 0x00ff_ffff,
+            },
+            UserData::BlockRead {
+                key: 9,
+                generation: 0x00ff_fffe,
             },
             UserData::Tick,
             UserData::Wake,

@@ -156,6 +156,10 @@ pub struct SendPlan {
     pub control: Vec<u8>,
     /// Blocks to serve.
     pub blocks: Vec<BlockRequest>,
+    /// For each block: whether it leaves as bytes copied into a buffer (read
+    /// from its files with the kernel) rather than straight from the
+    /// mapping: a block spanning more files than one send can name.
+    pub copied: Vec<bool>,
     /// The torrent the blocks come from; keeps its mapping alive.
     pub torrent: Option<Arc<Torrent>>,
     /// Some block's pages are not in the page cache (a read-ahead was
@@ -178,6 +182,7 @@ impl SendPlan {
     pub fn clear(&mut self) {
         self.control.clear();
         self.blocks.clear();
+        self.copied.clear();
         self.torrent = None;
         self.cold = false;
     }
@@ -191,8 +196,8 @@ pub struct SendRoom {
     /// Pieces of memory (a header, and a block's segment in each file it
     /// spans) once at least one block is planned.
     pub segments: usize,
-    /// A block spanning more segments than this cannot be sent at all and
-    /// is refused.
+    /// A block spanning more segments than this is copied into a buffer
+    /// (two segments: its header and the buffer) instead.
     pub segments_per_block: usize,
 }
 
@@ -604,11 +609,12 @@ impl PeerConnection {
             let Some(req) = session.pop_request() else {
                 break;
             };
-            // A header and the block's segments in the files.
-            let needed = 1 + torrent.block_segments(&req);
-            if needed > room.segments_per_block {
-                session.reject(req);
-                continue;
+            // A header and the block's segments in the files, or a header
+            // and a buffer for a block copied there.
+            let mut needed = 1 + torrent.block_segments(&req);
+            let copied = needed > room.segments_per_block;
+            if copied {
+                needed = 2;
             }
             if !plan.blocks.is_empty() && segments + needed > room.segments {
                 session.unpop_request(req);
@@ -634,6 +640,7 @@ impl PeerConnection {
             segments += needed;
             payload += u64::from(req.length);
             plan.blocks.push(req);
+            plan.copied.push(copied);
         }
         // After the blocks were taken, so rejects of requests we cannot
         // carry go out with this send.

@@ -60,6 +60,14 @@ impl Uring {
             } => opcode::Write::new(types::Fd(fd), buf, len)
                 .offset(offset)
                 .build(),
+            Op::ReadAt {
+                fd,
+                buf,
+                len,
+                offset,
+            } => opcode::Read::new(types::Fd(fd), buf, len)
+                .offset(offset)
+                .build(),
             Op::Timeout { after } => {
                 let spec = self
                     .timespecs

@@ -365,6 +365,7 @@ impl<B: Backend> Worker<B> {
             }
             UserData::Recv { key, generation } => self.on_recv(key, generation, result),
             UserData::Send { key, generation } => self.on_send(key, generation, result),
+            UserData::BlockRead { key, generation } => self.on_block_read(key, generation, result),
             UserData::Tick => self.on_tick(),
             UserData::Connect { key, generation } => self.on_connect(key, generation, result),
             UserData::Write { key, segment } => {
@@ -742,7 +743,7 @@ impl<B: Backend> Worker<B> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.closing || conn.send.in_flight {
+        if conn.closing || conn.send.in_flight || conn.send.reading {
             return;
         }
         let mut env = env!(self);
@@ -762,8 +763,78 @@ impl<B: Backend> Worker<B> {
         if conn.send.plan.is_empty() {
             return;
         }
+        if conn.send.plan.copied.contains(&true) {
+            // Some blocks leave from a buffer: read them first.
+            if !conn.send.plan_reads() {
+                self.close(key, Some(CloseReason::TorrentErrored));
+                return;
+            }
+            if !conn.send.reads.is_empty() {
+                self.submit_block_read(key);
+                return;
+            }
+        }
         conn.transport.render(&mut conn.send);
         self.submit_send(key);
+    }
+
+    /// Starts the next read of a copied block's bytes (the last listed).
+    fn submit_block_read(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        let &(fd, offset, at, len) = conn.send.reads.last().expect("a read to do");
+        let op = Op::ReadAt {
+            fd,
+            buf: conn.send.copy[at..].as_mut_ptr(),
+            len: len as u32,
+            offset,
+        };
+        let data = UserData::BlockRead {
+            key: key as u32,
+            generation: conn.generation,
+        };
+        conn.send.reading = true;
+        // SAFETY: `send.copy` was sized before the first read and is not
+        // touched until `send.reading` is clear; the plan's torrent keeps
+        // the file open.
+        unsafe { self.push(op, data) };
+    }
+
+    fn on_block_read(&mut self, key: u32, generation: u32, result: i32) {
+        let Some(conn) = self.conn_mut(key, generation) else {
+            return;
+        };
+        conn.send.reading = false;
+        let key = key as usize;
+        if conn.closing {
+            self.close(key, None);
+            return;
+        }
+        if result <= 0 {
+            // 0: the file ends early (truncated); < 0: an I/O error.
+            if let Some(t) = conn.send.plan.torrent.clone() {
+                if result < 0 || t.check_files() {
+                    t.set_errored("a file could not be read while sending".into());
+                }
+            }
+            self.close(key, Some(CloseReason::TorrentErrored));
+            return;
+        }
+        let n = result as usize;
+        let read = conn.send.reads.last_mut().expect("the read that completed");
+        if n < read.3 {
+            // A short read: read the rest.
+            read.1 += n as u64;
+            read.2 += n;
+            read.3 -= n;
+        } else {
+            conn.send.reads.pop();
+        }
+        if conn.send.reads.is_empty() {
+            conn.transport.render(&mut conn.send);
+            self.submit_send(key);
+        } else {
+            self.submit_block_read(key);
+        }
     }
 
     fn submit_send(&mut self, key: usize) {

@@ -241,7 +241,7 @@ fn requests_become_planned_blocks_within_the_room_and_the_bucket() {
 }
 
 #[test]
-fn a_block_the_transport_cannot_carry_is_rejected() {
+fn a_block_spanning_more_files_than_a_send_can_name_is_copied() {
     let mut f = Fixture::new();
     let mut conn = incoming();
     f.receive(&mut conn, &their_handshake(f.info_hash()));
@@ -260,10 +260,10 @@ fn a_block_the_transport_cannot_carry_is_rejected() {
         ..ROOM
     };
     let (plan, _) = f.plan(&mut conn, room, 0);
-    assert!(plan.blocks.is_empty());
-    // The unchoke that answers `interested` (1), then reject_request (BEP
-    // 6, id 16).
-    assert_eq!(message_ids(&plan.control), vec![1, 16]);
+    assert_eq!(plan.blocks.len(), 1);
+    assert_eq!(plan.copied, vec![true], "sent from a buffer, not refused");
+    // The unchoke that answers `interested` (1), and no reject.
+    assert_eq!(message_ids(&plan.control), vec![1]);
 }
 
 #[test]
