@@ -417,3 +417,23 @@ fn a_stalled_download_gives_up_when_asked_and_keeps_its_resume_data() {
     assert!(stderr.contains("stalled: no data for 2 s"), "{stderr}");
     assert!(stderr.contains("resume data saved"), "{stderr}");
 }
+
+/// The Session keeps a download's resume data (issue 12 moved the cadence
+/// out of the front end): run again, a completed download starts from its
+/// saved state and fetches nothing.
+#[test]
+fn a_completed_download_run_again_resumes_without_fetching() {
+    let p = payload(4 << 20, "256K");
+    let seed = p.seed(&[]);
+    let out = p.dir("out");
+    let state = p.dir("state");
+    let peer = seed.addr.to_string();
+    download_ok(&p.torrent, &out, &state, &[&"--peer", &peer]);
+    let again = download_ok(&p.torrent, &out, &state, &[&"--peer", &peer]);
+    assert!(
+        again.contains("resumed: 16 of 16 pieces already verified"),
+        "{again}"
+    );
+    assert_eq!(summary_u64(&again, "received"), 0, "{again}");
+    p.assert_downloaded(&out);
+}

@@ -11,15 +11,19 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{mpsc, Arc};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::io::announce::{
     AnnounceError, AnnounceTarget, Announcer, ClientConfig, TrackerStatus, Transfer,
 };
+use crate::io::files::DataPaths;
 use crate::io::plane::control::{Dialer, Observer, Plane, PlaneConfig, PlaneError, PlaneStats};
 use crate::io::plane::shared::MetadataError;
 use crate::io::plane::PlaneKind;
+use crate::io::resume::save_download;
 use crate::io::storage::Torrent;
 use crate::proto::info_hash::InfoHash;
 
@@ -56,11 +60,96 @@ pub enum SessionError {
     Trackers(#[source] AnnounceError),
 }
 
+/// Resume data of a download is saved this often while it runs, when it
+/// completes, and when the Session stops.
+pub const RESUME_EVERY: Duration = Duration::from_secs(30);
+
+/// Where a downloaded torrent's resume data is kept.
+#[derive(Debug, Clone)]
+pub struct ResumeTarget {
+    /// The torrent's files.
+    pub paths: DataPaths,
+    /// The resume file.
+    pub path: PathBuf,
+}
+
+/// A download whose resume data the Session keeps.
+struct Kept {
+    torrent: Arc<Torrent>,
+    target: ResumeTarget,
+    last_save: Instant,
+    saved_complete: bool,
+}
+
+impl Kept {
+    fn save(&mut self) {
+        self.last_save = Instant::now();
+        if let Err(e) = save_download(&self.torrent, &self.target.paths, &self.target.path) {
+            tracing::warn!(
+                "cannot save resume data to {}: {e} (the next start checks the data again)",
+                self.target.path.display()
+            );
+        }
+    }
+}
+
+/// The thread that saves resume data on cadence.
+struct Resumer {
+    kept: Arc<Mutex<Vec<Kept>>>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Resumer {
+    fn start() -> io::Result<Self> {
+        let kept: Arc<Mutex<Vec<Kept>>> = Arc::default();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let list = Arc::clone(&kept);
+        let thread = std::thread::Builder::new()
+            .name("ringseed-resume".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(Duration::from_secs(1))
+                {
+                    let mut kept = list.lock().unwrap_or_else(|e| e.into_inner());
+                    for k in kept.iter_mut() {
+                        let complete = k.torrent.is_complete();
+                        if complete && !k.saved_complete {
+                            k.saved_complete = true;
+                            k.save();
+                        } else if !complete && k.last_save.elapsed() >= RESUME_EVERY {
+                            k.save();
+                        }
+                    }
+                }
+            })?;
+        Ok(Resumer {
+            kept,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Kept>> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the thread; the last saves are the caller's, once nothing is
+    /// written any more.
+    fn stop(&mut self) {
+        self.stop = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The running engine.
 pub struct Session {
     plane: Plane,
     trackers: Option<Arc<Announcer>>,
     sources: Vec<Box<dyn PeerSource>>,
+    resume: Option<Resumer>,
 }
 
 impl Session {
@@ -70,6 +159,7 @@ impl Session {
         let mut session = Session {
             trackers: None,
             sources: Vec::new(),
+            resume: None,
             plane,
         };
         if let Some(client) = config.trackers {
@@ -93,8 +183,31 @@ impl Session {
         }
     }
 
+    /// Runs `torrent`, being downloaded, whose resume data the Session
+    /// saves every [`RESUME_EVERY`], when it completes, and when the Session
+    /// stops.
+    pub fn add_download(&mut self, torrent: Arc<Torrent>, resume: ResumeTarget) -> io::Result<()> {
+        if self.resume.is_none() {
+            self.resume = Some(Resumer::start()?);
+        }
+        if let Some(r) = &self.resume {
+            r.kept().push(Kept {
+                torrent: Arc::clone(&torrent),
+                target: resume,
+                last_save: Instant::now(),
+                saved_complete: false,
+            });
+        }
+        self.add_torrent(torrent);
+        Ok(())
+    }
+
     /// Stops running the torrent with `info_hash`; returns it if it ran.
     pub fn remove_torrent(&mut self, info_hash: &InfoHash) -> Option<Arc<Torrent>> {
+        if let Some(r) = &self.resume {
+            r.kept()
+                .retain(|k| k.torrent.metainfo.info_hash != *info_hash);
+        }
         for source in &mut self.sources {
             source.remove(*info_hash);
         }
@@ -211,7 +324,16 @@ impl Session {
                 let _ = tx.send(());
             })?;
         let in_time = rx.recv_timeout(goodbye).is_ok();
+        let resume = self.resume.take();
         let stats = self.plane.shutdown()?;
+        // The workers are stopped: nothing is written any more, so the saved
+        // file stamps match the files and the next start needs no recheck.
+        if let Some(mut r) = resume {
+            r.stop();
+            for k in r.kept().iter_mut() {
+                k.save();
+            }
+        }
         Ok((stats, in_time))
     }
 }

@@ -23,15 +23,13 @@ use ringseed_engine::policy::download::DownloadConfig;
 use ringseed_engine::proto::bencode::OwnedValue;
 use ringseed_engine::proto::layout::Layout;
 use ringseed_engine::proto::tracker::{Announce, Event};
-use ringseed_engine::session::{Session, SessionConfig};
+use ringseed_engine::session::{ResumeTarget, Session, SessionConfig};
 use ringseed_engine::{MagnetLink, Metainfo};
 
 use crate::cli::{DownloadArgs, Exit};
 use crate::display::{human_bytes, HashProgress};
 use crate::setup::{raise_open_file_limit, state_dir, GOODBYE};
 
-/// Resume data is saved this often while downloading.
-const SAVE_EVERY: Duration = Duration::from_secs(30);
 /// Peers given on the command line or in `x.pe` are dialed again this
 /// often while we are connected to none (they may have restarted).
 const REDIAL_EVERY: Duration = Duration::from_secs(10);
@@ -96,7 +94,13 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
     )
     .with_context(|| format!("cannot download into {}", args.output.display()))?;
     let start_have = torrent.download().map_or(0, |d| d.picker.have().count());
-    session.add_torrent(Arc::clone(&torrent));
+    session.add_download(
+        Arc::clone(&torrent),
+        ResumeTarget {
+            paths: paths.clone(),
+            path: resume_path.clone(),
+        },
+    )?;
     println!("data plane: {}", session.data_plane());
     println!("listening on {}", session.local_addr());
     if start_have > 0 {
@@ -113,7 +117,6 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
 
     let started = Instant::now();
     let mut bar = Progress::new(metainfo.total_length());
-    let mut last_save = Instant::now();
     let mut last_dial = Instant::now();
     let mut announced_complete = false;
     let stall_timeout = Duration::from_secs(args.stall_timeout);
@@ -130,7 +133,6 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
         }
         if progress.complete && !announced_complete {
             announced_complete = true;
-            save_resume(&torrent, &paths, &resume_path);
             bar.finish();
             let secs = started.elapsed().as_secs_f64();
             println!(
@@ -165,10 +167,6 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
                 t.stats.peers
             ));
         }
-        if !announced_complete && last_save.elapsed() >= SAVE_EVERY {
-            last_save = Instant::now();
-            save_resume(&torrent, &paths, &resume_path);
-        }
         if t.stats.peers == 0 && last_dial.elapsed() >= REDIAL_EVERY && !peers.is_empty() {
             last_dial = Instant::now();
             session.dial(metainfo.info_hash, &peers);
@@ -178,9 +176,6 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
     let (stats, _) = session
         .shutdown(GOODBYE)
         .context("a worker failed while stopping")?;
-    // Workers are stopped: nothing is written any more, so the saved file
-    // stamps match the files and the next start needs no recheck.
-    save_resume(&torrent, &paths, &resume_path);
     match outcome {
         Ok(()) => {
             if args.seed {
@@ -417,31 +412,6 @@ fn resume_or_check(
         have.set(piece);
     }
     Ok(have)
-}
-
-/// Flushes the data, then saves which pieces are verified. A failure is
-/// reported and costs a recheck at the next start, nothing more.
-fn save_resume(torrent: &Torrent, paths: &DataPaths, path: &Path) {
-    // The pieces first, then the flush: a piece verified in between is
-    // left out (and found by the next check), never counted unflushed.
-    let pieces = torrent
-        .download()
-        .map(|d| d.picker.have().clone())
-        .unwrap_or_default();
-    let result = torrent.sync_data().and_then(|()| {
-        ResumeData {
-            info_hash: torrent.metainfo.info_hash,
-            pieces,
-            files: stamps(paths),
-        }
-        .save(path)
-    });
-    if let Err(e) = result {
-        eprintln!(
-            "ringseed: cannot save resume data to {}: {e}",
-            path.display()
-        );
-    }
 }
 
 /// The progress bar on a terminal, a line every 10 s otherwise.

@@ -16,6 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::io::files::DataPaths;
+use crate::io::storage::Torrent;
 use crate::policy::bitfield::Bitfield;
 use crate::proto::bencode::{decode, OwnedValue};
 use crate::proto::info_hash::InfoHash;
@@ -187,6 +188,25 @@ impl ResumeData {
     pub fn save(&self, path: &Path) -> io::Result<()> {
         crate::io::files::write_atomic(path, &self.to_bytes())
     }
+}
+
+/// Flushes a downloaded torrent's data, then saves which of its pieces are
+/// verified to `path`. The pieces are taken before the flush: a piece
+/// verified in between is left out (and found by the next check), never
+/// counted unflushed. A failure costs a recheck at the next start, nothing
+/// more.
+pub fn save_download(torrent: &Torrent, paths: &DataPaths, path: &Path) -> io::Result<()> {
+    let pieces = torrent
+        .download()
+        .map(|d| d.picker.have().clone())
+        .unwrap_or_default();
+    torrent.sync_data()?;
+    ResumeData {
+        info_hash: torrent.metainfo.info_hash,
+        pieces,
+        files: stamps(paths),
+    }
+    .save(path)
 }
 
 #[cfg(test)]
