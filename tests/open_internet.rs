@@ -11,6 +11,29 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// `ringseed seed` of a 4 MiB payload with at most 128 open files, its log
+/// (stderr) in a file, no per-address limit (every client is 127.0.0.1),
+/// and `extra` on its command line.
+fn seed_with_128_files(
+    extra: &[&dyn AsRef<std::ffi::OsStr>],
+) -> (Payload, SeedProcess, std::path::PathBuf) {
+    let p = Payload::new(4 << 20, 17, "256K", &[]);
+    let log_path = p.dir.path().join("seed.log");
+    let mut cmd = ringseed();
+    limit_open_files(&mut cmd, 128).stderr(File::create(&log_path).unwrap());
+    let data = p.seed_dir();
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+        &p.torrent,
+        &"--data",
+        &data,
+        &"--max-connections-per-ip",
+        &"0",
+    ];
+    args.extend_from_slice(extra);
+    let seeder = SeedProcess::start_from(cmd, "127.0.0.1:0", &args);
+    (p, seeder, log_path)
+}
+
 /// Regression: 1,100 silent connections against a seeder with `ulimit -n
 /// 1024` locked out every real peer, and the log got ten `accept failed:
 /// Too many open files` lines a second. The connection cap now follows the
@@ -18,21 +41,7 @@ use common::*;
 /// connections still in their handshake make room.
 #[test]
 fn silent_clients_beyond_the_open_file_limit_do_not_lock_out_a_real_peer() {
-    let p = Payload::new(4 << 20, 17, "256K", &[]);
-    let log_path = p.dir.path().join("seed.log");
-    let mut cmd = ringseed();
-    limit_open_files(&mut cmd, 128).stderr(File::create(&log_path).unwrap());
-    let seeder = SeedProcess::start_from(
-        cmd,
-        "127.0.0.1:0",
-        &[
-            &p.torrent,
-            &"--data",
-            &p.seed_dir(),
-            &"--max-connections-per-ip",
-            &"0",
-        ],
-    );
+    let (p, seeder, log_path) = seed_with_128_files(&[]);
     let silent: Vec<TcpStream> = (0..300)
         .map(|_| TcpStream::connect(seeder.addr).unwrap())
         .collect();
@@ -74,24 +83,8 @@ fn silent_clients_beyond_the_open_file_limit_do_not_lock_out_a_real_peer() {
 /// dial again to get in: that is the price of a cap above the limit.)
 #[test]
 fn out_of_descriptors_the_oldest_handshakes_go_and_a_real_peer_is_served() {
-    let p = Payload::new(4 << 20, 17, "256K", &[]);
-    let log_path = p.dir.path().join("seed.log");
-    let mut cmd = ringseed();
-    limit_open_files(&mut cmd, 128).stderr(File::create(&log_path).unwrap());
-    let seeder = SeedProcess::start_from(
-        cmd,
-        "127.0.0.1:0",
-        &[
-            &p.torrent,
-            &"--data",
-            &p.seed_dir(),
-            // Above the descriptor limit: descriptors run out first.
-            &"--max-connections",
-            &"1000",
-            &"--max-connections-per-ip",
-            &"0",
-        ],
-    );
+    // A cap above the descriptor limit: descriptors run out first.
+    let (p, seeder, log_path) = seed_with_128_files(&[&"--max-connections", &"1000"]);
     // More silent clients than the seeder has descriptors.
     let silent: Vec<TcpStream> = (0..300)
         .map(|_| TcpStream::connect(seeder.addr).unwrap())

@@ -380,7 +380,13 @@ impl Torrent {
     /// in the piece, length) for each file it spans, pad files skipped.
     /// `None` if a file it needs was not created.
     pub fn piece_writes(&self, piece: u32) -> Option<Vec<(RawFd, u64, usize, usize)>> {
-        let range = self.layout.piece_range(piece);
+        self.file_segments(self.layout.piece_range(piece))
+    }
+
+    /// The bytes of `range` (of the torrent) as (file descriptor, offset in
+    /// the file, offset in the range, length), one per file; pad files are
+    /// left out. `None` if a file that holds some of them is not open.
+    fn file_segments(&self, range: Range<u64>) -> Option<Vec<(RawFd, u64, usize, usize)>> {
         let mut at = 0usize;
         let mut out = Vec::new();
         for seg in self.layout.segments(range) {
@@ -499,17 +505,7 @@ impl Torrent {
     /// mapping; reading with the kernel, not through the mapping, so a
     /// truncated file shows as a short read, never as SIGBUS.
     pub fn block_reads(&self, req: &BlockRequest) -> Option<Vec<(RawFd, u64, usize, usize)>> {
-        let mut at = 0usize;
-        let mut out = Vec::new();
-        for seg in self.layout.segments(self.block_range(req)) {
-            let len = seg.len as usize;
-            if !seg.pad {
-                let f = self.files[seg.file].as_ref()?;
-                out.push((f.file.as_raw_fd(), seg.file_offset, at, len));
-            }
-            at += len;
-        }
-        Some(out)
+        self.file_segments(self.block_range(req))
     }
 
     /// How many iovecs the block's bytes need (one per file it spans).

@@ -219,14 +219,7 @@ fn run_job(job: Job) -> Done {
         } => {
             // SAFETY: `buf[..len]` lives until this op completes.
             let n = unsafe { libc::pwrite(fd, buf.cast(), len as usize, offset as libc::off_t) };
-            Done {
-                completion: Completion {
-                    user_data,
-                    result: result_of(n),
-                    more: false,
-                },
-                retry: None,
-            }
+            done(user_data, n)
         }
         Job::ReadAt {
             user_data,
@@ -237,15 +230,20 @@ fn run_job(job: Job) -> Done {
         } => {
             // SAFETY: `buf[..len]` is lent to this op until it completes.
             let n = unsafe { libc::pread(fd, buf.cast(), len as usize, offset as libc::off_t) };
-            Done {
-                completion: Completion {
-                    user_data,
-                    result: result_of(n),
-                    more: false,
-                },
-                retry: None,
-            }
+            done(user_data, n)
         }
+    }
+}
+
+/// A helper's report of a positioned read or write that returned `n`.
+fn done(user_data: u64, n: isize) -> Done {
+    Done {
+        completion: Completion {
+            user_data,
+            result: result_of(n),
+            more: false,
+        },
+        retry: None,
     }
 }
 
