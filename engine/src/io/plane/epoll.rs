@@ -696,12 +696,12 @@ impl Backend for Epoll {
     fn cancel_all_and_wait(&mut self, in_flight: usize) -> usize {
         let mut left = in_flight;
         for st in &mut self.fds {
-            left -= usize::from(st.read.take().is_some());
-            left -= usize::from(st.write.take().is_some());
+            left = left.saturating_sub(usize::from(st.read.take().is_some()));
+            left = left.saturating_sub(usize::from(st.write.take().is_some()));
         }
-        left -= self.timers.len();
+        left = left.saturating_sub(self.timers.len());
         self.timers.clear();
-        left -= self.ready.drain(..).filter(|c| !c.more).count();
+        left = left.saturating_sub(self.ready.drain(..).filter(|c| !c.more).count());
         // Helpers finish what they have; a cold send that found its socket
         // full ends here instead of waiting for an edge.
         while self.helpers.busy > 0 {
@@ -716,7 +716,7 @@ impl Backend for Epoll {
             {
                 break;
             }
-            left -= self.helpers.take_done().len();
+            left = left.saturating_sub(self.helpers.take_done().len());
         }
         left
     }
