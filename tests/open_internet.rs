@@ -34,6 +34,20 @@ fn seed_with_128_files(
     (p, seeder, log_path)
 }
 
+/// `ringseed download` of `p` from `seeder` alone; checks every byte.
+fn download_from(p: &Payload, seeder: &SeedProcess) {
+    let out = p.dir.path().join("out");
+    let state = p.dir.path().join("state");
+    let peer = seeder.addr.to_string();
+    download_ok(
+        &p.torrent,
+        &out,
+        &state,
+        &[&"--peer", &peer, &"--no-announce"],
+    );
+    p.assert_downloaded(&out);
+}
+
 /// Regression: 1,100 silent connections against a seeder with `ulimit -n
 /// 1024` locked out every real peer, and the log got ten `accept failed:
 /// Too many open files` lines a second. The connection cap now follows the
@@ -50,16 +64,7 @@ fn silent_clients_beyond_the_open_file_limit_do_not_lock_out_a_real_peer() {
     // so a burst cannot evict itself).
     std::thread::sleep(Duration::from_millis(1500));
     let attack = Instant::now();
-    let out = p.dir.path().join("out");
-    let state = p.dir.path().join("state");
-    let peer = seeder.addr.to_string();
-    download_ok(
-        &p.torrent,
-        &out,
-        &state,
-        &[&"--peer", &peer, &"--no-announce"],
-    );
-    p.assert_downloaded(&out);
+    download_from(&p, &seeder);
     // Served at its first try: before it would dial again (10 s), and before
     // the silent clients' own handshake deadline freed their slots.
     let served_after = attack.elapsed();
@@ -89,16 +94,7 @@ fn out_of_descriptors_the_oldest_handshakes_go_and_a_real_peer_is_served() {
     let silent: Vec<TcpStream> = (0..300)
         .map(|_| TcpStream::connect(seeder.addr).unwrap())
         .collect();
-    let out = p.dir.path().join("out");
-    let state = p.dir.path().join("state");
-    let peer = seeder.addr.to_string();
-    download_ok(
-        &p.torrent,
-        &out,
-        &state,
-        &[&"--peer", &peer, &"--no-announce"],
-    );
-    p.assert_downloaded(&out);
+    download_from(&p, &seeder);
     drop(silent);
     let (status, _) = seeder.stop_with_output();
     assert!(status.success());

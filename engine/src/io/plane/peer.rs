@@ -366,13 +366,14 @@ impl PeerConnection {
 
     /// Takes what the peer sent (`input`, from the start of a frame or of the
     /// handshake). `unchoked_leeching` is how many peers of downloaded
-    /// torrents this worker unchokes now (asked only during the handshake).
+    /// torrents this worker unchokes now (read only by a handshake; 0 will
+    /// do otherwise).
     /// Complete pieces go to `check`.
     pub fn receive(
         &mut self,
         input: &[u8],
         env: &mut Env<'_>,
-        unchoked_leeching: impl FnOnce() -> usize,
+        unchoked_leeching: usize,
         check: &crossbeam_channel::Sender<CheckJob>,
     ) -> Received {
         self.last_heard = env.now;
@@ -468,7 +469,7 @@ impl PeerConnection {
         &mut self,
         input: &[u8],
         env: &mut Env<'_>,
-        unchoked_leeching: impl FnOnce() -> usize,
+        unchoked_leeching: usize,
     ) -> Result<Handshaken, CloseReason> {
         let hs = match Handshake::decode(input) {
             Ok(None) => return Ok(Handshaken::Incomplete),
@@ -511,7 +512,7 @@ impl PeerConnection {
             // Tit-for-tat needs a round to measure; until the choker's next
             // round, a free slot goes to whoever comes.
             let share = env.config.leech_slots_share(env.worker);
-            share == 0 || unchoked_leeching() < share
+            share == 0 || unchoked_leeching < share
         } else {
             env.config.upload_slots == 0
         };

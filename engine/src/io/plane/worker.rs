@@ -695,10 +695,11 @@ impl<B: Backend> Worker<B> {
     /// Hands what has arrived to the peer connection; returns why to close
     /// it, if it must be.
     fn process_input(&mut self, key: usize) -> Option<CloseReason> {
-        let in_handshake = self.conns[key].peer.in_handshake();
-        let conns = &self.conns;
-        let unchoked_leeching = || {
-            conns
+        // Only a handshake needs how many peers of downloaded torrents we
+        // unchoke, and only while this worker downloads something: a
+        // seeding box never pays for the scan.
+        let count = if self.conns[key].peer.in_handshake() && !self.leeching.is_empty() {
+            self.conns
                 .iter()
                 .filter(|(_, c)| {
                     !c.closing
@@ -707,15 +708,15 @@ impl<B: Backend> Worker<B> {
                             .is_some_and(|t| t.is_downloading())
                 })
                 .count()
+        } else {
+            0
         };
         let mut env = env!(self);
-        // Only a connection in its handshake asks how many peers we unchoke.
-        let count = if in_handshake { unchoked_leeching() } else { 0 };
         let conn = &mut self.conns[key];
         let received = conn.peer.receive(
             &conn.recv.buf[..conn.recv.len],
             &mut env,
-            || count,
+            count,
             &self.check_tx,
         );
         if let Some(joined) = &received.joined {

@@ -77,7 +77,7 @@ impl Fixture {
 
     fn receive(&mut self, conn: &mut PeerConnection, input: &[u8]) -> Received {
         let check = self.check.clone();
-        conn.receive(input, &mut self.env(), || 0, &check)
+        conn.receive(input, &mut self.env(), 0, &check)
     }
 
     fn plan(&mut self, conn: &mut PeerConnection, room: SendRoom, rate: u64) -> (SendPlan, bool) {
@@ -408,7 +408,7 @@ fn the_handshake_deadline_counts_from_the_start_not_from_the_last_byte() {
         let mut env = f.env();
         env.now = Duration::from_secs(second);
         let part = &hs[..second as usize / 5];
-        let r = conn.receive(part, &mut env, || 0, &check);
+        let r = conn.receive(part, &mut env, 0, &check);
         assert!(r.close.is_none() && r.joined.is_none());
         let (close, _) =
             conn.housekeeping(Duration::from_secs(second), Duration::ZERO, false, &config);
