@@ -21,6 +21,14 @@ use crate::display::{human_bytes, piece_ranges, HashProgress};
 use crate::setup::{raise_open_file_limit, state_dir, tracker_client_config, GOODBYE};
 
 pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
+    // Before the Session starts: its first announce can reach a tracker at
+    // once, and a SIGINT from then on must stop us cleanly (with
+    // `stopped`), not kill us.
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("cannot install signal handlers")?;
     raise_open_file_limit();
     let threads = thread_count(args.hashing.threads);
     let mut torrents = Vec::new();
@@ -101,7 +109,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
     println!("listening on {addr}{family} with {workers} {plane} workers; Ctrl-C stops");
     std::io::stdout().flush()?;
 
-    wait_for_signal(&session)?;
+    wait_for_signal(signals, &session)?;
     // Trackers hear that we leave before we stop answering peers.
     let (stats, _) = session
         .shutdown(GOODBYE)
@@ -169,10 +177,10 @@ pub fn wait_for_stop_signal() -> anyhow::Result<()> {
 
 /// Shows a live status line on a terminal (a line a minute otherwise) until
 /// SIGINT or SIGTERM.
-fn wait_for_signal(session: &Session) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .context("cannot install signal handlers")?;
+fn wait_for_signal(
+    mut signals: signal_hook::iterator::Signals,
+    session: &Session,
+) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel();
     let handle = signals.handle();
     std::thread::spawn(move || {
