@@ -371,6 +371,18 @@ pub struct TrackerArgs {
     /// Threads per protocol, each with its own socket [default: one per core].
     #[arg(long, value_name = "N", env = "RINGSEED_WORKERS")]
     pub workers: Option<NonZeroUsize>,
+    /// The HTTP event loops' backend: auto, uring or epoll (as `seed --io`).
+    #[arg(value_name = "MODE", long, default_value = "auto", env = "RINGSEED_IO")]
+    pub io: IoMode,
+    /// HTTP connections open at most; when all are taken, the oldest is
+    /// closed for the newcomer (each has 3 s for its request and reply).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = ringseed_engine::io::tracker_server::DEFAULT_MAX_HTTP_CONNECTIONS,
+        env = "RINGSEED_TRACKER_MAX_CONNECTIONS"
+    )]
+    pub max_connections: usize,
     /// Announce interval told to clients, in seconds.
     #[arg(
         long,

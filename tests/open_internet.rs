@@ -147,3 +147,103 @@ fn an_unresponsive_tracker_does_not_hold_up_the_exit() {
     let took = stopping.elapsed();
     assert!(took < Duration::from_secs(5), "seed took {took:?} to stop");
 }
+
+/// Raises this process's soft open-file limit to its hard limit, for tests
+/// that hold thousands of client sockets; returns the new soft limit.
+fn raise_own_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit on a struct we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    limit.rlim_cur
+}
+
+/// One HTTP exchange with `addr`; the whole reply.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// Regression: the HTTP tracker served one connection at a time per
+/// worker, each for up to 5 s, so 2,000 slow clients stopped it answering.
+/// Now 2,000 clients trickling their requests a byte at a time hold 2,000
+/// slots of the event loops; a real announce is answered among them, not
+/// after them, and each slow client is closed at its deadline.
+#[test]
+fn two_thousand_slow_http_clients_do_not_delay_an_announce() {
+    const SLOW: usize = 2000;
+    let limit = raise_own_open_file_limit();
+    assert!(
+        limit > SLOW as u64 + 200,
+        "this test needs {} open files; the hard limit is {limit}",
+        SLOW + 200
+    );
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut tracker = spawn_until_line(
+        ringseed().args(["tracker", "--http", &listen, "--workers", "2"]),
+        "tracker on http",
+    );
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let slow: Vec<TcpStream> = (0..SLOW)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    // Each slow client sends a byte of its request every 300 ms, as long as
+    // the server keeps it.
+    let trickling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let trickler = {
+        let trickling = std::sync::Arc::clone(&trickling);
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut slow = slow;
+            let request = b"GET /announce?info_hash=";
+            let mut sent = 0;
+            while trickling.load(std::sync::atomic::Ordering::Relaxed) {
+                for c in &mut slow {
+                    let _ = c.write(&request[sent % request.len()..][..1]);
+                }
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let announce = format!("/announce?info_hash={}&port=6881&left=0", "%22".repeat(20));
+    let asked = Instant::now();
+    let reply = http_get(addr, &announce);
+    let waited = asked.elapsed();
+    eprintln!("announce answered in {waited:?} among {SLOW} slow clients");
+    assert!(reply.contains("8:interval"), "{reply}");
+    assert!(
+        waited < ringseed_engine::io::tracker_server::REQUEST_DEADLINE,
+        "the announce waited {waited:?} behind slow clients"
+    );
+    // Past their deadline, the slow clients are closed, counted.
+    std::thread::sleep(
+        ringseed_engine::io::tracker_server::REQUEST_DEADLINE + Duration::from_secs(2),
+    );
+    let stats = http_get(addr, "/stats");
+    let timed_out: u64 = stats
+        .split("\"timed_out\":")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no timed_out in {stats}"));
+    assert_eq!(timed_out, SLOW as u64, "{stats}");
+    trickling.store(false, std::sync::atomic::Ordering::Relaxed);
+    trickler.join().unwrap();
+    // SAFETY: signalling our own child by its PID.
+    unsafe { libc::kill(tracker.id() as i32, libc::SIGTERM) };
+    assert!(tracker.wait().unwrap().success());
+}

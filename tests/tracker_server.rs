@@ -24,6 +24,7 @@ fn server() -> TrackerServer {
         workers: 2,
         whitelist: Some(HashSet::from([TRACKED])),
         interval: Duration::from_secs(60),
+        ..TrackerConfig::default()
     })
     .unwrap()
 }
@@ -261,6 +262,65 @@ fn bad_http_requests_get_an_error_status_or_failure_reason() {
         "%11".repeat(20)
     ));
     assert!(ok.contains("8:intervali60e"), "{ok}");
+}
+
+/// An announce for the tracked torrent, as a raw HTTP request.
+fn announce_request() -> Vec<u8> {
+    format!(
+        "GET /announce?info_hash={}&port=6881&left=0 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "%11".repeat(20)
+    )
+    .into_bytes()
+}
+
+/// Regression (issue 13): each HTTP worker served one connection at a time,
+/// so 20 silent clients delayed an announce by a minute. Now every slot
+/// holds one client, silent ones are closed at the request deadline, and
+/// when every slot is taken the oldest goes: with 8 slots and 40 silent
+/// clients, an announce is answered at once, and the silent ones are gone
+/// by their deadline.
+#[test]
+fn silent_http_clients_take_slots_not_the_tracker() {
+    let s = TrackerServer::start(TrackerConfig {
+        http: Some("127.0.0.1:0".parse().unwrap()),
+        workers: 1,
+        whitelist: Some(HashSet::from([TRACKED])),
+        max_http_connections: 8,
+        ..TrackerConfig::default()
+    })
+    .unwrap();
+    let addr = s.http_addr().unwrap();
+    let mut silent: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(b"GET /announce?").unwrap();
+            c
+        })
+        .collect();
+    let asked = std::time::Instant::now();
+    let reply = http_raw(addr, &announce_request());
+    let waited = asked.elapsed();
+    assert!(reply.contains("8:interval"), "{reply}");
+    // Answered before any silent client reached its deadline: it did not
+    // wait for them.
+    assert!(
+        waited < ringseed_engine::io::tracker_server::REQUEST_DEADLINE,
+        "the announce waited {waited:?}"
+    );
+    // At least the 32 beyond the 8 slots were closed to make room; by the
+    // deadline, all of them are.
+    assert!(s.counters().timed_out.load(Relaxed) >= 32);
+    for c in &mut silent {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut rest = Vec::new();
+        // Closed by the server, unanswered: end of stream or a reset.
+        match c.read_to_end(&mut rest) {
+            Ok(_) => assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest)),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+    assert_eq!(s.counters().timed_out.load(Relaxed), 40);
+    assert_eq!(s.counters().announces.load(Relaxed), 1);
 }
 
 /// A leecher that only the tracker knows about (it never connects to the

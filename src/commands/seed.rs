@@ -101,6 +101,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
             udp: Some(addr),
             http: Some(addr),
             whitelist: Some(torrents.iter().map(|t| t.metainfo.info_hash).collect()),
+            io: args.plane.io,
             ..TrackerConfig::default()
         })?),
         None => None,

@@ -10,6 +10,7 @@ use ringseed_engine::InfoHash;
 use crate::cli::{Exit, TrackerArgs};
 
 pub fn run(args: TrackerArgs) -> anyhow::Result<Exit> {
+    crate::setup::raise_open_file_limit();
     if args.udp.is_none() && args.http.is_none() {
         bail!("nothing to serve: give --udp ADDR:PORT and/or --http ADDR:PORT");
     }
@@ -25,17 +26,20 @@ pub fn run(args: TrackerArgs) -> anyhow::Result<Exit> {
             .map_or_else(|| TrackerConfig::default().workers, |n| n.get()),
         whitelist,
         interval: Duration::from_secs(args.interval.max(1)),
+        io: args.io,
+        max_http_connections: args.max_connections.max(1),
     };
     let server = start(config)?;
     super::seed::wait_for_stop_signal()?;
     let c = server.counters();
     use std::sync::atomic::Ordering::Relaxed;
     println!(
-        "stopped: {} announces, {} scrapes, {} refused, {} malformed",
+        "stopped: {} announces, {} scrapes, {} refused, {} malformed, {} timed out",
         c.announces.load(Relaxed),
         c.scrapes.load(Relaxed),
         c.refused.load(Relaxed),
-        c.malformed.load(Relaxed)
+        c.malformed.load(Relaxed),
+        c.timed_out.load(Relaxed)
     );
     Ok(Exit::Success)
 }

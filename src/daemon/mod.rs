@@ -124,6 +124,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
             let server = TrackerServer::start(TrackerConfig {
                 udp: Some(addr),
                 http: Some(addr),
+                io: config.io_mode().unwrap_or_default(),
                 ..TrackerConfig::default()
             })
             .with_context(|| format!("cannot start the tracker on {addr}"))?;

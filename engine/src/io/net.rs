@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::OwnedFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -43,6 +44,12 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
         },
         IpAddr::V4(_) => addr,
     }
+}
+
+/// The canonical address of the peer of a connected socket.
+pub fn peer_addr(fd: &OwnedFd) -> Option<SocketAddr> {
+    let addr = socket2::SockRef::from(fd).peer_addr().ok()?.as_socket()?;
+    Some(canonical(addr))
 }
 
 #[cfg(test)]

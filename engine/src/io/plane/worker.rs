@@ -48,7 +48,7 @@ use slab::Slab;
 use super::conn::{Conn, Transport};
 use super::peer::{CloseReason, Env, LeechNews, PeerConnection, SendRoom, Tally};
 use super::{Backend, Completion, Op, UserData};
-use crate::io::net::canonical;
+use crate::io::net::peer_addr;
 use crate::io::plane::shared::{
     CheckJob, MetadataFetch, PlaneConfig, Refusal, Shared, WorkerMessage,
 };
@@ -1364,11 +1364,6 @@ impl<B: Backend> Drop for Worker<B> {
             std::mem::forget(std::mem::take(&mut self.writes));
         }
     }
-}
-
-fn peer_addr(fd: &OwnedFd) -> Option<SocketAddr> {
-    let addr = socket2::SockRef::from(fd).peer_addr().ok()?.as_socket()?;
-    Some(canonical(addr))
 }
 
 /// The key of connection `key` of worker `worker` in the shared picker.

@@ -7,32 +7,37 @@
 //! current minute, so a spoofed source (which never sees our reply) cannot
 //! forge one and the server keeps no per-client state; an id stays valid
 //! for two minutes, from any port of that address (NATs change ports).
+//!
+//! HTTP is served by an event loop per worker (see [`http`]), so slow or
+//! silent clients hold connection slots, not threads.
+
+mod http;
+
+pub use http::REQUEST_DEADLINE;
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use percent_encoding::percent_decode_str;
 use socket2::{Socket, Type};
 
 use crate::io::net::{canonical, reuseport_socket};
-
+use crate::io::plane::{self, IoMode};
 use crate::policy::swarm::{PeerRequest, SwarmTable, DEFAULT_NUMWANT};
-use crate::proto::bencode::OwnedValue;
 use crate::proto::info_hash::InfoHash;
-use crate::proto::tracker::{write_compact_peers, Event, ScrapeStats, UdpReply, UdpRequest};
+use crate::proto::tracker::{UdpReply, UdpRequest};
 
-/// Largest HTTP request we read.
-const MAX_HTTP_REQUEST: usize = 8192;
-/// Time a client has to send its whole HTTP request.
-const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Swarms tracked at most (over all shards): bounds memory whatever
 /// clients announce.
 const MAX_SWARMS: usize = 1_000_000;
+
+/// Default bound on open HTTP connections: far above what announces need
+/// (each is open for a round trip), well below a raised descriptor limit.
+pub const DEFAULT_MAX_HTTP_CONNECTIONS: usize = 4096;
 
 /// Settings of the tracker.
 #[derive(Debug, Clone)]
@@ -47,6 +52,11 @@ pub struct TrackerConfig {
     pub whitelist: Option<HashSet<InfoHash>>,
     /// Announce interval told to clients.
     pub interval: Duration,
+    /// The HTTP event loops' backend (as the data plane's `--io`).
+    pub io: IoMode,
+    /// HTTP connections open at most (over all workers); when full, the
+    /// oldest goes.
+    pub max_http_connections: usize,
 }
 
 impl Default for TrackerConfig {
@@ -57,6 +67,8 @@ impl Default for TrackerConfig {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             whitelist: None,
             interval: Duration::from_secs(1800),
+            io: IoMode::Auto,
+            max_http_connections: DEFAULT_MAX_HTTP_CONNECTIONS,
         }
     }
 }
@@ -74,6 +86,9 @@ pub struct TrackerCounters {
     pub refused: AtomicU64,
     /// Requests that did not parse (dropped or answered with an error).
     pub malformed: AtomicU64,
+    /// HTTP connections closed unanswered: past their deadline, or the
+    /// oldest when every slot was taken.
+    pub timed_out: AtomicU64,
 }
 
 struct State {
@@ -153,13 +168,21 @@ impl TrackerServer {
             None => None,
         };
         let http_addr = match config.http {
-            Some(addr) => Some(spawn_workers(
-                addr,
-                Type::STREAM,
-                workers,
-                &state,
-                |socket, state| http_loop(&socket.into(), &state),
-            )?),
+            Some(addr) => {
+                let (kind, why) = plane::choose(config.io)
+                    .map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e.0))?;
+                if let Some(why) = why {
+                    tracing::debug!("HTTP tracker on epoll: {}", why.0);
+                }
+                let cap = config.max_http_connections.div_ceil(workers);
+                Some(spawn_workers(
+                    addr,
+                    Type::STREAM,
+                    workers,
+                    &state,
+                    move |socket, state| http::serve(kind, socket.into(), state, cap),
+                )?)
+            }
             None => None,
         };
         let expiring = Arc::clone(&state);
@@ -206,7 +229,7 @@ fn spawn_workers(
     kind: Type,
     workers: usize,
     state: &Arc<State>,
-    serve: fn(Socket, Arc<State>),
+    serve: impl Fn(Socket, Arc<State>) + Clone + Send + 'static,
 ) -> io::Result<SocketAddr> {
     let protocol = if kind == Type::DGRAM { "udp" } else { "http" };
     for i in 0..workers {
@@ -216,7 +239,7 @@ fn spawn_workers(
         }
         // Worker 0 picks the port (if 0) that the others share.
         addr = socket.local_addr()?.as_socket().unwrap_or(addr);
-        let state = Arc::clone(state);
+        let (state, serve) = (Arc::clone(state), serve.clone());
         std::thread::Builder::new()
             .name(format!("ringseed-{protocol}-tracker-{i}"))
             .spawn(move || serve(socket, state))?;
@@ -333,212 +356,4 @@ fn udp_answer(packet: &[u8], from: SocketAddr, state: &State) -> Option<UdpReply
             })
         }
     }
-}
-
-fn http_loop(listener: &TcpListener, state: &State) {
-    for stream in listener.incoming() {
-        match stream {
-            Ok(stream) => {
-                let _ = serve_http(stream, state);
-            }
-            // Out of descriptors or memory: back off instead of spinning.
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
-fn serve_http(mut stream: TcpStream, state: &State) -> io::Result<()> {
-    let deadline = Instant::now() + HTTP_READ_TIMEOUT;
-    stream.set_write_timeout(Some(HTTP_READ_TIMEOUT))?;
-    let from = canonical(stream.peer_addr()?);
-    let mut buf = vec![0u8; MAX_HTTP_REQUEST];
-    let mut len = 0;
-    let path = loop {
-        if len == buf.len() {
-            state.counters.malformed.fetch_add(1, Ordering::Relaxed);
-            return respond(&mut stream, "431 Request Header Fields Too Large", b"");
-        }
-        // One deadline for the whole request, not per read: a client that
-        // trickles bytes cannot hold the worker longer than that.
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(());
-        }
-        stream.set_read_timeout(Some(left))?;
-        let n = stream.read(&mut buf[len..])?;
-        if n == 0 {
-            return Ok(());
-        }
-        len += n;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => break request.path.unwrap_or("/").to_owned(),
-            Ok(httparse::Status::Partial) => continue,
-            Err(_) => {
-                state.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                return respond(&mut stream, "400 Bad Request", b"");
-            }
-        }
-    };
-    let (route, query) = path.split_once('?').unwrap_or((&path, ""));
-    let body = match route {
-        "/announce" => http_announce(query, from, state),
-        "/scrape" => http_scrape(query, state),
-        "/stats" => {
-            let c = &state.counters;
-            let (swarms, peers) = state.shards.iter().fold((0, 0), |(s, p), shard| {
-                let (s2, p2) = shard.lock().unwrap_or_else(|e| e.into_inner()).size();
-                (s + s2, p + p2)
-            });
-            let json = format!(
-                "{{\"announces\":{},\"scrapes\":{},\"connects\":{},\"refused\":{},\"malformed\":{},\"swarms\":{swarms},\"peers\":{peers}}}\n",
-                c.announces.load(Ordering::Relaxed),
-                c.scrapes.load(Ordering::Relaxed),
-                c.connects.load(Ordering::Relaxed),
-                c.refused.load(Ordering::Relaxed),
-                c.malformed.load(Ordering::Relaxed),
-            );
-            return respond(&mut stream, "200 OK", json.as_bytes());
-        }
-        _ => return respond(&mut stream, "404 Not Found", b""),
-    };
-    respond(&mut stream, "200 OK", &body)
-}
-
-fn respond(stream: &mut TcpStream, status: &str, body: &[u8]) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)
-}
-
-/// The query parameters, percent-decoded to bytes; repeated keys kept.
-fn query_params(query: &str) -> Vec<(&str, Vec<u8>)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k, percent_decode_str(v).collect())
-        })
-        .collect()
-}
-
-fn failure(reason: &str) -> Vec<u8> {
-    let mut d = OwnedValue::dict();
-    d.insert("failure reason", OwnedValue::bytes(reason));
-    d.to_bytes()
-}
-
-fn http_announce(query: &str, from: SocketAddr, state: &State) -> Vec<u8> {
-    let params = query_params(query);
-    let get = |k: &str| {
-        params
-            .iter()
-            .find(|(key, _)| *key == k)
-            .map(|(_, v)| v.as_slice())
-    };
-    let number = |k: &str| -> Option<u64> { std::str::from_utf8(get(k)?).ok()?.parse().ok() };
-    let info_hash = get("info_hash").and_then(|v| <[u8; 20]>::try_from(v).ok());
-    let (Some(info_hash), Some(port), Some(left)) = (info_hash, number("port"), number("left"))
-    else {
-        state.counters.malformed.fetch_add(1, Ordering::Relaxed);
-        return failure("missing or malformed info_hash, port or left");
-    };
-    let Ok(port) = u16::try_from(port) else {
-        state.counters.malformed.fetch_add(1, Ordering::Relaxed);
-        return failure("port out of range");
-    };
-    let info_hash = InfoHash(info_hash);
-    if !state.tracked(&info_hash) {
-        state.counters.refused.fetch_add(1, Ordering::Relaxed);
-        return failure("torrent not tracked here");
-    }
-    let event = match get("event") {
-        Some(b"started") => Event::Started,
-        Some(b"completed") => Event::Completed,
-        Some(b"stopped") => Event::Stopped,
-        _ => Event::None,
-    };
-    state.counters.announces.fetch_add(1, Ordering::Relaxed);
-    let peer = SocketAddr::new(from.ip(), port);
-    let outcome = state.shard(&info_hash).announce(
-        info_hash,
-        peer,
-        event,
-        left,
-        PeerRequest {
-            numwant: number("numwant").map(|n| n as usize),
-            ipv6: None,
-            start: state.random_start(from),
-        },
-        state.now(),
-    );
-    let mut reply = OwnedValue::dict();
-    reply.insert("interval", OwnedValue::Int(state.interval.as_secs() as i64));
-    reply.insert(
-        "min interval",
-        OwnedValue::Int((state.interval.as_secs() / 2) as i64),
-    );
-    reply.insert("complete", OwnedValue::Int(i64::from(outcome.complete)));
-    reply.insert("incomplete", OwnedValue::Int(i64::from(outcome.incomplete)));
-    if get("compact") == Some(b"0") {
-        let list = outcome
-            .peers
-            .iter()
-            .map(|p| {
-                let mut d = OwnedValue::dict();
-                d.insert("ip", OwnedValue::bytes(p.ip().to_string()));
-                d.insert("port", OwnedValue::Int(i64::from(p.port())));
-                d
-            })
-            .collect();
-        reply.insert("peers", OwnedValue::List(list));
-    } else {
-        let (mut v4, mut v6) = (Vec::new(), Vec::new());
-        write_compact_peers(&outcome.peers, &mut v4, &mut v6);
-        reply.insert("peers", OwnedValue::Bytes(v4));
-        if !v6.is_empty() {
-            reply.insert("peers6", OwnedValue::Bytes(v6));
-        }
-    }
-    reply.to_bytes()
-}
-
-fn http_scrape(query: &str, state: &State) -> Vec<u8> {
-    let mut files = OwnedValue::dict();
-    let mut count = 0;
-    for (key, value) in query_params(query) {
-        if key != "info_hash" {
-            continue;
-        }
-        let Ok(hash) = <[u8; 20]>::try_from(value.as_slice()) else {
-            state.counters.malformed.fetch_add(1, Ordering::Relaxed);
-            return failure("malformed info_hash");
-        };
-        let h = InfoHash(hash);
-        let ScrapeStats {
-            complete,
-            downloaded,
-            incomplete,
-        } = state.shard(&h).scrape(&h);
-        let mut d = OwnedValue::dict();
-        d.insert("complete", OwnedValue::Int(i64::from(complete)));
-        d.insert("downloaded", OwnedValue::Int(i64::from(downloaded)));
-        d.insert("incomplete", OwnedValue::Int(i64::from(incomplete)));
-        if let OwnedValue::Dict(entries) = &mut files {
-            entries.insert(hash.to_vec(), d);
-        }
-        count += 1;
-        if count == 100 {
-            break;
-        }
-    }
-    state.counters.scrapes.fetch_add(1, Ordering::Relaxed);
-    let mut reply = OwnedValue::dict();
-    reply.insert("files", files);
-    reply.to_bytes()
 }
