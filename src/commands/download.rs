@@ -208,9 +208,13 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
 fn print_summary(p: &ringseed_engine::io::plane::control::DownloadProgress) {
     let banned: Vec<String> = p.banned.iter().map(|ip| ip.to_string()).collect();
     println!(
-        "summary: received={} wasted={} hash_failures={} pieces_verified={} banned={}",
+        "summary: received={} wasted={} wasted_hash_failed={} wasted_discarded={} \
+         wasted_duplicate={} hash_failures={} pieces_verified={} banned={}",
         p.counters.bytes_received,
-        p.counters.bytes_wasted,
+        p.counters.wasted(),
+        p.counters.bytes_hash_failed,
+        p.counters.bytes_discarded,
+        p.counters.bytes_duplicate,
         p.counters.hash_failures,
         p.counters.pieces_verified,
         if banned.is_empty() {

@@ -735,6 +735,39 @@ pub fn lying_seed(torrent: &Path, data: &Path, addr: &str, extra: &[&str]) -> st
     )
 }
 
+/// Like [`lying_seed`], its stdout (ending with `served N corrupt M` once
+/// it is sent SIGTERM) going to the file `report`.
+pub fn lying_seed_reporting(
+    torrent: &Path,
+    data: &Path,
+    addr: &str,
+    report: &Path,
+) -> std::process::Child {
+    require_program("python3", "python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lying_seed.py");
+    let child = Command::new("python3")
+        .arg(script)
+        .arg(torrent)
+        .arg(data)
+        .args(["--listen", addr])
+        .stdout(std::fs::File::create(report).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start lying_seed.py");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(report)
+        .unwrap_or_default()
+        .contains("ready")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lying_seed.py on {addr} never got ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}
+
 /// Polls the tracker's scrape (with ringseed's own client) until it counts
 /// one seed: the readiness signal that a seeder's announce went through.
 pub fn wait_until_seeded(

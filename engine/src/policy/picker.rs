@@ -60,6 +60,10 @@ struct Partial {
     received: u32,
     /// The peer that started the piece (affinity).
     owner: PeerKey,
+    /// Only the owner may fetch its blocks, so that a bad copy has one
+    /// sender and names it: a piece that failed before, or one fetched from
+    /// a peer still on probation. Lifted when the owner lets a block go.
+    exclusive: bool,
 }
 
 /// What became of an arriving block.
@@ -94,6 +98,8 @@ pub struct Picker {
     partial: BTreeMap<u32, Partial>,
     /// Pieces verified since the start (for random-first).
     verified_here: u32,
+    /// Pieces that failed their hash check: fetched again from one peer.
+    failed: Bitfield,
 }
 
 impl Picker {
@@ -117,6 +123,7 @@ impl Picker {
             availability: vec![0; num_pieces as usize],
             partial: BTreeMap::new(),
             verified_here: have.count(),
+            failed: Bitfield::new(num_pieces),
             have,
             wanted,
         }
@@ -259,16 +266,16 @@ impl Picker {
             let Some(piece) = self.choose_new(has, random) else {
                 break;
             };
-            self.start(piece, peer);
+            self.start(piece, peer, false);
             self.take_free(peer, has, max, &mut out, |p| p.owner == peer);
         }
-        // 3. Pieces others started.
-        self.take_free(peer, has, max, &mut out, |_| true);
+        // 3. Pieces others started (and share).
+        self.take_free(peer, has, max, &mut out, |p| !p.exclusive);
         // 4. Still room and nothing new: too many partials, or endgame.
         if out.len() < max {
             if let Some(piece) = self.choose_new(has, random) {
-                self.start(piece, peer);
-                self.take_free(peer, has, max, &mut out, |_| true);
+                self.start(piece, peer, false);
+                self.take_free(peer, has, max, &mut out, |p| p.owner == peer);
             } else if self.in_endgame() {
                 self.take_endgame(peer, has, max, &mut out);
             }
@@ -282,10 +289,33 @@ impl Picker {
     pub fn pick_started(&mut self, peer: PeerKey, has: &Bitfield, max: usize) -> Vec<BlockRequest> {
         let mut out = Vec::new();
         self.take_free(peer, has, max, &mut out, |p| p.owner == peer);
-        self.take_free(peer, has, max, &mut out, |_| true);
+        self.take_free(peer, has, max, &mut out, |p| !p.exclusive);
         if out.len() < max && self.in_endgame() {
             self.take_endgame(peer, has, max, &mut out);
         }
+        out
+    }
+
+    /// Picks for a peer on probation (none of its data verified yet): the
+    /// rest of the one piece it owns, or else one new piece for it alone,
+    /// unless `may_start` is false (a piece of its is being checked). A
+    /// liar then costs one piece, and its first bad piece names it.
+    pub fn pick_on_probation(
+        &mut self,
+        peer: PeerKey,
+        has: &Bitfield,
+        max: usize,
+        may_start: bool,
+        random: &mut dyn FnMut(usize) -> usize,
+    ) -> Vec<BlockRequest> {
+        let mut out = Vec::new();
+        let owns_one = self.partial.values().any(|p| p.owner == peer);
+        if !owns_one && may_start && self.partial.len() < self.config.max_partial {
+            if let Some(piece) = self.choose_new(has, random) {
+                self.start(piece, peer, true);
+            }
+        }
+        self.take_free(peer, has, max, &mut out, |p| p.owner == peer);
         out
     }
 
@@ -336,7 +366,7 @@ impl Picker {
                     break;
                 }
                 if let Block::Requested(peers) = block {
-                    if peers.len() < limit && !peers.contains(&peer) {
+                    if peers.len() < limit && !peers.contains(&peer) && !partial.exclusive {
                         peers.push(peer);
                         taken.push((piece, index as u32));
                     }
@@ -386,7 +416,7 @@ impl Picker {
         best
     }
 
-    fn start(&mut self, piece: u32, owner: PeerKey) {
+    fn start(&mut self, piece: u32, owner: PeerKey, exclusive: bool) {
         let blocks = vec![Block::Free; self.blocks_in(piece) as usize];
         self.partial.insert(
             piece,
@@ -394,6 +424,7 @@ impl Picker {
                 blocks,
                 received: 0,
                 owner,
+                exclusive: exclusive || self.failed.get(piece),
             },
         );
         self.busy.set(piece);
@@ -447,6 +478,10 @@ impl Picker {
         let Some(partial) = self.partial.get_mut(&req.piece) else {
             return;
         };
+        if partial.owner == peer {
+            // Its owner will not finish it: anyone may.
+            partial.exclusive = false;
+        }
         if let Some(block) = partial.blocks.get_mut((req.offset / BLOCK_LEN) as usize) {
             if let Block::Requested(peers) = block {
                 peers.retain(|&p| p != peer);
@@ -470,6 +505,13 @@ impl Picker {
     /// The piece failed its hash check (or could not be written): fetch it
     /// again from scratch.
     pub fn piece_failed(&mut self, piece: u32) {
+        self.failed.set(piece);
+        self.reset(piece);
+    }
+
+    /// Forgets what arrived of `piece` (its data is being thrown away) and
+    /// fetches it again from scratch.
+    pub fn reset(&mut self, piece: u32) {
         self.partial.remove(&piece);
         self.busy.clear(piece);
     }

@@ -450,7 +450,7 @@ impl PeerConnection {
             let _ = check.send(job);
         }
         if out.close.is_none() && session.is_leeching() {
-            request_more(torrent, session, peer, now, env.rng);
+            request_more(torrent, session, peer, ip, now, env.rng);
         }
         // The next frame's length, once its prefix is in: `decode` accepted
         // that prefix, so it is within `max_frame`.
@@ -738,7 +738,7 @@ impl PeerConnection {
         if news.banned.contains(&self.addr.ip()) {
             return Some(CloseReason::Banned);
         }
-        let peer = self.key;
+        let (peer, ip) = (self.key, self.addr.ip());
         let Phase::Active { session, torrent } = &mut self.phase else {
             return None;
         };
@@ -775,7 +775,7 @@ impl PeerConnection {
                 session.cancel(req);
             }
         }
-        request_more(torrent, session, peer, now, rng);
+        request_more(torrent, session, peer, ip, now, rng);
         None
     }
 
@@ -953,23 +953,18 @@ fn request_more(
     torrent: &Torrent,
     session: &mut PeerSession,
     peer: PeerKey,
+    ip: IpAddr,
     now: Duration,
     rng: &mut u64,
 ) {
     let Some((room, pieces)) = session.request_room() else {
         return;
     };
-    let reqs = match torrent.download() {
-        // The disk is behind: finish the pieces started (which frees their
-        // buffers), start none.
-        Some(mut download) if download.over_memory_budget() => {
-            download.picker.pick_started(peer, &pieces, room)
-        }
-        Some(mut download) => download
-            .picker
-            .pick(peer, &pieces, room, &mut |n| next_below(rng, n)),
-        None => return,
+    let Some(mut download) = torrent.download() else {
+        return;
     };
+    let reqs = download.pick(peer, ip, &pieces, room, &mut |n| next_below(rng, n));
+    drop(download);
     if !reqs.is_empty() {
         session.request(&reqs, now);
     }
