@@ -7,7 +7,9 @@
 SOURCE is a .torrent file or a magnet link. Peers are added with
 connect_peer; the tracker in the torrent, if any, is used too. On success it
 prints one line: `done <total_bytes> <seconds> <download_bytes_per_second>`
-and exits 0; it exits 1 with a reason on timeout or error. DHT, LSD, UPnP,
+then `waste <failed_bytes> <redundant_bytes> <banned_peers>` (bytes of
+pieces that failed their hash check, bytes received twice or unasked, and
+peers it banned for bad data) and exits 0; it exits 1 with a reason on timeout or error. DHT, LSD, UPnP,
 NAT-PMP and uTP are off; it listens on --bind (a loopback address) only.
 """
 import argparse
@@ -28,7 +30,14 @@ def main():
     ap.add_argument("--timeout", type=float, default=300.0)
     args = ap.parse_args()
 
-    ses = loopback_session(f"{args.bind}:0", announce_to_all_trackers=True)
+    ses = loopback_session(
+        f"{args.bind}:0",
+        announce_to_all_trackers=True,
+        # Bans are peer notifications.
+        alert_mask=lt.alert.category_t.error_notification
+        | lt.alert.category_t.status_notification
+        | lt.alert.category_t.peer_notification,
+    )
     if args.source.startswith("magnet:"):
         params = lt.parse_magnet_uri(args.source)
     else:
@@ -44,6 +53,7 @@ def main():
     started = time.monotonic()
     deadline = started + args.timeout
     next_connect = 0.0
+    banned = 0
     while True:
         now = time.monotonic()
         status = handle.status()
@@ -54,7 +64,8 @@ def main():
         if now > deadline:
             sys.exit(
                 f"timeout: state {status.state}, {status.progress * 100:.1f}% done, "
-                f"{status.num_peers} peers"
+                f"{status.num_peers} peers, {banned} banned, "
+                f"{status.total_failed_bytes} bytes failed their hash check"
             )
         # (Re)connect to the given peers while not connected to them.
         if now >= next_connect and status.num_peers < len(peers):
@@ -65,9 +76,13 @@ def main():
         for alert in ses.pop_alerts():
             if isinstance(alert, lt.torrent_error_alert):
                 sys.exit(f"libtorrent error: {alert.message()}")
+            if isinstance(alert, lt.peer_ban_alert):
+                banned += 1
     elapsed = time.monotonic() - started
     total = handle.torrent_file().total_size()
     print(f"done {total} {elapsed:.3f} {total / elapsed:.0f}", flush=True)
+    final = handle.status()
+    print(f"waste {final.total_failed_bytes} {final.total_redundant_bytes} {banned}", flush=True)
 
 
 if __name__ == "__main__":
