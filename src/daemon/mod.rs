@@ -1168,6 +1168,7 @@ impl Daemon {
                     size: t.map(|t| t.metainfo.total_length()),
                     progress,
                     reason,
+                    warning: t.and_then(|t| t.warning()),
                     magnet: t.map(|t| MagnetLink::from_metainfo(&t.metainfo).to_string()),
                     figures: t
                         .and_then(|t| by_hash.get(&t.metainfo.info_hash))

@@ -64,6 +64,10 @@ pub struct TorrentStatus {
     pub progress: Option<f64>,
     /// Why it waits or failed.
     pub reason: Option<String>,
+    /// What is worth attention short of failing (a seeded file renamed over
+    /// or deleted: the old data is still served until it is re-added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     /// The magnet link, once known.
     pub magnet: Option<String>,
     /// Its counters.

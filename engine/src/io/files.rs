@@ -7,6 +7,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::io::file_pool::{self, Access, FilePool};
 
 use crate::proto::layout::Layout;
 use crate::proto::metainfo::Info;
@@ -89,18 +92,31 @@ pub enum FileProblem {
     Unreadable(String),
 }
 
-/// The torrent's files opened for reading.
+/// The torrent's files, read with positioned reads. Files are opened from
+/// the process's [`FilePool`] as pieces need them, so a torrent of 100,000
+/// files is hashed with a few descriptors.
 pub struct PieceReader<'l> {
     layout: &'l Layout,
-    files: Vec<Option<File>>,
+    /// The path of each usable file; `None` for pad, empty, missing or
+    /// unreadable ones.
+    paths: Vec<Option<PathBuf>>,
+    /// Its key in the pool.
+    owner: u64,
     problems: Vec<(usize, FileProblem)>,
 }
 
+impl Drop for PieceReader<'_> {
+    fn drop(&mut self) {
+        FilePool::global().forget_owner(self.owner);
+    }
+}
+
 impl<'l> PieceReader<'l> {
-    /// Opens every non-pad file; files that cannot be used are recorded as
-    /// problems and the pieces that need them will fail to read.
+    /// Looks at every non-pad file (its size); files that cannot be used
+    /// are recorded as problems and the pieces that need them will fail to
+    /// read.
     pub fn open(layout: &'l Layout, paths: &DataPaths) -> Self {
-        let mut files = Vec::with_capacity(paths.files.len());
+        let mut usable = Vec::with_capacity(paths.files.len());
         let mut problems = Vec::new();
         for (index, path) in paths.files.iter().enumerate() {
             let expected = {
@@ -108,32 +124,55 @@ impl<'l> PieceReader<'l> {
                 r.end - r.start
             };
             if layout.is_pad(index) || expected == 0 {
-                files.push(None);
+                usable.push(None);
                 continue;
             }
-            match File::open(path).and_then(|f| Ok((f.metadata()?.len(), f))) {
-                Ok((actual, file)) => {
-                    if actual != expected {
-                        problems.push((index, FileProblem::WrongSize { expected, actual }));
+            match std::fs::metadata(path) {
+                Ok(m) if m.is_file() => {
+                    if m.len() != expected {
+                        problems.push((
+                            index,
+                            FileProblem::WrongSize {
+                                expected,
+                                actual: m.len(),
+                            },
+                        ));
                     }
-                    advise_sequential(&file);
-                    files.push(Some(file));
+                    usable.push(Some(path.clone()));
+                }
+                Ok(_) => {
+                    problems.push((index, FileProblem::Unreadable("not a file".into())));
+                    usable.push(None);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     problems.push((index, FileProblem::Missing));
-                    files.push(None);
+                    usable.push(None);
                 }
                 Err(e) => {
                     problems.push((index, FileProblem::Unreadable(e.to_string())));
-                    files.push(None);
+                    usable.push(None);
                 }
             }
         }
         PieceReader {
             layout,
-            files,
+            paths: usable,
+            owner: file_pool::owner_id(),
             problems,
         }
+    }
+
+    /// File `index`, open (from the pool).
+    fn file(&self, index: usize) -> io::Result<Arc<File>> {
+        let path = self.paths[index].as_ref().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("file {index} is unavailable"),
+            )
+        })?;
+        FilePool::global()
+            .get((self.owner, index as u32), path, Access::Read, None)
+            .map_err(io::Error::other)
     }
 
     /// Problems found when opening, by file index.
@@ -156,20 +195,18 @@ impl<'l> PieceReader<'l> {
     ) -> io::Result<()> {
         assert!(!scratch.is_empty(), "scratch buffer must not be empty");
         for seg in self.layout.segments(self.layout.piece_range(index)) {
+            let file = if seg.pad {
+                None
+            } else {
+                Some(self.file(seg.file)?)
+            };
             let mut done = 0u64;
             while done < seg.len {
                 let n = (seg.len - done).min(scratch.len() as u64) as usize;
                 let chunk = &mut scratch[..n];
-                if seg.pad {
-                    chunk.fill(0);
-                } else {
-                    let file = self.files[seg.file].as_ref().ok_or_else(|| {
-                        io::Error::new(
-                            io::ErrorKind::NotFound,
-                            format!("file {} is unavailable", seg.file),
-                        )
-                    })?;
-                    file.read_exact_at(chunk, seg.file_offset + done)?;
+                match &file {
+                    None => chunk.fill(0),
+                    Some(file) => file.read_exact_at(chunk, seg.file_offset + done)?,
                 }
                 sink(chunk);
                 done += n as u64;
@@ -182,7 +219,10 @@ impl<'l> PieceReader<'l> {
     /// background, so the read that follows finds it in the page cache.
     pub fn prefetch(&self, range: std::ops::Range<u64>) {
         for seg in self.layout.segments(range) {
-            if let Some(file) = &self.files[seg.file] {
+            if seg.pad {
+                continue;
+            }
+            if let Ok(file) = self.file(seg.file) {
                 // SAFETY: plain syscall on an fd we own; it reads no memory of ours.
                 unsafe {
                     libc::posix_fadvise(
@@ -194,13 +234,5 @@ impl<'l> PieceReader<'l> {
                 }
             }
         }
-    }
-}
-
-fn advise_sequential(file: &File) {
-    // SAFETY: plain syscall on an fd we own; it reads no memory of ours.
-    // Failure only loses a hint, so the result is ignored.
-    unsafe {
-        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
     }
 }

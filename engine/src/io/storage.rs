@@ -13,16 +13,31 @@
 //! turns into "torrent errored". Hashing reads files with `pread`, never
 //! through a mapping. The mappings are `MmapRaw`, which offers raw pointers
 //! only, so no `&[u8]` over them can be made by accident.
+//!
+//! # No descriptor per file
+//!
+//! A file's descriptor is closed once it is mapped (the mapping keeps the
+//! inode alive), so seeding holds none. What needs one (writing a verified
+//! piece, reading a block that is copied into a buffer, `fdatasync`) takes
+//! it from the process's [`FilePool`], reopening by path and checking that
+//! the path still names the inode that was mapped. Files smaller than a
+//! block, and files beyond the process's mapping budget (half of
+//! `vm.max_map_count`), are not mapped: their blocks are copied with
+//! positioned reads. A file renamed over or deleted while seeding is
+//! reported once; its blocks go on being sent from the old inode's mapping.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Range;
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use memmap2::{MmapOptions, MmapRaw};
 
+use crate::io::file_pool::{self, Access, FilePool, Identity, PoolError};
 use crate::io::files::DataPaths;
 use crate::policy::bitfield::Bitfield;
 use crate::policy::download::{Download, DownloadConfig};
@@ -37,6 +52,42 @@ static ZEROS: [u8; MAX_REQUEST_LEN as usize] = [0; MAX_REQUEST_LEN as usize];
 
 /// Most bytes read ahead for one cold block (within its piece).
 pub const PREFETCH_MAX: u32 = 1 << 20;
+
+/// Files smaller than this are read, not mapped: a mapping costs a VMA and
+/// a page-table walk for less than one block.
+const MAP_AT_LEAST: u64 = 16 << 10;
+
+/// Mappings this process makes at most: half of `vm.max_map_count` (the
+/// rest is for the allocator, libraries and threads' stacks).
+fn mapping_budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(65530)
+            / 2
+    })
+}
+
+/// Mappings of data files alive now.
+static MAPPINGS: AtomicUsize = AtomicUsize::new(0);
+
+/// One part of a piece or block in one file, for a positioned read or
+/// write: which file, where in it, where in the piece or block, how many
+/// bytes. Its descriptor is taken ([`Torrent::segment_file`]) only when
+/// its op is submitted, so a piece spanning 1,000 files never holds 1,000.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSegment {
+    /// The file's index in the torrent.
+    pub file: usize,
+    /// Offset in the file.
+    pub file_offset: u64,
+    /// Offset in the piece or block.
+    pub at: usize,
+    /// Bytes.
+    pub len: usize,
+}
 
 /// Why a torrent's data could not be opened for seeding.
 #[derive(Debug, thiserror::Error)]
@@ -79,30 +130,69 @@ pub enum StorageError {
     },
 }
 
-struct MappedFile {
-    path: std::path::PathBuf,
-    file: File,
-    map: MmapRaw,
+/// One file of a torrent: its path, the inode it was when opened, and its
+/// mapping (none for small files or past the mapping budget).
+struct DataFile {
+    path: PathBuf,
+    identity: Identity,
+    map: Option<MmapRaw>,
     len: u64,
+    /// Written since the last `sync_data`.
+    dirty: AtomicBool,
+    /// Found renamed over or deleted (reported once).
+    gone: AtomicBool,
 }
 
-impl MappedFile {
-    /// Maps the first `len` bytes of `file` read-only.
-    fn map(path: &std::path::Path, file: File, len: u64) -> io::Result<Self> {
-        let map = MmapOptions::new()
-            .len(len as usize)
-            .map_raw_read_only(&file)?;
-        // Seeding reads are random: the kernel's fault readahead would read
-        // up to 32x what is asked (the libtorrent 2.0 trap). We prefetch
-        // exactly the blocks we send instead (`prefetch`). A failed hint
-        // costs only performance.
-        let _ = map.advise(memmap2::Advice::Random);
-        Ok(MappedFile {
+impl DataFile {
+    /// Takes the identity of `file` and maps its first `len` bytes
+    /// read-only if it is large enough and the budget allows; the
+    /// descriptor is closed when `file` is dropped.
+    fn open(path: &std::path::Path, file: File, len: u64) -> io::Result<Self> {
+        let identity = Identity::of(&file)?;
+        let budget = mapping_budget();
+        let map = if len >= MAP_AT_LEAST
+            && MAPPINGS
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < budget).then_some(n + 1)
+                })
+                .is_ok()
+        {
+            match MmapOptions::new()
+                .len(len as usize)
+                .map_raw_read_only(&file)
+            {
+                Ok(map) => {
+                    // Seeding reads are random: the kernel's fault readahead
+                    // would read up to 32x what is asked (the libtorrent 2.0
+                    // trap). We prefetch exactly the blocks we send instead
+                    // (`prefetch`). A failed hint costs only performance.
+                    let _ = map.advise(memmap2::Advice::Random);
+                    Some(map)
+                }
+                Err(e) => {
+                    MAPPINGS.fetch_sub(1, Ordering::AcqRel);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        Ok(DataFile {
             path: path.to_owned(),
-            file,
+            identity,
             map,
             len,
+            dirty: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
         })
+    }
+}
+
+impl Drop for DataFile {
+    fn drop(&mut self) {
+        if self.map.take().is_some() {
+            MAPPINGS.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -115,9 +205,16 @@ pub struct Torrent {
     /// Its piece/file geometry.
     pub layout: Layout,
     /// One entry per file; `None` for pad and empty files.
-    files: Vec<Option<MappedFile>>,
+    files: Vec<Option<DataFile>>,
+    /// Its key in the [`FilePool`].
+    owner: u64,
+    /// How its files are opened from the pool.
+    access: Access,
+    /// Where the periodic size check goes on (`check_some_files`).
+    check_cursor: AtomicUsize,
     errored: AtomicBool,
     error: Mutex<Option<String>>,
+    warning: Mutex<Option<String>>,
     /// Counters, summed over workers.
     pub stats: Counters,
     /// Connections past the handshake now (for the per-torrent limit).
@@ -177,7 +274,7 @@ impl Torrent {
                 });
             }
             files.push(Some(
-                MappedFile::map(path, file, expected).map_err(open_err)?,
+                DataFile::open(path, file, expected).map_err(open_err)?,
             ));
         }
         Ok(Torrent::new(metainfo, layout, files, None))
@@ -186,15 +283,23 @@ impl Torrent {
     fn new(
         metainfo: Metainfo,
         layout: Layout,
-        files: Vec<Option<MappedFile>>,
+        files: Vec<Option<DataFile>>,
         download: Option<DownloadState>,
     ) -> Arc<Self> {
         Arc::new(Torrent {
             metainfo,
             layout,
             files,
+            owner: file_pool::owner_id(),
+            access: if download.is_some() {
+                Access::Write
+            } else {
+                Access::Read
+            },
+            check_cursor: AtomicUsize::new(0),
             errored: AtomicBool::new(false),
             error: Mutex::new(None),
+            warning: Mutex::new(None),
             stats: Counters::default(),
             connections: AtomicUsize::new(0),
             download,
@@ -258,7 +363,7 @@ impl Torrent {
                 file.set_len(expected).map_err(create_err)?;
             }
             files.push(Some(
-                MappedFile::map(path, file, expected).map_err(create_err)?,
+                DataFile::open(path, file, expected).map_err(create_err)?,
             ));
         }
         // A verified piece counts only if every file it spans is open: with
@@ -376,35 +481,96 @@ impl Torrent {
             .map_or(0, |d| d.ban_epoch.load(Ordering::Acquire))
     }
 
-    /// Where the bytes of `piece` go: (file descriptor, file offset, offset
-    /// in the piece, length) for each file it spans, pad files skipped.
+    /// Where the bytes of `piece` go, one segment per file it spans, pad
+    /// files skipped; the files are marked as written (for `sync_data`).
     /// `None` if a file it needs was not created.
-    pub fn piece_writes(&self, piece: u32) -> Option<Vec<(RawFd, u64, usize, usize)>> {
-        self.file_segments(self.layout.piece_range(piece))
+    pub fn piece_writes(&self, piece: u32) -> Option<Vec<FileSegment>> {
+        let segments = self.file_segments(self.layout.piece_range(piece))?;
+        for seg in &segments {
+            if let Some(f) = &self.files[seg.file] {
+                f.dirty.store(true, Ordering::Release);
+            }
+        }
+        Some(segments)
     }
 
-    /// The bytes of `range` (of the torrent) as (file descriptor, offset in
-    /// the file, offset in the range, length), one per file; pad files are
-    /// left out. `None` if a file that holds some of them is not open.
-    fn file_segments(&self, range: Range<u64>) -> Option<Vec<(RawFd, u64, usize, usize)>> {
+    /// The bytes of `range` (of the torrent) as one segment per file; pad
+    /// files are left out. `None` if a file that holds some was not opened.
+    fn file_segments(&self, range: Range<u64>) -> Option<Vec<FileSegment>> {
         let mut at = 0usize;
         let mut out = Vec::new();
         for seg in self.layout.segments(range) {
             let len = seg.len as usize;
             if !seg.pad {
-                let f = self.files[seg.file].as_ref()?;
-                out.push((f.file.as_raw_fd(), seg.file_offset, at, len));
+                self.files[seg.file].as_ref()?;
+                out.push(FileSegment {
+                    file: seg.file,
+                    file_offset: seg.file_offset,
+                    at,
+                    len,
+                });
             }
             at += len;
         }
         Some(out)
     }
 
+    /// The file of `segment`, open (from the process's [`FilePool`]); hold
+    /// it until the segment's op completes.
+    pub fn segment_file(&self, segment: &FileSegment) -> Result<Arc<File>, String> {
+        self.descriptor(segment.file)
+    }
+
+    /// An open descriptor of file `index`, from the pool.
+    fn descriptor(&self, index: usize) -> Result<Arc<File>, String> {
+        let Some(f) = &self.files[index] else {
+            return Err(format!("file {index} of the torrent was not created"));
+        };
+        let key = (self.owner, index as u32);
+        FilePool::global()
+            .get(key, &f.path, self.access, Some(f.identity))
+            .map_err(|e| {
+                if let PoolError::Replaced(_) = e {
+                    self.note_gone(f);
+                }
+                e.to_string()
+            })
+    }
+
+    /// Reports once that `f` was renamed over or deleted.
+    fn note_gone(&self, f: &DataFile) {
+        if !f.gone.swap(true, Ordering::AcqRel) {
+            let serving = if f.map.is_some() {
+                "its blocks are still sent from the copy mapped when the torrent was opened"
+            } else {
+                "its blocks cannot be read any more"
+            };
+            let warning = format!(
+                "{} was renamed over or deleted; {serving} (reload the torrent to serve the new file)",
+                f.path.display()
+            );
+            tracing::warn!("torrent {}: {warning}", self.metainfo.info.name);
+            let mut w = self.warning.lock().unwrap_or_else(|e| e.into_inner());
+            w.get_or_insert(warning);
+        }
+    }
+
+    /// The first thing worth an operator's attention that is not an error
+    /// (a file renamed over or deleted under a seeded torrent).
+    pub fn warning(&self) -> Option<String> {
+        self.warning.lock().ok().and_then(|w| w.clone())
+    }
+
     /// Flushes written data of every file to disk (before resume data that
     /// counts it as verified is saved).
     pub fn sync_data(&self) -> io::Result<()> {
-        for f in self.files.iter().flatten() {
-            f.file.sync_data()?;
+        for (index, f) in self.files.iter().enumerate() {
+            let Some(f) = f else { continue };
+            if f.dirty.swap(false, Ordering::AcqRel) {
+                self.descriptor(index)
+                    .map_err(io::Error::other)?
+                    .sync_data()?;
+            }
         }
         Ok(())
     }
@@ -443,14 +609,31 @@ impl Torrent {
         self.errored.store(true, Ordering::Release);
     }
 
-    /// Checks that no file shrank below what the torrent needs (`fstat`
-    /// only); marks the torrent errored and returns false if one did.
+    /// Checks that no file shrank below what the torrent needs; marks the
+    /// torrent errored and returns false if one did. A file renamed over or
+    /// deleted is reported once (its mapping still holds the old data).
     pub fn check_files(&self) -> bool {
+        self.check_some_files(self.files.len())
+    }
+
+    /// Like [`check_files`](Self::check_files) for the next `count` files
+    /// only, going round: the periodic check of a torrent of 100,000 files
+    /// costs a few `stat`s a tick, not 100,000.
+    pub fn check_some_files(&self, count: usize) -> bool {
         if self.is_errored() {
             return false;
         }
-        for f in self.files.iter().flatten() {
-            match f.file.metadata() {
+        let n = self.files.len();
+        if n == 0 {
+            return true;
+        }
+        let start = self.check_cursor.fetch_add(count.min(n), Ordering::Relaxed) % n;
+        for i in (0..count.min(n)).map(|k| (start + k) % n) {
+            let Some(f) = &self.files[i] else { continue };
+            match std::fs::metadata(&f.path) {
+                Ok(m) if m.dev() != f.identity.dev || m.ino() != f.identity.ino => {
+                    self.note_gone(f)
+                }
                 Ok(m) if m.len() >= f.len => {}
                 Ok(m) => {
                     self.set_errored(format!(
@@ -461,6 +644,7 @@ impl Torrent {
                     ));
                     return false;
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => self.note_gone(f),
                 Err(e) => {
                     self.set_errored(format!("{}: {e}", f.path.display()));
                     return false;
@@ -480,14 +664,15 @@ impl Torrent {
     /// `out`. The request must have been validated against the torrent (the
     /// session does that); the addresses stay valid while `self` lives.
     pub fn block_iovecs(&self, req: &BlockRequest, out: &mut Vec<libc::iovec>) {
+        debug_assert!(!self.block_needs_copy(req), "{req:?} is not mapped");
         for seg in self.layout.segments(self.block_range(req)) {
             let base = match &self.files[seg.file] {
-                Some(f) if !seg.pad => {
+                Some(DataFile { map: Some(map), .. }) if !seg.pad => {
                     // SAFETY: `seg` lies inside file `seg.file` (layout
                     // arithmetic), whose mapping is `f.len` bytes long, so the
                     // offset stays inside the mapping. The pointer is only
                     // given to the kernel, never read here (module docs).
-                    unsafe { f.map.as_ptr().add(seg.file_offset as usize) }
+                    unsafe { map.as_ptr().add(seg.file_offset as usize) }
                 }
                 _ => ZEROS.as_ptr(),
             };
@@ -504,8 +689,17 @@ impl Torrent {
     /// buffer starts). For blocks sent from a buffer rather than from the
     /// mapping; reading with the kernel, not through the mapping, so a
     /// truncated file shows as a short read, never as SIGBUS.
-    pub fn block_reads(&self, req: &BlockRequest) -> Option<Vec<(RawFd, u64, usize, usize)>> {
+    pub fn block_reads(&self, req: &BlockRequest) -> Option<Vec<FileSegment>> {
         self.file_segments(self.block_range(req))
+    }
+
+    /// Whether some of a block's bytes are in a file that is not mapped
+    /// (small, or past the mapping budget): it must be copied, not sent
+    /// from the mapping. Pad files need no mapping.
+    pub fn block_needs_copy(&self, req: &BlockRequest) -> bool {
+        self.layout
+            .segments(self.block_range(req))
+            .any(|seg| !seg.pad && matches!(&self.files[seg.file], Some(f) if f.map.is_none()))
     }
 
     /// How many iovecs the block's bytes need (one per file it spans).
@@ -547,21 +741,18 @@ impl Torrent {
         self.layout
             .segments(self.block_range(req))
             .filter_map(move |seg| match &self.files[seg.file] {
-                Some(f) if !seg.pad => Some((
-                    f.map.as_ptr() as usize + seg.file_offset as usize,
+                Some(DataFile { map: Some(map), .. }) if !seg.pad => Some((
+                    map.as_ptr() as usize + seg.file_offset as usize,
                     seg.len as usize,
                 )),
                 _ => None,
             })
     }
+}
 
-    /// The raw fds of the files, for diagnostics.
-    pub fn file_fds(&self) -> Vec<i32> {
-        self.files
-            .iter()
-            .flatten()
-            .map(|f| f.file.as_raw_fd())
-            .collect()
+impl Drop for Torrent {
+    fn drop(&mut self) {
+        FilePool::global().forget_owner(self.owner);
     }
 }
 
@@ -698,5 +889,64 @@ mod tests {
         assert!(!t.check_files());
         assert!(t.is_errored());
         assert!(t.error().unwrap().contains("truncated to 10000 bytes"));
+    }
+
+    #[test]
+    fn a_file_renamed_over_is_reported_once_and_its_old_data_still_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, data) = seed_torrent(dir.path(), 100_000);
+        let new = dir.path().join("new.bin");
+        std::fs::write(&new, vec![0xee; 100_000]).unwrap();
+        std::fs::rename(&new, dir.path().join("f.bin")).unwrap();
+        assert!(t.check_files(), "not an error: the old inode is mapped");
+        let warning = t.warning().expect("reported");
+        assert!(warning.contains("renamed over or deleted"), "{warning}");
+        let req = BlockRequest {
+            piece: 0,
+            offset: 0,
+            length: 16384,
+        };
+        let mut iov = Vec::new();
+        t.block_iovecs(&req, &mut iov);
+        assert_eq!(kernel_copy(&iov).unwrap(), &data[..16384]);
+        // Reading it again by path would read another file: refused.
+        let reads = t.block_reads(&req).unwrap();
+        assert!(t.segment_file(&reads[0]).is_err());
+        assert!(!t.is_errored());
+    }
+
+    #[test]
+    fn small_files_are_read_not_mapped_and_hold_no_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        std::fs::create_dir(&root).unwrap();
+        for i in 0..40 {
+            std::fs::write(root.join(format!("{i:02}")), vec![i as u8; 1000]).unwrap();
+        }
+        let options = CreateOptions {
+            piece_length: Some(16384),
+            ..Default::default()
+        };
+        let created = create(&root, &options, &()).unwrap();
+        let paths = DataPaths::in_save_dir(&created.metainfo.info, dir.path());
+        let t = Torrent::open(created.metainfo, &paths).unwrap();
+        let req = BlockRequest {
+            piece: 0,
+            offset: 0,
+            length: 16384,
+        };
+        assert!(t.block_needs_copy(&req));
+        let reads = t.block_reads(&req).unwrap();
+        let mut block = vec![0u8; 16384];
+        for r in &reads {
+            use std::os::unix::fs::FileExt;
+            t.segment_file(r)
+                .unwrap()
+                .read_exact_at(&mut block[r.at..r.at + r.len], r.file_offset)
+                .unwrap();
+        }
+        assert_eq!(&block[..1000], &[0u8; 1000][..]);
+        assert_eq!(&block[1000..2000], &[1u8; 1000][..]);
+        assert!(t.files.iter().flatten().all(|f| f.map.is_none()));
     }
 }

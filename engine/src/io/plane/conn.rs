@@ -16,6 +16,7 @@
 use std::os::fd::OwnedFd;
 
 use super::peer::{PeerConnection, SendPlan};
+use crate::io::storage::FileSegment;
 use crate::proto::wire::{self, PIECE_HEADER_LEN};
 
 /// Receive buffer size of a new connection: a handshake and a burst of
@@ -88,7 +89,9 @@ pub struct SendBuf {
     pub(super) copy: Vec<u8>,
     /// Reads still to do into `copy`: (fd, file offset, offset in `copy`,
     /// length); the last is done first.
-    pub(super) reads: Vec<(std::os::fd::RawFd, u64, usize, usize)>,
+    pub(super) reads: Vec<FileSegment>,
+    /// The file of the read in flight, held open until it completes.
+    pub(super) reading_file: Option<std::sync::Arc<std::fs::File>>,
     /// A read into `copy` is in flight.
     pub(super) reading: bool,
 }
@@ -106,6 +109,7 @@ impl SendBuf {
             in_flight: false,
             copy: Vec::new(),
             reads: Vec::new(),
+            reading_file: None,
             reading: false,
         }
     }
@@ -147,11 +151,10 @@ impl SendBuf {
             let Some(reads) = torrent.block_reads(req) else {
                 return false;
             };
-            self.reads.extend(
-                reads
-                    .into_iter()
-                    .map(|(fd, off, inside, len)| (fd, off, at + inside, len)),
-            );
+            self.reads.extend(reads.into_iter().map(|seg| FileSegment {
+                at: at + seg.at,
+                ..seg
+            }));
             at += req.length as usize;
         }
         self.reads.reverse();

@@ -142,6 +142,9 @@ pub struct TorrentStats {
     pub stats: StatsSnapshot,
     /// Why it stopped being served, if it did.
     pub error: Option<String>,
+    /// What is worth an operator's attention short of an error (a file
+    /// renamed over or deleted while seeded).
+    pub warning: Option<String>,
     /// Progress, for a torrent opened for download.
     pub download: Option<DownloadProgress>,
 }
@@ -501,6 +504,7 @@ impl Observer {
                 name: t.metainfo.info.name.clone(),
                 stats: t.stats.snapshot(),
                 error: t.error(),
+                warning: t.warning(),
                 download: DownloadProgress::of(t),
             })
             .collect();

@@ -611,9 +611,10 @@ impl PeerConnection {
                 break;
             };
             // A header and the block's segments in the files, or a header
-            // and a buffer for a block copied there.
+            // and a buffer for a block copied there (spanning many files,
+            // or in a file that is not mapped).
             let mut needed = 1 + torrent.block_segments(&req);
-            let copied = needed > room.segments_per_block;
+            let copied = needed > room.segments_per_block || torrent.block_needs_copy(&req);
             if copied {
                 needed = 2;
             }

@@ -52,7 +52,7 @@ use crate::io::net::peer_addr;
 use crate::io::plane::shared::{
     CheckJob, MetadataFetch, PlaneConfig, Refusal, Shared, WorkerMessage,
 };
-use crate::io::storage::Torrent;
+use crate::io::storage::{FileSegment, Torrent};
 use crate::policy::choker::{Choker, LeechChoker};
 use crate::policy::download::CompletePiece;
 use crate::policy::picker::PeerKey;
@@ -108,6 +108,10 @@ const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(100);
 /// Stats flush, file checks, keep-alives and idle checks.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+/// Segment writes of one piece in flight at most (each holds a descriptor).
+const WRITES_PER_PIECE: usize = 8;
+/// Files of each torrent whose size and identity housekeeping checks.
+const FILES_CHECKED_EVERY_SECOND: usize = 64;
 /// Receive buffer of a connection of a torrent being downloaded: room for
 /// many blocks per receive.
 const DOWNLOAD_RECV_BUF: usize = 256 << 10;
@@ -117,8 +121,14 @@ const DOWNLOAD_RECV_BUF: usize = 256 << 10;
 struct PieceWrite {
     torrent: Arc<Torrent>,
     piece: CompletePiece,
-    /// (fd, file offset, offset in the piece, length) still to write.
-    segments: Vec<(RawFd, u64, usize, usize)>,
+    /// What is still to write.
+    segments: Vec<FileSegment>,
+    /// The file of each segment whose write is in flight, held open until
+    /// it completes.
+    files: Vec<Option<Arc<std::fs::File>>>,
+    /// The next segment to submit: at most [`WRITES_PER_PIECE`] are in
+    /// flight, so a piece spanning 1,000 files holds a few descriptors.
+    next: usize,
     /// Segments whose write is in flight.
     in_flight: usize,
     error: Option<io::Error>,
@@ -782,21 +792,31 @@ impl<B: Backend> Worker<B> {
     /// Starts the next read of a copied block's bytes (the last listed).
     fn submit_block_read(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        let &(fd, offset, at, len) = conn.send.reads.last().expect("a read to do");
+        let read = conn.send.reads.last().expect("a read to do");
+        let torrent = conn.send.plan.torrent.as_ref().expect("reads of a torrent");
+        let file = match torrent.segment_file(read) {
+            Ok(file) => file,
+            Err(why) => {
+                tracing::debug!("cannot read a block to send: {why}");
+                self.close(key, Some(CloseReason::TorrentErrored));
+                return;
+            }
+        };
         let op = Op::ReadAt {
-            fd,
-            buf: conn.send.copy[at..].as_mut_ptr(),
-            len: len as u32,
-            offset,
+            fd: file.as_raw_fd(),
+            buf: conn.send.copy[read.at..].as_mut_ptr(),
+            len: read.len as u32,
+            offset: read.file_offset,
         };
         let data = UserData::BlockRead {
             key: key as u32,
             generation: conn.generation,
         };
         conn.send.reading = true;
+        conn.send.reading_file = Some(file);
         // SAFETY: `send.copy` was sized before the first read and is not
-        // touched until `send.reading` is clear; the plan's torrent keeps
-        // the file open.
+        // touched until `send.reading` is clear; `send.reading_file` holds
+        // the file open until the read completes.
         unsafe { self.push(op, data) };
     }
 
@@ -805,6 +825,7 @@ impl<B: Backend> Worker<B> {
             return;
         };
         conn.send.reading = false;
+        conn.send.reading_file = None;
         let key = key as usize;
         if conn.closing {
             self.close(key, None);
@@ -822,11 +843,11 @@ impl<B: Backend> Worker<B> {
         }
         let n = result as usize;
         let read = conn.send.reads.last_mut().expect("the read that completed");
-        if n < read.3 {
+        if n < read.len {
             // A short read: read the rest.
-            read.1 += n as u64;
-            read.2 += n;
-            read.3 -= n;
+            read.file_offset += n as u64;
+            read.at += n;
+            read.len -= n;
         } else {
             conn.send.reads.pop();
         }
@@ -1014,29 +1035,54 @@ impl<B: Backend> Worker<B> {
         let key = self.writes.insert(PieceWrite {
             torrent,
             piece,
+            files: vec![None; count],
             segments,
+            next: 0,
             in_flight: 0,
             error: None,
         });
-        if count == 0 {
-            // All in pad files: nothing to write.
-            self.finish_write(key);
-        }
-        for segment in 0..count {
-            self.submit_write(key, segment);
+        self.submit_writes(key);
+    }
+
+    /// Submits the piece's next segments, up to [`WRITES_PER_PIECE`] in
+    /// flight; finishes the piece once all are done (or one failed).
+    fn submit_writes(&mut self, key: usize) {
+        loop {
+            let w = &mut self.writes[key];
+            if w.error.is_some() || w.next == w.segments.len() {
+                if w.in_flight == 0 {
+                    self.finish_write(key);
+                }
+                return;
+            }
+            if w.in_flight >= WRITES_PER_PIECE {
+                return;
+            }
+            let segment = w.next;
+            w.next += 1;
+            match w.torrent.segment_file(&w.segments[segment]) {
+                Ok(file) => {
+                    w.files[segment] = Some(file);
+                    self.submit_write(key, segment);
+                }
+                Err(why) => {
+                    w.error = Some(io::Error::other(why));
+                }
+            }
         }
     }
 
     fn submit_write(&mut self, key: usize, segment: usize) {
         let w = &mut self.writes[key];
-        let (fd, file_offset, at, len) = w.segments[segment];
+        let seg = &w.segments[segment];
+        let file = w.files[segment].as_ref().expect("opened when submitted");
         // The buffer is `w.piece.data`, owned by `self.writes` until every
         // write of the piece has completed (`finish_write`).
         let op = Op::Write {
-            fd,
-            buf: w.piece.data[at..].as_ptr(),
-            len: len as u32,
-            offset: file_offset,
+            fd: file.as_raw_fd(),
+            buf: w.piece.data[seg.at..].as_ptr(),
+            len: seg.len as u32,
+            offset: seg.file_offset,
         };
         let data = UserData::Write {
             key: key as u32,
@@ -1044,7 +1090,8 @@ impl<B: Backend> Worker<B> {
         };
         w.in_flight += 1;
         // SAFETY: the piece's buffer is owned by `writes` until every write
-        // of it has completed; its torrent's `Arc` keeps the file open.
+        // of it has completed; `files[segment]` holds the file open until
+        // this write completes.
         unsafe { self.push(op, data) };
     }
 
@@ -1053,7 +1100,7 @@ impl<B: Backend> Worker<B> {
             return;
         };
         w.in_flight -= 1;
-        let (_, _, _, len) = w.segments[segment];
+        let len = w.segments[segment].len;
         if result < 0 {
             w.error.get_or_insert(io::Error::from_raw_os_error(-result));
         } else if result == 0 && len > 0 {
@@ -1063,15 +1110,14 @@ impl<B: Backend> Worker<B> {
             // A short write: write the rest.
             let n = result as usize;
             let seg = &mut w.segments[segment];
-            seg.1 += n as u64;
-            seg.2 += n;
-            seg.3 -= n;
+            seg.file_offset += n as u64;
+            seg.at += n;
+            seg.len -= n;
             self.submit_write(key, segment);
             return;
         }
-        if w.in_flight == 0 {
-            self.finish_write(key);
-        }
+        w.files[segment] = None;
+        self.submit_writes(key);
     }
 
     /// Every write of a piece has completed: it is verified, or, if a
@@ -1216,9 +1262,10 @@ impl<B: Backend> Worker<B> {
     fn housekeeping(&mut self, now: Duration) {
         self.rebalance_rate();
         if self.index == 0 {
-            // One worker checks file sizes for everyone.
+            // One worker checks file sizes for everyone, a few files of each
+            // torrent a second (a torrent may have 100,000).
             for t in self.torrents.values() {
-                t.check_files();
+                t.check_some_files(FILES_CHECKED_EVERY_SECOND);
             }
         }
         let mut to_close = Vec::new();
