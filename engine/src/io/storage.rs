@@ -70,6 +70,10 @@ fn mapping_budget() -> usize {
     })
 }
 
+/// Files written since the last sync above which one `syncfs` per
+/// filesystem replaces an `fdatasync` per file.
+const SYNC_EACH_AT_MOST: usize = 64;
+
 /// Mappings of data files alive now.
 static MAPPINGS: AtomicUsize = AtomicUsize::new(0);
 
@@ -562,14 +566,32 @@ impl Torrent {
     }
 
     /// Flushes written data of every file to disk (before resume data that
-    /// counts it as verified is saved).
+    /// counts it as verified is saved): `fdatasync` of each file written
+    /// since the last time, or past [`SYNC_EACH_AT_MOST`] of them, one
+    /// `syncfs` per filesystem (100,000 `fdatasync`s took 40 s here).
     pub fn sync_data(&self) -> io::Result<()> {
-        for (index, f) in self.files.iter().enumerate() {
-            let Some(f) = f else { continue };
-            if f.dirty.swap(false, Ordering::AcqRel) {
-                self.descriptor(index)
-                    .map_err(io::Error::other)?
-                    .sync_data()?;
+        let dirty: Vec<usize> = (0..self.files.len())
+            .filter(|&i| {
+                self.files[i]
+                    .as_ref()
+                    .is_some_and(|f| f.dirty.swap(false, Ordering::AcqRel))
+            })
+            .collect();
+        let mut synced_devices = Vec::new();
+        for &index in &dirty {
+            let file = self.descriptor(index).map_err(io::Error::other)?;
+            if dirty.len() <= SYNC_EACH_AT_MOST {
+                file.sync_data()?;
+                continue;
+            }
+            let device = self.files[index].as_ref().map(|f| f.identity.dev);
+            if !synced_devices.contains(&device) {
+                synced_devices.push(device);
+                // SAFETY: plain syscall on an open descriptor; no memory is
+                // passed.
+                if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
         }
         Ok(())
