@@ -16,7 +16,14 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Returns the calling thread's free mimalloc pages to the system.
+fn purge_allocator() {
+    // SAFETY: mi_collect only walks the calling thread's own heap.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 fn main() -> ExitCode {
+    ringseed_engine::memory::set_purge(purge_allocator);
     let cli = cli::Cli::parse();
     // The daemon sets up its logs from its config; every other command logs
     // the engine's warnings and errors (a torrent errored, a peer banned).

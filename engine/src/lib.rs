@@ -12,6 +12,7 @@
 pub mod create;
 pub mod hash;
 pub mod io;
+pub mod memory;
 pub mod policy;
 pub mod proto;
 pub mod rng;

@@ -167,6 +167,8 @@ pub struct Worker<B: Backend> {
     in_flight: usize,
     accept_armed: bool,
     shutting_down: bool,
+    /// When to give memory back after a burst of connections.
+    burst: crate::memory::BurstWatch,
     /// Connections with requests waiting for rate-limit tokens.
     throttled: Vec<usize>,
     tally: Tally,
@@ -236,6 +238,7 @@ impl<B: Backend> Worker<B> {
             in_flight: 0,
             accept_armed: false,
             shutting_down: false,
+            burst: Default::default(),
             throttled: Vec::new(),
             tally: Tally::default(),
             rng: rng::seeded(),
@@ -1261,6 +1264,11 @@ impl<B: Backend> Worker<B> {
 
     fn housekeeping(&mut self, now: Duration) {
         self.rebalance_rate();
+        if self.burst.should_purge(self.conns.len()) {
+            // A burst of connections is over: give its memory back.
+            self.conns.shrink_to_fit();
+            crate::memory::purge_this_thread();
+        }
         if self.index == 0 {
             // One worker checks file sizes for everyone, a few files of each
             // torrent a second (a torrent may have 100,000).
