@@ -1037,3 +1037,44 @@ fn silent_and_trickling_clients_do_not_hold_the_metrics_and_control_servers() {
     drop(silent);
     trickle.join().unwrap();
 }
+
+/// A torrent published with no tracker and no web seed can be found by no
+/// client that is not handed the address (rtorrent refuses it): the daemon
+/// says so once per publish directory, not once per torrent, and not for a
+/// directory whose torrents name a tracker.
+#[test]
+fn publishing_torrents_no_client_could_find_is_warned_about_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let DataDirSetup {
+        data,
+        state,
+        config,
+        ..
+    } = DataDirSetup::new(dir.path());
+    let tracked = dir.path().join("tracked");
+    std::fs::create_dir_all(&tracked).unwrap();
+    // No announces: the tracker named is only a name.
+    let mut text = format!(
+        "announce = false\n{}",
+        std::fs::read_to_string(&config).unwrap()
+    );
+    text.push_str(&format!(
+        "[[data_dir]]\npath = {tracked:?}\npublish = {:?}\ntrackers = [\"udp://127.0.0.1:1/announce\"]\n",
+        dir.path().join("pub2")
+    ));
+    write_config(&config, &text);
+    let mut daemon = Daemon::start(&state, &[&"--config", &config]);
+    publish_like_rsync(&data, "one.iso", 64 << 10, 1);
+    publish_like_rsync(&data, "two.iso", 64 << 10, 2);
+    publish_like_rsync(&tracked, "three.iso", 64 << 10, 3);
+    daemon.wait_for_log("seeding one.iso");
+    daemon.wait_for_log("seeding two.iso");
+    daemon.wait_for_log("seeding three.iso");
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("names no tracker and no web seed").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("three.iso.torrent names no tracker"), "{log}");
+}

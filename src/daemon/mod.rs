@@ -170,6 +170,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
         changed_at: None,
         last_scan: Instant::now(),
         control_path,
+        warned_unfindable: Default::default(),
     };
     daemon.scan();
     let addr = daemon.session.local_addr();
@@ -307,6 +308,9 @@ struct Daemon {
     changed_at: Option<Instant>,
     last_scan: Instant,
     control_path: PathBuf,
+    /// Publish directories already warned about for torrents no client
+    /// could find a peer for (warned once each).
+    warned_unfindable: std::collections::HashSet<PathBuf>,
 }
 
 impl Daemon {
@@ -929,6 +933,20 @@ impl Daemon {
         };
         let publish = publish.clone();
         let out = publish.join(format!("{}.torrent", torrent.metainfo.info.name));
+        let m = &torrent.metainfo;
+        if m.trackers.iter().all(Vec::is_empty)
+            && m.web_seeds.is_empty()
+            && self.warned_unfindable.insert(publish.clone())
+        {
+            warn!(
+                "{} names no tracker and no web seed: a client can find this seeder only \
+                 if it is given the address (a magnet link with x.pe=, or by hand), and \
+                 some (rtorrent) refuse such a torrent; set `trackers` (and `web_seeds`) in \
+                 the [[data_dir]] section (warned once for {})",
+                out.display(),
+                publish.display()
+            );
+        }
         let error = write_atomic(&out, bytes)
             .err()
             .map(|e| format!("cannot publish {}: {e}", out.display()));
