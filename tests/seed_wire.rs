@@ -892,3 +892,28 @@ fn a_block_of_a_thousand_tiny_files_is_served_from_a_buffer() {
     assert_eq!(peer.fetch(0, 0, 16384), expected[..16384]);
     assert_eq!(peer.fetch(1, 0, 20000 - 16384), expected[16384..]);
 }
+
+/// Regression (found with webtorrent): seeding with `upload_slots`, a peer
+/// that came while slots were free waited for the next choker round (10 s)
+/// for its first unchoke. Slots are now filled between rounds: with rounds
+/// an hour apart, two peers get the two slots of this worker's share
+/// anyway (regular and optimistic).
+#[test]
+fn a_peer_that_comes_while_slots_are_free_is_unchoked_before_the_next_round() {
+    let f = start(
+        1 << 20,
+        1 << 16,
+        PlaneConfig {
+            workers: 1,
+            upload_slots: 1,
+            rechoke_every: Duration::from_secs(3600),
+            ..loopback_config()
+        },
+    );
+    // Each returns once it got an unchoke, which no choker round gave.
+    let addr = f.seeder.local_addr();
+    let mut first = Peer::unchoked(addr, f.metainfo.info_hash.0);
+    let mut second = Peer::unchoked(addr, f.metainfo.info_hash.0);
+    assert_eq!(first.fetch(0, 0, 16384).len(), 16384);
+    assert_eq!(second.fetch(1, 0, 16384).len(), 16384);
+}

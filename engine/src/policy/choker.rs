@@ -77,6 +77,26 @@ impl Choker {
         self.config = config;
     }
 
+    /// Between rounds: the waiting peers (interested, choked; longest
+    /// waiting first) that free slots can take now, so a peer that arrives
+    /// when a slot is free is served at once, not at the next round. Only
+    /// `key`, `interested`, `unchoked` and `since` of `peers` are read.
+    pub fn fill_free_slots(&self, peers: &[Candidate]) -> Vec<u64> {
+        if self.config.upload_slots == 0 {
+            return Vec::new();
+        }
+        let holders = peers.iter().filter(|p| p.interested && p.unchoked).count();
+        // The regular slots and the optimistic one.
+        let slots = self.config.upload_slots + 1;
+        let free = slots.saturating_sub(holders);
+        let mut waiting: Vec<&Candidate> = peers
+            .iter()
+            .filter(|p| p.interested && !p.unchoked)
+            .collect();
+        waiting.sort_by_key(|p| (p.since, p.key));
+        waiting.into_iter().take(free).map(|p| p.key).collect()
+    }
+
     /// One round at time `now`: returns `(key, unchoke)` for each peer whose
     /// state should change. `pick(n)` returns a random index below `n`.
     pub fn rechoke(
@@ -416,5 +436,36 @@ mod tests {
             }
         }
         assert_eq!(served, [true; 6]);
+    }
+
+    #[test]
+    fn free_slots_are_filled_between_rounds_longest_waiting_first() {
+        let choker = Choker::new(ChokerConfig {
+            upload_slots: 2,
+            ..ChokerConfig::default()
+        });
+        let peer = |key, interested, unchoked, since| Candidate {
+            key,
+            interested,
+            unchoked,
+            served_since_unchoke: 0,
+            since: Duration::from_secs(since),
+            received: 0,
+        };
+        // One holder of three slots (two regular, one optimistic); three
+        // waiting; one not interested.
+        let peers = [
+            peer(1, true, true, 0),
+            peer(2, true, false, 5),
+            peer(3, true, false, 2),
+            peer(4, false, false, 1),
+            peer(5, true, false, 9),
+        ];
+        assert_eq!(choker.fill_free_slots(&peers), vec![3, 2]);
+        let unlimited = Choker::new(ChokerConfig::default());
+        assert!(
+            unlimited.fill_free_slots(&peers).is_empty(),
+            "nobody is choked"
+        );
     }
 }

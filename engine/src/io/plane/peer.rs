@@ -797,6 +797,23 @@ impl PeerConnection {
         Some((candidate, torrent.is_downloading()))
     }
 
+    /// Like [`candidate`](Self::candidate) without taking the bytes
+    /// received since the round (those are the next round's): for filling
+    /// free slots between rounds. Only for a seeded torrent.
+    pub fn seeding_candidate(&self, key: u64) -> Option<Candidate> {
+        let Phase::Active { session, torrent } = &self.phase else {
+            return None;
+        };
+        (!torrent.is_downloading()).then(|| Candidate {
+            key,
+            interested: session.is_interested(),
+            unchoked: !session.is_choking(),
+            served_since_unchoke: self.served_since_unchoke,
+            since: self.choke_changed,
+            received: 0,
+        })
+    }
+
     /// The choker's decision.
     pub fn set_unchoked(&mut self, unchoke: bool, now: Duration) {
         if let Phase::Active { session, .. } = &mut self.phase {

@@ -1264,6 +1264,7 @@ impl<B: Backend> Worker<B> {
 
     fn housekeeping(&mut self, now: Duration) {
         self.rebalance_rate();
+        self.fill_free_seed_slots(now);
         if self.burst.should_purge(self.conns.len()) {
             // A burst of connections is over: give its memory back.
             self.conns.shrink_to_fit();
@@ -1374,6 +1375,24 @@ impl<B: Backend> Worker<B> {
         );
         for (key, unchoke) in decisions {
             self.conns[key as usize].peer.set_unchoked(unchoke, now);
+            self.try_send(key as usize);
+        }
+    }
+
+    /// Seeding with slot limits: peers waiting while slots are free get one
+    /// now rather than at the next round (up to `rechoke_every` later).
+    fn fill_free_seed_slots(&mut self, now: Duration) {
+        if self.config.upload_slots == 0 {
+            return;
+        }
+        let seeding: Vec<_> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.closing)
+            .filter_map(|(key, c)| c.peer.seeding_candidate(key as u64))
+            .collect();
+        for key in self.choker.fill_free_slots(&seeding) {
+            self.conns[key as usize].peer.set_unchoked(true, now);
             self.try_send(key as usize);
         }
     }
