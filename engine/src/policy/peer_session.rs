@@ -124,7 +124,16 @@ pub enum Violation {
     /// A second bitfield or `have_all`/`have_none`.
     #[error("a second bitfield")]
     LateBitfield,
+    /// Requests we had to refuse, one after another, far beyond the queue
+    /// we advertise (`reqq`): a peer that floods instead of waiting.
+    #[error("{0} requests refused in a row: a request flood")]
+    RequestFlood(u32),
 }
+
+/// Requests refused in a row (choked, piece missing, queue full), as a
+/// multiple of the advertised queue, that end the session: an honest peer
+/// stops at `reqq` and after a choke has at most `reqq` in flight.
+pub const FLOOD_AFTER_QUEUES: u32 = 4;
 
 /// What a message means for the shared download state (only while we
 /// download the torrent; a seeding session returns `None` always).
@@ -208,6 +217,8 @@ pub struct PeerSession {
     am_choking: bool,
     peer_interested: bool,
     queue: VecDeque<BlockRequest>,
+    /// Requests refused since one was last queued (see [`FLOOD_AFTER_QUEUES`]).
+    refused_in_a_row: u32,
     out: Vec<u8>,
     counters: SessionCounters,
     leech: Option<Box<Leech>>,
@@ -237,6 +248,7 @@ impl PeerSession {
             am_choking: true,
             peer_interested: false,
             queue: VecDeque::new(),
+            refused_in_a_row: 0,
             out: Vec::with_capacity(256),
             counters: SessionCounters::default(),
             leech: None,
@@ -475,8 +487,14 @@ impl PeerSession {
             || self.queue.len() >= self.config.max_queued_requests as usize
         {
             self.refuse(req);
+            self.refused_in_a_row += 1;
+            let limit = self.config.max_queued_requests.max(1) * FLOOD_AFTER_QUEUES;
+            if self.refused_in_a_row > limit {
+                return Err(Violation::RequestFlood(self.refused_in_a_row));
+            }
         } else {
             self.queue.push_back(req);
+            self.refused_in_a_row = 0;
         }
         Ok(())
     }

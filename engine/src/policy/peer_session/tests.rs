@@ -537,3 +537,31 @@ fn interested_is_answered_with_unchoke_when_the_peer_is_unchoked() {
     s.on_message(Message::Interested, &t).unwrap();
     assert!(sent(&mut s).is_empty());
 }
+
+#[test]
+fn a_peer_that_floods_requests_it_must_know_are_refused_is_dropped() {
+    let t = torrent();
+    let mut s = PeerSession::new(&handshake(true, false), None, &t, config());
+    s.on_message(Message::Interested, &t).unwrap();
+    // Choked: 4 queues' worth of refusals are tolerated (in flight when
+    // the choke went out), the next one is a flood.
+    let limit = config().max_queued_requests * FLOOD_AFTER_QUEUES;
+    for i in 0..limit {
+        s.on_message(Message::Request(req(0, (i % 4) * 16384, 16384)), &t)
+            .unwrap();
+    }
+    assert_eq!(
+        s.on_message(Message::Request(req(0, 0, 16384)), &t),
+        Err(SessionEnd::Violation(Violation::RequestFlood(limit + 1)))
+    );
+    // A request that is queued starts the count again.
+    let mut s = PeerSession::new(&handshake(true, false), None, &t, config());
+    s.set_choking(false);
+    for _ in 0..3 {
+        for i in 0..limit {
+            s.on_message(Message::Request(req(0, (i % 4) * 16384, 16384)), &t)
+                .unwrap();
+        }
+        while s.pop_request().is_some() {}
+    }
+}
