@@ -130,9 +130,10 @@ pub enum Violation {
     RequestFlood(u32),
 }
 
-/// Requests refused in a row (choked, piece missing, queue full), as a
-/// multiple of the advertised queue, that end the session: an honest peer
-/// stops at `reqq` and after a choke has at most `reqq` in flight.
+/// Requests refused (choked, piece missing, queue full) with none served in
+/// between, as a multiple of the advertised queue, that end the session: an
+/// honest peer stops at `reqq` and after a choke has at most `reqq` in
+/// flight.
 pub const FLOOD_AFTER_QUEUES: u32 = 4;
 
 /// What a message means for the shared download state (only while we
@@ -217,8 +218,10 @@ pub struct PeerSession {
     am_choking: bool,
     peer_interested: bool,
     queue: VecDeque<BlockRequest>,
-    /// Requests refused since one was last queued (see [`FLOOD_AFTER_QUEUES`]).
-    refused_in_a_row: u32,
+    /// Requests refused since one was last taken to be served (see
+    /// [`FLOOD_AFTER_QUEUES`]); cancels do not reset it, so a flood mixed
+    /// with cancels is one too.
+    refused_since_served: u32,
     out: Vec<u8>,
     counters: SessionCounters,
     leech: Option<Box<Leech>>,
@@ -248,7 +251,7 @@ impl PeerSession {
             am_choking: true,
             peer_interested: false,
             queue: VecDeque::new(),
-            refused_in_a_row: 0,
+            refused_since_served: 0,
             out: Vec::with_capacity(256),
             counters: SessionCounters::default(),
             leech: None,
@@ -487,14 +490,13 @@ impl PeerSession {
             || self.queue.len() >= self.config.max_queued_requests as usize
         {
             self.refuse(req);
-            self.refused_in_a_row += 1;
+            self.refused_since_served += 1;
             let limit = self.config.max_queued_requests.max(1) * FLOOD_AFTER_QUEUES;
-            if self.refused_in_a_row > limit {
-                return Err(Violation::RequestFlood(self.refused_in_a_row));
+            if self.refused_since_served > limit {
+                return Err(Violation::RequestFlood(self.refused_since_served));
             }
         } else {
             self.queue.push_back(req);
-            self.refused_in_a_row = 0;
         }
         Ok(())
     }
@@ -578,7 +580,11 @@ impl PeerSession {
 
     /// Takes the next request to serve.
     pub fn pop_request(&mut self) -> Option<BlockRequest> {
-        self.queue.pop_front()
+        let req = self.queue.pop_front();
+        if req.is_some() {
+            self.refused_since_served = 0;
+        }
+        req
     }
 
     /// Puts a request back at the front (e.g. the rate limit has no tokens).

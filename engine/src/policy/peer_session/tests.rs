@@ -554,7 +554,7 @@ fn a_peer_that_floods_requests_it_must_know_are_refused_is_dropped() {
         s.on_message(Message::Request(req(0, 0, 16384)), &t),
         Err(SessionEnd::Violation(Violation::RequestFlood(limit + 1)))
     );
-    // A request that is queued starts the count again.
+    // A request taken to be served starts the count again; cancels do not.
     let mut s = PeerSession::new(&handshake(true, false), None, &t, config());
     s.set_choking(false);
     for _ in 0..3 {
@@ -564,4 +564,24 @@ fn a_peer_that_floods_requests_it_must_know_are_refused_is_dropped() {
         }
         while s.pop_request().is_some() {}
     }
+    // The queue full (4), then each round: a request refused, a queued one
+    // cancelled and asked again (queued).
+    for i in 0..4 {
+        s.on_message(Message::Request(req(0, i * 16384, 16384)), &t)
+            .unwrap();
+    }
+    let mut flood = None;
+    for _ in 0..=limit {
+        if let Err(e) = s.on_message(Message::Request(req(1, 0, 16384)), &t) {
+            flood = Some(e);
+            break;
+        }
+        s.on_message(Message::Cancel(req(0, 0, 16384)), &t).unwrap();
+        s.on_message(Message::Request(req(0, 0, 16384)), &t)
+            .unwrap();
+    }
+    assert_eq!(
+        flood,
+        Some(SessionEnd::Violation(Violation::RequestFlood(limit + 1)))
+    );
 }
