@@ -64,6 +64,9 @@ pub struct SessionConfig {
     pub client_name: String,
     /// Our listen port, sent as `p`.
     pub listen_port: Option<u16>,
+    /// Our DHT node's UDP port, sent in a BEP 5 `port` message to peers
+    /// that run a DHT; `None` when we run none.
+    pub dht_port: Option<u16>,
 }
 
 impl Default for SessionConfig {
@@ -72,6 +75,7 @@ impl Default for SessionConfig {
             max_queued_requests: 500,
             client_name: concat!("ringseed ", env!("CARGO_PKG_VERSION")).to_owned(),
             listen_port: None,
+            dht_port: None,
         }
     }
 }
@@ -218,6 +222,9 @@ pub struct PeerSession {
     am_choking: bool,
     peer_interested: bool,
     queue: VecDeque<BlockRequest>,
+    /// The UDP port of the peer's DHT node, from its `port` message, until
+    /// taken.
+    peer_dht_port: Option<u16>,
     /// Requests refused since one was last taken to be served (see
     /// [`FLOOD_AFTER_QUEUES`]); cancels do not reset it, so a flood mixed
     /// with cancels is one too.
@@ -252,6 +259,7 @@ impl PeerSession {
             peer_interested: false,
             queue: VecDeque::new(),
             refused_since_served: 0,
+            peer_dht_port: None,
             out: Vec::with_capacity(256),
             counters: SessionCounters::default(),
             leech: None,
@@ -304,6 +312,10 @@ impl PeerSession {
                 }));
             }
         }
+        // BEP 5: after the bitfield, where our DHT node listens.
+        if let (Some(port), true) = (s.config.dht_port, peer.reserved.dht()) {
+            s.send(&Message::Port(port));
+        }
         s
     }
 
@@ -319,7 +331,8 @@ impl PeerSession {
     ) -> Result<Event<'a>, SessionEnd> {
         let num_pieces = torrent.num_pieces();
         match msg {
-            Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
+            Message::KeepAlive | Message::Unknown { .. } => {}
+            Message::Port(port) => self.peer_dht_port = (port != 0).then_some(port),
             Message::Choke => {
                 if let Some(leech) = &mut self.leech {
                     leech.peer_choking = true;
@@ -576,6 +589,11 @@ impl PeerSession {
     /// Requests waiting to be served, oldest first.
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Where the peer's DHT node listens, once after its `port` message.
+    pub fn take_dht_port(&mut self) -> Option<u16> {
+        self.peer_dht_port.take()
     }
 
     /// Takes the next request to serve.

@@ -33,6 +33,21 @@ impl Reserved {
     pub fn extension_protocol(&self) -> bool {
         self.0[5] & 0x10 != 0
     }
+
+    /// BEP 5: the peer runs a DHT node (and may send `port`).
+    pub fn dht(&self) -> bool {
+        self.0[7] & 0x01 != 0
+    }
+
+    /// These bits, with the DHT bit set or cleared.
+    pub fn with_dht(mut self, on: bool) -> Reserved {
+        if on {
+            self.0[7] |= 0x01;
+        } else {
+            self.0[7] &= !0x01;
+        }
+        self
+    }
 }
 
 /// The handshake both sides send first.

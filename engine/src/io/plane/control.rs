@@ -78,6 +78,12 @@ pub struct Dialer {
 }
 
 impl Dialer {
+    /// The DHT nodes peers told us of (BEP 5 `port`) since the last call:
+    /// the DHT pings them, one way to join it.
+    pub fn take_dht_nodes(&self) -> Vec<SocketAddr> {
+        self.shared.take_dht_nodes()
+    }
+
     /// Asks the workers to connect to `peers` for torrent `info_hash`,
     /// spread over the workers; unknown torrents (neither served nor
     /// fetched) are ignored.
@@ -233,6 +239,7 @@ impl Plane {
             wake_fds,
             dial_queues: (0..workers).map(|_| Mutex::default()).collect(),
             checked: (0..workers).map(|_| Mutex::default()).collect(),
+            dht_nodes: Mutex::default(),
         });
         shared.limits.set_cap(config.connection_cap());
         let (check_tx, check_rx) = crossbeam_channel::unbounded::<CheckJob>();

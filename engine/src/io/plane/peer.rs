@@ -124,6 +124,9 @@ pub struct Received {
     pub joined: Option<Joined>,
     /// The connection must close (after the pieces below are checked).
     pub close: Option<CloseReason>,
+    /// Where the peer's DHT node listens (BEP 5 `port`), for the DHT to
+    /// ping.
+    pub dht_node: Option<std::net::SocketAddr>,
 }
 
 /// A handshake that completed.
@@ -351,12 +354,12 @@ impl PeerConnection {
 
     /// Our outgoing connection is established: we speak first, naming the
     /// torrent we dialed for. The handshake timeout counts from here.
-    pub fn connected(&mut self, peer_id: [u8; 20], now: Duration) {
+    pub fn connected(&mut self, peer_id: [u8; 20], reserved: Reserved, now: Duration) {
         self.last_heard = now;
         self.opened = now;
         if let Some(info_hash) = self.outgoing {
             Handshake {
-                reserved: Reserved::OURS,
+                reserved,
                 info_hash,
                 peer_id,
             }
@@ -452,6 +455,9 @@ impl PeerConnection {
         if out.close.is_none() && session.is_leeching() {
             request_more(torrent, session, peer, ip, now, env.rng);
         }
+        out.dht_node = session
+            .take_dht_port()
+            .map(|port| std::net::SocketAddr::new(ip, port));
         // The next frame's length, once its prefix is in: `decode` accepted
         // that prefix, so it is within `max_frame`.
         let rest = &input[out.consumed..];
@@ -495,7 +501,7 @@ impl PeerConnection {
         if !env.limits.try_join_torrent(torrent, env.config) {
             return Err(CloseReason::Limit);
         }
-        self.answer(hs.info_hash, env.peer_id);
+        self.answer(hs.info_hash, env.peer_id, our_reserved(env.config));
         let mut session = PeerSession::new(
             &hs,
             Some(self.addr.ip()),
@@ -535,10 +541,10 @@ impl PeerConnection {
 
     /// An incoming connection's handshake is answered with ours (an
     /// outgoing one sent it first, in `connected`).
-    fn answer(&mut self, info_hash: InfoHash, peer_id: [u8; 20]) {
+    fn answer(&mut self, info_hash: InfoHash, peer_id: [u8; 20], reserved: Reserved) {
         if self.outgoing.is_none() {
             Handshake {
-                reserved: Reserved::OURS,
+                reserved,
                 info_hash,
                 peer_id,
             }
@@ -572,7 +578,7 @@ impl PeerConnection {
         })?;
         // The deadline counts from here.
         self.opened = env.now;
-        self.answer(hs.info_hash, env.peer_id);
+        self.answer(hs.info_hash, env.peer_id, our_reserved(env.config));
         self.phase = Phase::Metadata {
             fetch: Arc::clone(fetch),
             fetcher: Box::new(fetcher),
@@ -958,6 +964,11 @@ fn glue(
         }
         Event::None | Event::MayRequest => 0,
     }
+}
+
+/// The feature bits of our handshake: the DHT's only when we run one.
+pub fn our_reserved(config: &PlaneConfig) -> Reserved {
+    Reserved::OURS.with_dht(config.session.dht_port.is_some())
 }
 
 /// The largest frame a peer may send us: a bitfield of the torrent, or an

@@ -467,9 +467,29 @@ pub struct Shared {
     pub dial_queues: Vec<Mutex<Vec<(InfoHash, SocketAddr)>>>,
     /// Pieces checked for worker *i* (once per piece, never per block).
     pub checked: Vec<Mutex<Vec<Checked>>>,
+    /// DHT nodes peers told us of (BEP 5 `port`), for the DHT to ping; at
+    /// most [`MAX_DHT_NODES_QUEUED`].
+    pub(super) dht_nodes: Mutex<Vec<SocketAddr>>,
 }
 
+/// DHT nodes from `port` messages kept until the DHT takes them: more are
+/// dropped (a DHT that is off never takes any).
+pub const MAX_DHT_NODES_QUEUED: usize = 256;
+
 impl Shared {
+    /// Notes a peer's DHT node (from its `port` message).
+    pub fn dht_node_heard(&self, node: SocketAddr) {
+        let mut nodes = self.dht_nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if nodes.len() < MAX_DHT_NODES_QUEUED && !nodes.contains(&node) {
+            nodes.push(node);
+        }
+    }
+
+    /// Takes the DHT nodes peers told us of since the last call.
+    pub fn take_dht_nodes(&self) -> Vec<SocketAddr> {
+        std::mem::take(&mut *self.dht_nodes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// The control side's catalog of torrents.
     pub fn catalog(&self) -> MutexGuard<'_, HashMap<InfoHash, Arc<Torrent>>> {
         self.catalog.lock().unwrap_or_else(|e| e.into_inner())

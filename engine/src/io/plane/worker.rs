@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::conn::{Conn, Transport};
-use super::peer::{CloseReason, Env, LeechNews, PeerConnection, SendRoom, Tally};
+use super::peer::{our_reserved, CloseReason, Env, LeechNews, PeerConnection, SendRoom, Tally};
 use super::{Backend, Completion, Op, UserData};
 use crate::io::net::peer_addr;
 use crate::io::plane::shared::{
@@ -624,12 +624,13 @@ impl<B: Backend> Worker<B> {
     fn on_connect(&mut self, key: u32, generation: u32, result: i32) {
         let peer_id = self.peer_id;
         let now = self.now();
+        let reserved = our_reserved(&self.config);
         let Some(conn) = self.conn_mut(key, generation) else {
             return;
         };
         conn.connect_in_flight = false;
         conn.connect_to = None;
-        conn.peer.connected(peer_id, now);
+        conn.peer.connected(peer_id, reserved, now);
         let closing = conn.closing;
         self.half_open -= 1;
         let key = key as usize;
@@ -741,6 +742,9 @@ impl<B: Backend> Worker<B> {
                         ..LeechProgress::default()
                     });
             }
+        }
+        if let Some(node) = received.dht_node {
+            self.shared.dht_node_heard(node);
         }
         let conn = &mut self.conns[key];
         let need = match &received.joined {

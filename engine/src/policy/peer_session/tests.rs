@@ -49,6 +49,7 @@ fn config() -> SessionConfig {
         max_queued_requests: 4,
         client_name: "test".into(),
         listen_port: Some(6881),
+        dht_port: None,
     }
 }
 
@@ -584,4 +585,25 @@ fn a_peer_that_floods_requests_it_must_know_are_refused_is_dropped() {
         flood,
         Some(SessionEnd::Violation(Violation::RequestFlood(limit + 1)))
     );
+}
+
+#[test]
+fn dht_ports_go_both_ways_after_the_bitfield() {
+    let t = torrent();
+    let mut hs = handshake(true, false);
+    hs.reserved = hs.reserved.with_dht(true);
+    let config = SessionConfig {
+        dht_port: Some(6881),
+        ..config()
+    };
+    let mut s = PeerSession::new(&hs, None, &t, config.clone());
+    assert_eq!(sent(&mut s), [Message::HaveAll, Message::Port(6881)]);
+    s.on_message(Message::Port(7000), &t).unwrap();
+    assert_eq!(s.take_dht_port(), Some(7000));
+    assert_eq!(s.take_dht_port(), None, "once");
+    s.on_message(Message::Port(0), &t).unwrap();
+    assert_eq!(s.take_dht_port(), None, "port 0 is nobody");
+    // A peer without the DHT bit hears nothing of ours.
+    let mut s = PeerSession::new(&handshake(true, false), None, &t, config);
+    assert_eq!(sent(&mut s), [Message::HaveAll]);
 }

@@ -189,7 +189,7 @@ fn an_outgoing_connection_speaks_first_and_wants_the_torrent_it_dialed_for() {
     let mut f = Fixture::new();
     let addr = "127.0.0.9:6881".parse().unwrap();
     let mut conn = PeerConnection::new(addr, 7, Some(f.info_hash()), Duration::ZERO);
-    conn.connected(PEER_ID, Duration::from_secs(1));
+    conn.connected(PEER_ID, Reserved::OURS, Duration::from_secs(1));
     let (plan, _) = f.plan(&mut conn, ROOM, 0);
     let ours = Handshake::decode(&plan.control).unwrap().unwrap();
     assert_eq!(ours.info_hash, f.info_hash());
@@ -310,7 +310,7 @@ fn fetching(f: &mut Fixture, info_hash: InfoHash) -> (PeerConnection, Arc<Metada
     f.fetching.insert(info_hash, Arc::clone(&fetch));
     let addr = "127.0.0.9:6881".parse().unwrap();
     let mut conn = PeerConnection::new(addr, 7, Some(info_hash), Duration::ZERO);
-    conn.connected(PEER_ID, Duration::from_secs(1));
+    conn.connected(PEER_ID, Reserved::OURS, Duration::from_secs(1));
     (conn, fetch)
 }
 
