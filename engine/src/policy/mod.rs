@@ -5,6 +5,7 @@
 
 pub mod bitfield;
 pub mod choker;
+pub mod dht;
 pub mod download;
 pub mod load_pattern;
 pub mod metadata;

@@ -4,6 +4,7 @@
 pub mod bencode;
 pub mod extension;
 pub mod info_hash;
+pub mod krpc;
 pub mod layout;
 pub mod magnet;
 pub mod metainfo;
