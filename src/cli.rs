@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use ringseed_engine::io::dht::DhtConfig;
 use ringseed_engine::io::plane::control::PlaneConfig;
 use ringseed_engine::io::plane::IoMode;
 
@@ -198,6 +199,8 @@ pub struct DownloadArgs {
     /// Do not announce to trackers (peers come from --peer and `x.pe`).
     #[arg(long, env = "RINGSEED_NO_ANNOUNCE")]
     pub no_announce: bool,
+    #[command(flatten)]
+    pub dht: DhtArgs,
     /// PEM file of root certificates to trust for HTTPS trackers.
     #[arg(long, value_name = "FILE", env = "RINGSEED_TRACKER_CA")]
     pub tracker_ca: Option<PathBuf>,
@@ -497,6 +500,8 @@ pub struct SeedArgs {
     /// another way, e.g. `x.pe` in a magnet link).
     #[arg(long, env = "RINGSEED_NO_ANNOUNCE")]
     pub no_announce: bool,
+    #[command(flatten)]
+    pub dht: DhtArgs,
     /// PEM file of root certificates to trust for HTTPS trackers instead of
     /// the built-in web PKI roots (a tracker with its own CA).
     #[arg(long, value_name = "FILE", env = "RINGSEED_TRACKER_CA")]
@@ -565,6 +570,56 @@ impl PlaneArgs {
             io: self.io,
             ..defaults
         }
+    }
+}
+
+/// The DHT flags of `seed` and `download`.
+#[derive(Debug, Args)]
+pub struct DhtArgs {
+    /// Stay out of the DHT (BEP 5): no announces, no lookups, no node.
+    #[arg(long, env = "RINGSEED_NO_DHT")]
+    pub no_dht: bool,
+    /// A DHT bootstrap node; repeat for several, `none` for none [default:
+    /// the well-known public routers]. The routing table saved under
+    /// --state is tried first.
+    #[arg(
+        long = "dht-bootstrap",
+        value_name = "HOST:PORT",
+        env = "RINGSEED_DHT_BOOTSTRAP",
+        value_delimiter = ','
+    )]
+    pub bootstrap: Vec<String>,
+}
+
+impl DhtArgs {
+    /// The DHT's settings for a process listening on `listen` with its
+    /// state in `state`, or `None` with `--no-dht`.
+    pub fn config(
+        &self,
+        listen: std::net::SocketAddr,
+        state: &std::path::Path,
+    ) -> Option<DhtConfig> {
+        if self.no_dht {
+            return None;
+        }
+        let defaults = DhtConfig::default();
+        let bootstrap = match self.bootstrap.as_slice() {
+            [] => defaults.bootstrap,
+            [none] if none == "none" => Vec::new(),
+            given => given.to_vec(),
+        };
+        let bind_v4 = match listen.ip() {
+            std::net::IpAddr::V4(v4) => v4,
+            std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+        };
+        Some(DhtConfig {
+            bootstrap,
+            state_dir: Some(state.to_path_buf()),
+            bind_v4,
+            // An IPv6 node where the listener takes IPv6.
+            ipv6: listen.is_ipv6(),
+            ..defaults
+        })
     }
 }
 

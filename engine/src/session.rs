@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::io::announce::{
     AnnounceError, AnnounceTarget, Announcer, ClientConfig, TrackerStatus, Transfer,
 };
+use crate::io::dht::{DhtConfig, DhtService, DhtStatus};
 use crate::io::files::DataPaths;
 use crate::io::plane::control::{Dialer, Observer, Plane, PlaneConfig, PlaneError, PlaneStats};
 use crate::io::plane::shared::MetadataError;
@@ -47,6 +48,8 @@ pub struct SessionConfig {
     pub plane: PlaneConfig,
     /// Announce to the torrents' trackers with this client; `None`: never.
     pub trackers: Option<ClientConfig>,
+    /// Join the mainline DHT with these settings; `None`: never.
+    pub dht: Option<DhtConfig>,
 }
 
 /// Why a Session could not start.
@@ -148,6 +151,12 @@ impl Resumer {
 pub struct Session {
     plane: Plane,
     trackers: Option<Arc<Announcer>>,
+    /// The DHT, when it runs: a peer source that can be switched on and
+    /// off while the Session runs (the daemon's reload).
+    dht: Option<DhtService>,
+    /// The data plane's settings as last applied (the DHT's port is added
+    /// to them).
+    plane_config: PlaneConfig,
     sources: Vec<Box<dyn PeerSource>>,
     resume: Option<Resumer>,
 }
@@ -155,13 +164,18 @@ pub struct Session {
 impl Session {
     /// Starts the data plane and the peer sources, and runs `torrents`.
     pub fn start(config: SessionConfig, torrents: Vec<Arc<Torrent>>) -> Result<Self, SessionError> {
-        let plane = Plane::start(config.plane, Vec::new())?;
+        let plane = Plane::start(config.plane.clone(), Vec::new())?;
         let mut session = Session {
             trackers: None,
+            dht: None,
+            plane_config: config.plane,
             sources: Vec::new(),
             resume: None,
             plane,
         };
+        if let Some(dht) = config.dht {
+            session.start_dht(dht);
+        }
         if let Some(client) = config.trackers {
             let announcer = Arc::new(start_announcer(&session.plane, client)?);
             session.trackers = Some(Arc::clone(&announcer));
@@ -178,6 +192,9 @@ impl Session {
     /// files) is retired: its peers are dropped and reconnect.
     pub fn add_torrent(&mut self, torrent: Arc<Torrent>) {
         self.plane.add_torrent(Arc::clone(&torrent));
+        if let Some(dht) = &self.dht {
+            dht_add(dht, &torrent);
+        }
         for source in &mut self.sources {
             source.add(&torrent);
         }
@@ -208,6 +225,9 @@ impl Session {
             r.kept()
                 .retain(|k| k.torrent.metainfo.info_hash != *info_hash);
         }
+        if let Some(dht) = &self.dht {
+            dht.forget(*info_hash);
+        }
         for source in &mut self.sources {
             source.remove(*info_hash);
         }
@@ -216,6 +236,9 @@ impl Session {
 
     /// A torrent's download completed: the sources that care are told.
     pub fn completed(&mut self, info_hash: InfoHash) {
+        if let (Some(dht), Some(torrent)) = (&self.dht, self.plane.observer().torrent(&info_hash)) {
+            dht_add(dht, &torrent);
+        }
         for source in &mut self.sources {
             source.completed(info_hash);
         }
@@ -243,16 +266,21 @@ impl Session {
         const REDIAL_EVERY: Duration = Duration::from_secs(2);
         /// Failed attempts per peer before giving up early.
         const ATTEMPTS_PER_PEER: usize = 3;
-        if peers.is_empty() {
+        if peers.is_empty() && self.dht.is_none() {
             return Err(MetadataError::NoPeers);
         }
         let fetch = self.plane.fetch_metadata(info_hash);
+        if let Some(dht) = &self.dht {
+            dht.find(info_hash);
+        }
         let started = Instant::now();
         let deadline = started + timeout;
         let info = loop {
             self.dial(info_hash, peers);
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || fetch.each_failed(peers, ATTEMPTS_PER_PEER) {
+            // With the DHT, more peers may come: only the deadline ends it.
+            let all_failed = self.dht.is_none() && fetch.each_failed(peers, ATTEMPTS_PER_PEER);
+            if left.is_zero() || all_failed {
                 break None;
             }
             if let Some(info) = fetch.wait(left.min(REDIAL_EVERY)) {
@@ -260,6 +288,9 @@ impl Session {
             }
         };
         self.plane.stop_fetch(&fetch);
+        if let Some(dht) = &self.dht {
+            dht.forget(info_hash);
+        }
         info.ok_or_else(|| fetch.error(started.elapsed()))
     }
 
@@ -269,8 +300,45 @@ impl Session {
     }
 
     /// Applies new data-plane settings live (limits, slots, timeouts).
-    pub fn reconfigure(&self, config: PlaneConfig) {
+    pub fn reconfigure(&mut self, config: PlaneConfig) {
+        self.plane_config = config.clone();
+        let mut config = config;
+        config.session.dht_port = self.dht.as_ref().map(DhtService::port);
         self.plane.reconfigure(config);
+    }
+
+    /// Joins the DHT (if not in it yet) and announces every public torrent
+    /// run; a failure (the UDP port taken) is logged, and the Session runs
+    /// on without it.
+    pub fn start_dht(&mut self, config: DhtConfig) {
+        if self.dht.is_some() {
+            return;
+        }
+        let bt_port = self.plane.local_addr().port();
+        match DhtService::start(config, bt_port, self.plane.dialer()) {
+            Ok(service) => {
+                for torrent in self.plane.torrents() {
+                    dht_add(&service, &torrent);
+                }
+                self.dht = Some(service);
+                // Peers that run a DHT hear where ours listens.
+                self.reconfigure(self.plane_config.clone());
+            }
+            Err(e) => tracing::warn!("cannot start the DHT: {e}; running without it"),
+        }
+    }
+
+    /// Leaves the DHT (saving its routing table), if in it.
+    pub fn stop_dht(&mut self) {
+        if let Some(dht) = self.dht.take() {
+            dht.stop();
+            self.reconfigure(self.plane_config.clone());
+        }
+    }
+
+    /// The DHT's counters, if it runs.
+    pub fn dht_status(&self) -> Option<DhtStatus> {
+        self.dht.as_ref().map(|d| d.status())
     }
 
     /// The last outcome of every tracker of every torrent.
@@ -312,8 +380,11 @@ impl Session {
     /// `goodbye`: returns false if some did not finish in time), then the
     /// data plane; returns the final counters.
     pub fn shutdown(mut self, goodbye: Duration) -> io::Result<(PlaneStats, bool)> {
-        let sources = std::mem::take(&mut self.sources);
+        let mut sources = std::mem::take(&mut self.sources);
         self.trackers = None;
+        if let Some(dht) = self.dht.take() {
+            sources.push(Box::new(DhtSource(dht)));
+        }
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("ringseed-goodbye".into())
@@ -365,6 +436,37 @@ fn start_announcer(plane: &Plane, client: ClientConfig) -> Result<Announcer, Ses
         Some(on_peers),
     )
     .map_err(SessionError::Trackers)
+}
+
+/// Announces `torrent` on the DHT (BEP 5), and looks it up while it is
+/// downloaded; a private torrent (BEP 27) never touches the DHT.
+fn dht_add(dht: &DhtService, torrent: &Torrent) {
+    if !torrent.metainfo.info.private {
+        dht.announce(torrent.metainfo.info_hash, !torrent.is_downloading());
+    }
+}
+
+/// The DHT as a peer source, for the goodbye at shutdown (it saves its
+/// routing table); while the Session runs it is called directly, since it
+/// can be switched on and off.
+struct DhtSource(DhtService);
+
+impl PeerSource for DhtSource {
+    fn add(&mut self, torrent: &Arc<Torrent>) {
+        dht_add(&self.0, torrent);
+    }
+
+    fn remove(&mut self, info_hash: InfoHash) {
+        self.0.forget(info_hash);
+    }
+
+    fn completed(&mut self, info_hash: InfoHash) {
+        self.0.announce(info_hash, true);
+    }
+
+    fn stop(self: Box<Self>) {
+        self.0.stop();
+    }
 }
 
 /// The torrents' trackers (BEP 3, 12, 15) as a peer source.

@@ -53,6 +53,7 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
     // The data plane starts first: a magnet link's metadata is fetched on it.
     let mut session = Session::start(
         SessionConfig {
+            dht: args.dht.config(args.listen, &state),
             plane: config,
             trackers,
         },

@@ -70,10 +70,14 @@ pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
     } else {
         Some(tracker_client_config(args.tracker_ca.as_deref())?)
     };
+    let dht = args
+        .dht
+        .config(args.listen, &state_dir(args.state.as_deref()));
     let session = Session::start(
         SessionConfig {
             plane: config,
             trackers,
+            dht,
         },
         torrents.clone(),
     )?;

@@ -56,6 +56,8 @@ pub struct Config {
     pub limits: Limits,
     /// The built-in tracker.
     pub tracker: Tracker,
+    /// The mainline DHT.
+    pub dht: Dht,
     /// Directories of data files to make torrents of.
     pub data_dir: Vec<DataDir>,
     /// Directories of .torrent files whose data is found by name.
@@ -85,6 +87,57 @@ pub struct Limits {
 pub struct Tracker {
     /// UDP and HTTP address of the tracker; empty: no tracker.
     pub listen: String,
+}
+
+/// The mainline DHT (BEP 5).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dht {
+    /// Join it; applied live on reload.
+    pub enabled: bool,
+    /// UDP port of the DHT nodes; 0 is the BitTorrent port.
+    pub port: u16,
+    /// Bootstrap nodes (`HOST:PORT`); a string is a comma-separated list,
+    /// and "none" is none.
+    #[serde(deserialize_with = "node_list")]
+    pub bootstrap: Vec<String>,
+    /// BEP 43: query only, answer nothing.
+    pub read_only: bool,
+}
+
+impl Default for Dht {
+    fn default() -> Self {
+        Dht {
+            enabled: true,
+            port: 0,
+            bootstrap: ringseed_engine::io::dht::DEFAULT_BOOTSTRAP
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            read_only: false,
+        }
+    }
+}
+
+/// A list of `HOST:PORT`s, or one string of them separated by commas
+/// (`RINGSEED_DHT_BOOTSTRAP=a:1,b:2`); "none" is the empty list.
+fn node_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::List(list) => list,
+        Raw::Text(t) if t.trim() == "none" => Vec::new(),
+        Raw::Text(t) => t
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    })
 }
 
 /// A directory of data: each file or directory in it becomes a torrent.
@@ -137,6 +190,7 @@ impl Default for Config {
             announce: true,
             limits: Limits::default(),
             tracker: Tracker::default(),
+            dht: Dht::default(),
             data_dir: Vec::new(),
             torrent_dir: Vec::new(),
         }
@@ -481,6 +535,10 @@ mod tests {
             "max_connections_per_torrent",
             "max_connections_per_ip",
             "[tracker]",
+            "[dht]",
+            "enabled",
+            "bootstrap",
+            "read_only",
             "[[data_dir]]",
             "publish",
             "trackers",

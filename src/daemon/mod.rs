@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ringseed_engine::create::CreateOptions;
+use ringseed_engine::io::dht::DhtConfig;
 use ringseed_engine::io::files::{write_atomic, DataPaths};
 use ringseed_engine::io::hasher::thread_count;
 use ringseed_engine::io::plane::control::PlaneConfig;
@@ -115,6 +116,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
         SessionConfig {
             plane: plane_config(&config),
             trackers,
+            dht: dht_config(&config),
         },
         Vec::new(),
     )?;
@@ -202,6 +204,24 @@ fn plane_config(config: &Config) -> PlaneConfig {
         max_connections_per_ip: config.limits.max_connections_per_ip,
         ..defaults
     }
+}
+
+/// The DHT's settings, or `None` when `[dht] enabled` is false.
+fn dht_config(config: &Config) -> Option<DhtConfig> {
+    if !config.dht.enabled {
+        return None;
+    }
+    Some(DhtConfig {
+        port: config.dht.port,
+        bootstrap: config.dht.bootstrap.clone(),
+        read_only: config.dht.read_only,
+        state_dir: Some(config.state_dir()),
+        bind_v4: match config.listen.ip() {
+            std::net::IpAddr::V4(v4) => v4,
+            std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+        },
+        ipv6: config.listen.is_ipv6(),
+    })
 }
 
 fn spawn_signal_thread(events: mpsc::Sender<Event>) -> anyhow::Result<()> {
@@ -1019,6 +1039,10 @@ impl Daemon {
                 ("state_dir", new.state_dir != self.config.state_dir),
                 ("announce", new.announce != self.config.announce),
                 (
+                    "dht.port, dht.bootstrap, dht.read_only",
+                    new.dht.enabled && self.config.dht.enabled && new.dht != self.config.dht,
+                ),
+                (
                     "verify_threads",
                     new.verify_threads != self.config.verify_threads,
                 ),
@@ -1029,6 +1053,17 @@ impl Daemon {
                 }
             }
             self.session.reconfigure(plane_config(&new));
+            match (self.config.dht.enabled, dht_config(&new)) {
+                (false, Some(dht)) => {
+                    self.session.start_dht(dht);
+                    info!("joined the DHT");
+                }
+                (true, None) => {
+                    self.session.stop_dht();
+                    info!("left the DHT");
+                }
+                _ => {}
+            }
             self.config = new;
             self.scan();
             info!("configuration reloaded");

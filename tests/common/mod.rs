@@ -6,9 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The `ringseed` binary built for this test run.
+/// The `ringseed` binary built for this test run. Its DHT has no
+/// bootstrap nodes: tests never contact the public routers (a test of the
+/// DHT names its own, local ones).
 pub fn ringseed() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ringseed"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringseed"));
+    cmd.env("RINGSEED_DHT_BOOTSTRAP", "none");
+    cmd
 }
 
 /// Runs a command and returns its output, panicking with its stderr if it

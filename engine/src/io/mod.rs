@@ -2,6 +2,7 @@
 //! storage and the per-core io_uring data plane.
 
 pub mod announce;
+pub mod dht;
 pub mod file_pool;
 pub mod files;
 pub mod hasher;
