@@ -1,0 +1,89 @@
+#!/usr/bin/python3
+"""A libtorrent-rasterbar peer that finds peers through the DHT alone, for
+ringseed's DHT interop tests.
+
+    lt_dht.py seed TORRENT DATA_DIR --bootstrap HOST:PORT [--bind IP]
+    lt_dht.py leech SOURCE SAVE_DIR --bootstrap HOST:PORT [--bind IP] [--timeout S]
+
+The DHT is made of local nodes only: the one bootstrap node given (never
+the public routers), with libtorrent's filters of local and private
+addresses turned off (`dht_restrict_routing_ips`, `dht_restrict_search_ips`,
+`dht_ignore_dark_internet`). Trackers are not used (none is given), LSD,
+UPnP, NAT-PMP and uTP are off, and no peer is ever added by hand: every
+peer comes from the DHT.
+
+`seed` prints `ready PORT` (its TCP and DHT port) once seeding, then seeds
+until killed. `leech` prints `done SECONDS` and exits 0 when the download is
+complete, or exits 1 on timeout. SOURCE is a .torrent file or a magnet
+link.
+"""
+import argparse
+import sys
+import time
+
+import libtorrent as lt
+
+
+def session(bind, bootstrap):
+    return lt.session({
+        "listen_interfaces": f"{bind}:0",
+        "outgoing_interfaces": bind,
+        "enable_dht": True,
+        "dht_bootstrap_nodes": bootstrap,
+        "dht_restrict_routing_ips": False,
+        "dht_restrict_search_ips": False,
+        "dht_ignore_dark_internet": False,
+        "dht_prefer_verified_node_ids": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "enable_incoming_utp": False,
+        "enable_outgoing_utp": False,
+        "allow_multiple_connections_per_ip": True,
+        "alert_mask": lt.alert.category_t.error_notification,
+    })
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["seed", "leech"])
+    ap.add_argument("source")
+    ap.add_argument("dir")
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--bind", default="127.0.0.2")
+    ap.add_argument("--timeout", type=float, default=120.0)
+    args = ap.parse_args()
+
+    ses = session(args.bind, args.bootstrap)
+    if args.source.startswith("magnet:"):
+        params = lt.parse_magnet_uri(args.source)
+    else:
+        params = lt.add_torrent_params()
+        params.ti = lt.torrent_info(args.source)
+    params.save_path = args.dir
+    handle = ses.add_torrent(params)
+    started = time.monotonic()
+    while True:
+        status = handle.status()
+        if status.errc.value() != 0:
+            sys.exit(f"libtorrent error: {status.errc.message()}")
+        if status.has_metadata and status.is_seeding:
+            break
+        if time.monotonic() - started > args.timeout:
+            sys.exit(
+                f"timeout: state {status.state}, {status.progress * 100:.1f}% done, "
+                f"{status.num_peers} peers"
+            )
+        ses.wait_for_alert(200)
+        ses.pop_alerts()
+    if args.mode == "leech":
+        print(f"done {time.monotonic() - started:.2f}", flush=True)
+        return
+    print(f"ready {ses.listen_port()}", flush=True)
+    while True:
+        ses.wait_for_alert(1000)
+        ses.pop_alerts()
+
+
+if __name__ == "__main__":
+    main()
