@@ -1078,3 +1078,86 @@ fn publishing_torrents_no_client_could_find_is_warned_about_once() {
     );
     assert!(!log.contains("three.iso.torrent names no tracker"), "{log}");
 }
+
+/// Issue 14's "done means": a trackerless torrent (no announce, a url-list,
+/// as Arch Linux publishes) seeded by the daemon is downloaded by
+/// libtorrent from its magnet link alone, through a DHT of local nodes;
+/// the private torrent beside it is never announced; the DHT's figures are
+/// in /status and /metrics.
+#[test]
+#[ignore = "interop: needs python3-libtorrent (scripts/test runs it)"]
+fn a_trackerless_torrent_seeded_by_the_daemon_is_found_through_the_dht() {
+    require_libtorrent();
+    let dir = tempfile::tempdir().unwrap();
+    let (public, private, state) = (
+        dir.path().join("public"),
+        dir.path().join("private"),
+        dir.path().join("state"),
+    );
+    std::fs::create_dir_all(&public).unwrap();
+    std::fs::create_dir_all(&private).unwrap();
+    let config = dir.path().join("ringseed.toml");
+    write_config(
+        &config,
+        &format!(
+            "settle_secs = 1\nannounce = false\n\
+             [[data_dir]]\npath = {public:?}\nweb_seeds = [\"http://127.0.0.1:9/iso/\"]\n\
+             [[data_dir]]\npath = {private:?}\nprivate = true\npublish = {:?}\n",
+            dir.path().join("pub-private")
+        ),
+    );
+    let mut daemon = Daemon::start(&state, &[&"--config", &config]);
+    let iso = publish_like_rsync(&public, "arch.iso", 5 << 20, 7);
+    publish_like_rsync(&private, "members.iso", 1 << 20, 8);
+    daemon.wait_for_log("seeding arch.iso");
+    daemon.wait_for_log("seeding members.iso");
+    let torrent = state.join("published/arch.iso.torrent");
+    let info = info_json(&torrent);
+    assert!(info["trackers"].as_array().unwrap().is_empty(), "{info}");
+    assert!(!info["web_seeds"].as_array().unwrap().is_empty(), "{info}");
+    let hash = info["info_hash"].as_str().unwrap().to_owned();
+
+    let status: Value = serde_json::from_str(
+        daemon
+            .http_get("/status")
+            .split("\r\n\r\n")
+            .nth(1)
+            .expect("a body"),
+    )
+    .unwrap();
+    let port = status["dht"]["port"].as_u64().expect("the DHT runs");
+    // libtorrent knows one node, the daemon's, and the magnet link alone.
+    let out = dir.path().join("lt");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lt_dht.py");
+    let mut leech = spawn_until_line(
+        std::process::Command::new("/usr/bin/python3")
+            .arg(script)
+            .args(["leech", &format!("magnet:?xt=urn:btih:{hash}")])
+            .arg(&out)
+            .args(["--bootstrap", &format!("127.0.0.1:{port}")]),
+        "done",
+    );
+    let _ = leech.wait();
+    assert_eq!(sha256(&out.join("arch.iso")), sha256(&iso));
+
+    // Only the public torrent is announced; the DHT's counters show the
+    // lookup libtorrent made.
+    let body = daemon.http_get("/status");
+    let status: Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(status["dht"]["announcing"], 1, "{body}");
+    let metrics = daemon.http_get("/metrics");
+    let get_peers = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("ringseed_dht_queries_in_total")
+                && l.contains("family=\"ipv4\"")
+                && l.contains("type=\"get_peers\"")
+        })
+        .unwrap_or_else(|| panic!("no DHT queries in:\n{metrics}"));
+    let answered: f64 = get_peers.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(answered >= 1.0, "{get_peers}");
+    assert!(
+        metrics.contains("ringseed_dht_nodes{family=\"ipv4\"}"),
+        "{metrics}"
+    );
+}

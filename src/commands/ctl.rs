@@ -52,6 +52,19 @@ pub fn run(args: CtlArgs) -> anyhow::Result<Exit> {
         Some(status) if json => println!("{}", serde_json::to_string_pretty(&status)?),
         Some(status) => {
             println!("{}", reply.message);
+            if let Some(dht) = &status.dht {
+                let nodes: Vec<String> = dht
+                    .nodes
+                    .iter()
+                    .map(|n| format!("{} {}", n.routing_nodes, n.family))
+                    .collect();
+                println!(
+                    "dht: udp port {}, {} nodes known, {} torrents announced",
+                    dht.port,
+                    nodes.join(" + "),
+                    dht.announcing
+                );
+            }
             println!(
                 "{:<9} {:>6} {:>6} {:>10}  {:<40}  NAME",
                 "STATE", "DONE", "PEERS", "SENT", "INFO-HASH"

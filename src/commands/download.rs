@@ -103,6 +103,9 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
         },
     )?;
     println!("data plane: {}", session.data_plane());
+    if let Some(dht) = session.dht_status() {
+        println!("dht: udp port {}", dht.port);
+    }
     println!("listening on {}", session.local_addr());
     if start_have > 0 {
         println!(

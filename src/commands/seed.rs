@@ -110,6 +110,9 @@ pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
         })?),
         None => None,
     };
+    if let Some(dht) = session.dht_status() {
+        println!("dht: udp port {}", dht.port);
+    }
     let plane = session.data_plane();
     println!("listening on {addr}{family} with {workers} {plane} workers; Ctrl-C stops");
     std::io::stdout().flush()?;

@@ -41,7 +41,10 @@ use self::catalog::{
 };
 use self::config::Config;
 use self::control::{Query, Reply, Request};
-use self::status::{figures, DirectoryError, Status, TorrentStatus, TrackerStatus, WorkerStatus};
+use self::status::{
+    figures, DhtFigures, DhtNodeFigures, DirectoryError, Status, TorrentStatus, TrackerStatus,
+    WorkerStatus,
+};
 use self::systemd::Systemd;
 use self::watch::Watcher;
 use crate::cli::{DaemonArgs, Exit};
@@ -1282,6 +1285,15 @@ impl Daemon {
                 .collect(),
             bytes_hashed: self.bytes_hashed + hashing_now,
             hash_failures: self.hash_failures,
+            dht: self.session.dht_status().map(|d| DhtFigures {
+                port: d.port,
+                announcing: d.announcing,
+                external_v4: d.external_v4.map(|ip| ip.to_string()),
+                nodes: [("ipv4", d.v4), ("ipv6", d.v6)]
+                    .iter()
+                    .filter_map(|(family, s)| s.as_ref().map(|s| DhtNodeFigures::of(family, s)))
+                    .collect(),
+            }),
         }
     }
 

@@ -34,6 +34,98 @@ pub struct Status {
     pub bytes_hashed: u64,
     /// Pieces that did not match their hash in checks since the start.
     pub hash_failures: u64,
+    /// The DHT, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dht: Option<DhtFigures>,
+}
+
+/// The DHT's state and counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DhtFigures {
+    /// UDP port of its nodes.
+    pub port: u16,
+    /// Torrents announced.
+    pub announcing: usize,
+    /// Our IPv4 address as the network reports it.
+    pub external_v4: Option<String>,
+    /// Per node: `ipv4`, `ipv6`.
+    pub nodes: Vec<DhtNodeFigures>,
+}
+
+/// One DHT node (one address family).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DhtNodeFigures {
+    /// `ipv4` or `ipv6`.
+    pub family: String,
+    /// Nodes in its routing table.
+    pub routing_nodes: u64,
+    /// Queries received, by type.
+    pub queries_in: std::collections::BTreeMap<String, u64>,
+    /// Queries sent, by type.
+    pub queries_out: std::collections::BTreeMap<String, u64>,
+    /// Replies received.
+    pub replies_in: u64,
+    /// Replies sent.
+    pub replies_out: u64,
+    /// Error messages received and sent.
+    pub errors: u64,
+    /// Queries that timed out.
+    pub timeouts: u64,
+    /// Lookups started.
+    pub lookups: u64,
+    /// Announces completed.
+    pub announces: u64,
+    /// Peers found by lookups.
+    pub peers_found: u64,
+    /// Peers stored for others now.
+    pub stored_peers: u64,
+    /// Torrents with peers stored for others now.
+    pub stored_torrents: u64,
+    /// Datagrams dropped: malformed, oversized or from an unexpected source.
+    pub dropped: u64,
+    /// Queries not answered for the source's rate limit.
+    pub rate_limited: u64,
+}
+
+impl DhtNodeFigures {
+    /// The figures of one node's counters.
+    pub fn of(family: &str, s: &ringseed_engine::policy::dht::DhtStats) -> Self {
+        let map = |pairs: &[(&str, u64)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        DhtNodeFigures {
+            family: family.into(),
+            routing_nodes: s.routing_nodes,
+            queries_in: map(&[
+                ("ping", s.queries_in_ping),
+                ("find_node", s.queries_in_find_node),
+                ("get_peers", s.queries_in_get_peers),
+                ("announce_peer", s.queries_in_announce_peer),
+                ("sample_infohashes", s.queries_in_sample_infohashes),
+                ("other", s.queries_in_other),
+            ]),
+            queries_out: map(&[
+                ("ping", s.queries_out_ping),
+                ("find_node", s.queries_out_find_node),
+                ("get_peers", s.queries_out_get_peers),
+                ("announce_peer", s.queries_out_announce_peer),
+            ]),
+            replies_in: s.replies_in,
+            replies_out: s.replies_out,
+            errors: s.errors_in + s.errors_out,
+            timeouts: s.timeouts,
+            lookups: s.lookups_started,
+            announces: s.announces_done,
+            peers_found: s.peers_found,
+            stored_peers: s.stored_peers,
+            stored_torrents: s.stored_torrents,
+            dropped: s.dropped_malformed + s.dropped_oversized + s.dropped_wrong_source,
+            rate_limited: s.rate_limited,
+        }
+    }
 }
 
 /// A data-plane worker.
@@ -281,6 +373,9 @@ impl Status {
             "The data plane that runs (1) and the one that does not (0).",
             &planes,
         );
+        if let Some(dht) = &self.dht {
+            dht.metrics(&mut out);
+        }
         family(
             &mut out,
             "ringseed_uptime_seconds",
@@ -289,6 +384,112 @@ impl Status {
             &[(String::new(), self.uptime_secs as f64)],
         );
         out
+    }
+}
+
+impl DhtFigures {
+    /// The `ringseed_dht_*` families.
+    fn metrics(&self, out: &mut String) {
+        let per_node = |f: &dyn Fn(&DhtNodeFigures) -> u64| -> Vec<(String, f64)> {
+            self.nodes
+                .iter()
+                .map(|n| (format!("family=\"{}\"", n.family), f(n) as f64))
+                .collect()
+        };
+        let by_type = |f: &dyn Fn(&DhtNodeFigures) -> &std::collections::BTreeMap<String, u64>| {
+            let mut samples = Vec::new();
+            for n in &self.nodes {
+                for (kind, count) in f(n) {
+                    samples.push((
+                        format!("family=\"{}\",type=\"{kind}\"", n.family),
+                        *count as f64,
+                    ));
+                }
+            }
+            samples
+        };
+        family(
+            out,
+            "ringseed_dht_nodes",
+            "gauge",
+            "Nodes in the DHT routing table.",
+            &per_node(&|n| n.routing_nodes),
+        );
+        family(
+            out,
+            "ringseed_dht_queries_in_total",
+            "counter",
+            "DHT queries received, by type.",
+            &by_type(&|n| &n.queries_in),
+        );
+        family(
+            out,
+            "ringseed_dht_queries_out_total",
+            "counter",
+            "DHT queries sent, by type.",
+            &by_type(&|n| &n.queries_out),
+        );
+        let counters: [(&str, &str, &dyn Fn(&DhtNodeFigures) -> u64); 9] = [
+            ("replies_in_total", "DHT replies received.", &|n| {
+                n.replies_in
+            }),
+            ("replies_out_total", "DHT replies sent.", &|n| n.replies_out),
+            (
+                "errors_total",
+                "DHT error messages received and sent.",
+                &|n| n.errors,
+            ),
+            ("timeouts_total", "DHT queries that timed out.", &|n| {
+                n.timeouts
+            }),
+            ("lookups_total", "DHT lookups started.", &|n| n.lookups),
+            ("announces_total", "DHT announces completed.", &|n| {
+                n.announces
+            }),
+            ("peers_found_total", "Peers found by DHT lookups.", &|n| {
+                n.peers_found
+            }),
+            (
+                "dropped_total",
+                "DHT datagrams dropped (malformed, oversized, unexpected source).",
+                &|n| n.dropped,
+            ),
+            (
+                "rate_limited_total",
+                "DHT queries refused for their source's rate.",
+                &|n| n.rate_limited,
+            ),
+        ];
+        for (name, help, f) in counters {
+            family(
+                out,
+                &format!("ringseed_dht_{name}"),
+                "counter",
+                help,
+                &per_node(f),
+            );
+        }
+        family(
+            out,
+            "ringseed_dht_stored_peers",
+            "gauge",
+            "Peers the DHT stores for others.",
+            &per_node(&|n| n.stored_peers),
+        );
+        family(
+            out,
+            "ringseed_dht_stored_torrents",
+            "gauge",
+            "Torrents the DHT stores peers of for others.",
+            &per_node(&|n| n.stored_torrents),
+        );
+        family(
+            out,
+            "ringseed_dht_announcing",
+            "gauge",
+            "Torrents this node announces.",
+            &[(String::new(), self.announcing as f64)],
+        );
     }
 }
 
