@@ -429,35 +429,36 @@ impl DhtFigures {
             "DHT queries sent, by type.",
             &by_type(&|n| &n.queries_out),
         );
-        let counters: [(&str, &str, &dyn Fn(&DhtNodeFigures) -> u64); 9] = [
-            ("replies_in_total", "DHT replies received.", &|n| {
+        type Field = fn(&DhtNodeFigures) -> u64;
+        let counters: [(&str, &str, Field); 9] = [
+            ("replies_in_total", "DHT replies received.", |n| {
                 n.replies_in
             }),
-            ("replies_out_total", "DHT replies sent.", &|n| n.replies_out),
+            ("replies_out_total", "DHT replies sent.", |n| n.replies_out),
             (
                 "errors_total",
                 "DHT error messages received and sent.",
-                &|n| n.errors,
+                |n| n.errors,
             ),
-            ("timeouts_total", "DHT queries that timed out.", &|n| {
+            ("timeouts_total", "DHT queries that timed out.", |n| {
                 n.timeouts
             }),
-            ("lookups_total", "DHT lookups started.", &|n| n.lookups),
-            ("announces_total", "DHT announces completed.", &|n| {
+            ("lookups_total", "DHT lookups started.", |n| n.lookups),
+            ("announces_total", "DHT announces completed.", |n| {
                 n.announces
             }),
-            ("peers_found_total", "Peers found by DHT lookups.", &|n| {
+            ("peers_found_total", "Peers found by DHT lookups.", |n| {
                 n.peers_found
             }),
             (
                 "dropped_total",
                 "DHT datagrams dropped (malformed, oversized, unexpected source).",
-                &|n| n.dropped,
+                |n| n.dropped,
             ),
             (
                 "rate_limited_total",
                 "DHT queries refused for their source's rate.",
-                &|n| n.rate_limited,
+                |n| n.rate_limited,
             ),
         ];
         for (name, help, f) in counters {
@@ -466,7 +467,7 @@ impl DhtFigures {
                 &format!("ringseed_dht_{name}"),
                 "counter",
                 help,
-                &per_node(f),
+                &per_node(&f),
             );
         }
         family(
