@@ -162,3 +162,23 @@ fn the_dht_node_id_survives_a_restart() {
     assert!(SeedProcess::start(&args).stop().success());
     assert_eq!(id(), first);
 }
+
+/// Two ringseed processes find each other through the DHT alone: the
+/// download knows the seeder only as a DHT node (its bootstrap node), and
+/// the bare magnet link names no peer.
+#[test]
+fn two_ringseed_processes_find_each_other_through_the_dht_alone() {
+    let p = Payload::new((3 << 20) + 5, 56, "256K", &[]);
+    let seeder = SeedProcess::start(&[&p.torrent, &"--data", &p.seed_dir(), &"--no-announce"]);
+    let bootstrap = format!("127.0.0.1:{}", seeder.addr.port());
+    let out = p.dir.path().join("out");
+    let stdout = download_ok(
+        &bare_magnet(&p.torrent),
+        &out,
+        &p.dir.path().join("state"),
+        &[&"--no-announce", &"--dht-bootstrap", &bootstrap],
+    );
+    assert!(stdout.contains("complete:"), "{stdout}");
+    p.assert_downloaded(&out);
+    assert!(seeder.stop().success());
+}

@@ -1004,12 +1004,29 @@ impl Dht {
         if seeds.len() < K {
             seeds.extend(self.routers.iter().map(|a| (None, *a)));
         }
+        // Peers announced to this very node count too (the only node two
+        // peers may share, e.g. when one bootstrapped from the other).
+        let local = match &purpose {
+            Purpose::GetPeers { info_hash, .. } => {
+                self.storage
+                    .peers(info_hash, MAX_VALUES_V4, false, &mut self.rng)
+            }
+            Purpose::FindNode { .. } => Vec::new(),
+        };
+        if let (Purpose::GetPeers { info_hash, .. }, false) = (&purpose, local.is_empty()) {
+            self.stats.peers_found += local.len() as u64;
+            self.events.push_back(Event::Peers {
+                lookup: lid,
+                info_hash: *info_hash,
+                peers: local.clone(),
+            });
+        }
         self.lookups.insert(
             lid,
             Running {
                 lookup: Lookup::new(target, seeds),
                 purpose,
-                peers_seen: HashSet::new(),
+                peers_seen: local.into_iter().collect(),
                 announcing: None,
                 announced: 0,
             },
