@@ -69,6 +69,25 @@ pub enum Command {
     Ctl(CtlArgs),
     /// The daemon's configuration file.
     Config(ConfigArgs),
+    /// Run a local DHT of many nodes on loopback addresses, for tests and
+    /// benchmarks (nothing leaves the machine), until stopped.
+    DhtSwarm(DhtSwarmArgs),
+}
+
+/// Arguments of `ringseed dht-swarm`.
+#[derive(Debug, Args)]
+pub struct DhtSwarmArgs {
+    /// Nodes in the swarm.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub nodes: usize,
+    /// The first node's address; node i is on this address plus i (each
+    /// node its own address: a routing table keeps one node per IP). Must
+    /// be loopback.
+    #[arg(long, value_name = "IP", default_value = "127.0.1.1")]
+    pub first_ip: std::net::Ipv4Addr,
+    /// The UDP port of every node.
+    #[arg(long, value_name = "PORT", default_value_t = 6881)]
+    pub port: u16,
 }
 
 /// Arguments of `ringseed daemon`. Each key of the config file can also be

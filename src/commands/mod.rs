@@ -2,6 +2,7 @@
 
 mod create;
 mod ctl;
+mod dht_swarm;
 mod download;
 mod info;
 mod loadtest;
@@ -20,6 +21,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Seed(args) => seed::run(args),
         Command::Download(args) => download::run(args),
         Command::Tracker(args) => tracker::run(args),
+        Command::DhtSwarm(args) => dht_swarm::run(args),
         Command::Loadtest(args) => loadtest::run(args),
         Command::Daemon(args) => crate::daemon::run(args),
         Command::Ctl(args) => ctl::run(args),

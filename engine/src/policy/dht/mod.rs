@@ -465,6 +465,11 @@ impl Dht {
         .encode()
     }
 
+    /// The torrents whose peers this node stores for others.
+    pub fn stored_info_hashes(&self) -> Vec<InfoHash> {
+        self.storage.info_hashes().copied().collect()
+    }
+
     /// Our node id.
     pub fn id(&self) -> NodeId {
         self.id

@@ -204,7 +204,12 @@ impl PeerStore {
         self.peers -= removed;
     }
 
-    /// Torrents stored.
+    /// The torrents with peers stored.
+    pub fn info_hashes(&self) -> impl Iterator<Item = &InfoHash> {
+        self.torrents.keys()
+    }
+
+    /// Torrents with stored peers.
     pub fn torrent_count(&self) -> usize {
         self.torrents.len()
     }
