@@ -1,6 +1,7 @@
 //! `ringseed dht-swarm`: a local DHT of many nodes, for tests and
-//! benchmarks; prints `ready FIRST_IP:PORT` once every node is bound, and a
-//! `swarm:` summary (with the torrents any node stores) when stopped.
+//! benchmarks; prints `ready FIRST_IP:PORT` once every node is bound, a
+//! `stats` line every second, and a `swarm:` summary (with the torrents any
+//! node stores) when stopped.
 
 use std::io::Write;
 use std::sync::atomic::AtomicBool;
@@ -18,10 +19,24 @@ pub fn run(args: DhtSwarmArgs) -> anyhow::Result<Exit> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("cannot install signal handlers")?;
     }
-    let report = run_swarm(args.nodes, args.first_ip, args.port, &stop, &mut || {
-        println!("ready {}:{}", args.first_ip, args.port);
-        let _ = std::io::stdout().flush();
-    })
+    let report = run_swarm(
+        args.nodes,
+        args.first_ip,
+        args.port,
+        &stop,
+        &mut || {
+            println!("ready {}:{}", args.first_ip, args.port);
+            let _ = std::io::stdout().flush();
+        },
+        &mut |r| {
+            // For benchmarks: the queries clients send into the swarm.
+            println!(
+                "stats routing_nodes={} queries_in={} replies_out={}",
+                r.routing_nodes, r.queries_in, r.replies_out
+            );
+            let _ = std::io::stdout().flush();
+        },
+    )
     .context("cannot run the swarm")?;
     let stored: Vec<String> = report.stored.iter().map(|h| h.to_string()).collect();
     println!(

@@ -145,6 +145,9 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
                 human_bytes((progress.counters.bytes_received as f64 / secs.max(1e-3)) as u64)
             );
             print_summary(&progress);
+            if let Some(dht) = session.dht_status() {
+                print_dht_summary(&dht);
+            }
             session.completed(metainfo.info_hash);
             if !args.seed {
                 break Ok(());
@@ -227,6 +230,19 @@ fn print_summary(p: &ringseed_engine::io::plane::control::DownloadProgress) {
             banned.join(",")
         }
     );
+}
+
+/// What the DHT did for this download: the line benchmarks read.
+fn print_dht_summary(dht: &ringseed_engine::io::dht::DhtStatus) {
+    let (mut queries, mut peers) = (0, 0);
+    for s in [&dht.v4, &dht.v6].into_iter().flatten() {
+        queries += s.queries_out_ping
+            + s.queries_out_find_node
+            + s.queries_out_get_peers
+            + s.queries_out_announce_peer;
+        peers += s.peers_found;
+    }
+    println!("dht: queries_sent={queries} peers_found={peers}");
 }
 
 /// SIGINT and SIGTERM set the returned flag.

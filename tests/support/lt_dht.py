@@ -13,8 +13,9 @@ UPnP, NAT-PMP and uTP are off, and no peer is ever added by hand: every
 peer comes from the DHT.
 
 `seed` prints `ready PORT` (its TCP and DHT port) once seeding, then seeds
-until killed. `leech` prints `done SECONDS` and exits 0 when the download is
-complete, or exits 1 on timeout. SOURCE is a .torrent file or a magnet
+until killed. `leech` prints `done SECONDS`, then `dht_queries_out N` (the
+DHT queries it sent: ping, find_node, get_peers, announce_peer) and exits 0
+when the download is complete, or exits 1 on timeout. SOURCE is a .torrent file or a magnet
 link.
 """
 import argparse
@@ -40,8 +41,24 @@ def session(bind, bootstrap):
         "enable_incoming_utp": False,
         "enable_outgoing_utp": False,
         "allow_multiple_connections_per_ip": True,
-        "alert_mask": lt.alert.category_t.error_notification,
+        "alert_mask": lt.alert.category_t.error_notification
+        | lt.alert.category_t.stats_notification,
     })
+
+
+def dht_queries_out(ses):
+    """The DHT queries the session sent, from its stats counters."""
+    names = ["dht.dht_ping_out", "dht.dht_find_node_out", "dht.dht_get_peers_out",
+             "dht.dht_announce_peer_out"]
+    ses.post_session_stats()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        ses.wait_for_alert(500)
+        for alert in ses.pop_alerts():
+            if isinstance(alert, lt.session_stats_alert):
+                # The bindings give the counters by name.
+                return sum(alert.values[n] for n in names)
+    return -1
 
 
 def main():
@@ -78,6 +95,7 @@ def main():
         ses.pop_alerts()
     if args.mode == "leech":
         print(f"done {time.monotonic() - started:.2f}", flush=True)
+        print(f"dht_queries_out {dht_queries_out(ses)}", flush=True)
         return
     print(f"ready {ses.listen_port()}", flush=True)
     while True:

@@ -32,13 +32,16 @@ pub struct SwarmReport {
 }
 
 /// `count` nodes on `first`, `first + 1`, ... (each `:port`); runs until
-/// `stop` is set. `ready` is called once every socket is bound.
+/// `stop` is set. `ready` is called once every socket is bound, `progress`
+/// with the figures so far once a second (queries received: what clients
+/// of the swarm send into it).
 pub fn run_swarm(
     count: usize,
     first: Ipv4Addr,
     port: u16,
     stop: &AtomicBool,
     ready: &mut dyn FnMut(),
+    progress: &mut dyn FnMut(&SwarmReport),
 ) -> io::Result<SwarmReport> {
     let base = u32::from(first);
     let mut nodes = Vec::with_capacity(count);
@@ -70,7 +73,12 @@ pub fn run_swarm(
         dht.bootstrap(Duration::ZERO, &[router]);
     }
     let mut buf = vec![0u8; 4097];
+    let mut last_progress = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            progress(&report_of(&nodes));
+        }
         let now = started.elapsed();
         for (socket, dht) in &mut nodes {
             dht.tick(now);
@@ -109,11 +117,16 @@ pub fn run_swarm(
             }
         }
     }
+    Ok(report_of(&nodes))
+}
+
+/// The figures of `nodes` now.
+fn report_of(nodes: &[(UdpSocket, Dht)]) -> SwarmReport {
     let mut report = SwarmReport {
         nodes: nodes.len(),
         ..SwarmReport::default()
     };
-    for (_, dht) in &nodes {
+    for (_, dht) in nodes {
         let s: DhtStats = dht.stats();
         report.routing_nodes += s.routing_nodes;
         report.queries_in += s.queries_in_ping
@@ -125,5 +138,5 @@ pub fn run_swarm(
         report.replies_out += s.replies_out;
         report.stored.extend(dht.stored_info_hashes());
     }
-    Ok(report)
+    report
 }
