@@ -88,6 +88,13 @@ pub struct DhtSwarmArgs {
     /// The UDP port of every node.
     #[arg(long, value_name = "PORT", default_value_t = 6881)]
     pub port: u16,
+    /// Replies each node sends per second at most (its defence; raise it
+    /// to measure what a node can answer).
+    #[arg(long, value_name = "N", default_value_t = 250)]
+    pub replies_per_second: u32,
+    /// Queries each node answers per second per source address.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub source_queries_per_second: u32,
 }
 
 /// Arguments of `ringseed daemon`. Each key of the config file can also be
@@ -263,6 +270,9 @@ pub enum LoadMode {
     Peers,
     /// UDP announces and scrapes against a tracker.
     Tracker,
+    /// DHT `get_peers` queries against one DHT node, from `--peers`
+    /// source addresses each keeping `--window` outstanding.
+    Dht,
 }
 
 /// Arguments of `ringseed loadtest`.
@@ -361,7 +371,8 @@ pub struct LoadtestArgs {
         env = "RINGSEED_INFO_HASHES"
     )]
     pub info_hashes: usize,
-    /// Tracker mode: requests each thread keeps outstanding.
+    /// Tracker mode: requests each thread keeps outstanding; DHT mode:
+    /// queries each source keeps outstanding.
     #[arg(long, value_name = "N", default_value_t = 64, env = "RINGSEED_WINDOW")]
     pub window: usize,
     /// Tracker mode: fraction of requests that are scrapes.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ringseed_engine::io::dht_swarm::run_swarm;
+use ringseed_engine::policy::dht::Config;
 
 use crate::cli::{DhtSwarmArgs, Exit};
 
@@ -19,10 +20,16 @@ pub fn run(args: DhtSwarmArgs) -> anyhow::Result<Exit> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("cannot install signal handlers")?;
     }
+    let config = Config {
+        replies_per_second: args.replies_per_second,
+        source_queries_per_second: args.source_queries_per_second,
+        ..Config::default()
+    };
     let report = run_swarm(
         args.nodes,
         args.first_ip,
         args.port,
+        &config,
         &stop,
         &mut || {
             println!("ready {}:{}", args.first_ip, args.port);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
+use ringseed_engine::io::dht_load::{run_dht_load, DhtLoad};
 use ringseed_engine::io::loadtest::{
     run_peer_load, run_tracker_load, LiveCounters, PeerLoad, TrackerLoad,
 };
@@ -33,6 +34,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<Exit> {
     match args.mode {
         LoadMode::Peers => peers(&args, &stop),
         LoadMode::Tracker => tracker(&args, &stop),
+        LoadMode::Dht => dht(&args, &stop),
     }
 }
 
@@ -457,6 +459,56 @@ fn tracker(args: &LoadtestArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> 
     }
     if answered == 0 {
         bail!("the tracker at {} never answered", args.target);
+    }
+    Ok(Exit::Success)
+}
+
+fn dht(args: &LoadtestArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
+    let load = DhtLoad {
+        target: args.target,
+        duration: Duration::from_secs_f64(args.duration),
+        sources: args.peers.max(1),
+        window: args.window.max(1),
+    };
+    let before = args.target_pid.map(process_figures).transpose()?;
+    let report = run_dht_load(&load, stop).context("the DHT load failed")?;
+    let after = args.target_pid.map(process_figures).transpose()?;
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    let cpu = match (before, after) {
+        (Some((a, _, _)), Some((b, _, _))) => Some(b - a),
+        _ => None,
+    };
+    let out = json!({
+        "mode": "dht",
+        "target": args.target.to_string(),
+        "duration_s": (secs * 1000.0).round() / 1000.0,
+        "sent": report.sent,
+        "replies": report.replies,
+        "errors": report.errors,
+        "lost": report.lost,
+        "replies_per_s": (report.replies as f64 / secs).round(),
+        "target_cpu_s": cpu.map(|c| (c * 100.0).round() / 100.0),
+        "target_cpu_us_per_reply": cpu
+            .filter(|_| report.replies > 0)
+            .map(|c| (c * 1e6 / report.replies as f64 * 10.0).round() / 10.0),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "dht {} for {secs:.1} s: {} replies/s ({} replies, {} errors, {} lost of {} sent); target CPU {} s, {} µs per reply",
+            args.target,
+            out["replies_per_s"],
+            report.replies,
+            report.errors,
+            report.lost,
+            report.sent,
+            out["target_cpu_s"],
+            out["target_cpu_us_per_reply"]
+        );
+    }
+    if report.replies == 0 {
+        bail!("the DHT node at {} never answered", args.target);
     }
     Ok(Exit::Success)
 }

@@ -31,14 +31,15 @@ pub struct SwarmReport {
     pub stored: BTreeSet<InfoHash>,
 }
 
-/// `count` nodes on `first`, `first + 1`, ... (each `:port`); runs until
-/// `stop` is set. `ready` is called once every socket is bound, `progress`
-/// with the figures so far once a second (queries received: what clients
-/// of the swarm send into it).
+/// `count` nodes on `first`, `first + 1`, ... (each `:port`), each with
+/// `config`; runs until `stop` is set. `ready` is called once every socket
+/// is bound, `progress` with the figures so far once a second (queries
+/// received: what clients of the swarm send into it).
 pub fn run_swarm(
     count: usize,
     first: Ipv4Addr,
     port: u16,
+    config: &Config,
     stop: &AtomicBool,
     ready: &mut dyn FnMut(),
     progress: &mut dyn FnMut(&SwarmReport),
@@ -61,7 +62,7 @@ pub fn run_swarm(
             let r = rng::next(&mut seed).to_le_bytes();
             chunk.copy_from_slice(&r[..chunk.len()]);
         }
-        let dht = Dht::new(Config::default(), NodeId(id), Duration::ZERO, seed);
+        let dht = Dht::new(config.clone(), NodeId(id), Duration::ZERO, seed);
         nodes.push((socket, dht));
     }
     ready();

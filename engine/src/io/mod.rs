@@ -3,6 +3,7 @@
 
 pub mod announce;
 pub mod dht;
+pub mod dht_load;
 pub mod dht_swarm;
 pub mod file_pool;
 pub mod files;
