@@ -181,6 +181,7 @@ impl DhtService {
             rng: rng::seeded(),
             last_save: Instant::now(),
             last_resolve: None,
+            resolved: None,
         };
         let thread = std::thread::Builder::new()
             .name("ringseed-dht".into())
@@ -334,6 +335,8 @@ struct Runner {
     rng: u64,
     last_save: Instant,
     last_resolve: Option<Instant>,
+    /// Bootstrap addresses being resolved.
+    resolved: Option<Receiver<Vec<SocketAddr>>>,
 }
 
 impl Runner {
@@ -348,6 +351,7 @@ impl Runner {
             if !self.take_commands() {
                 break;
             }
+            self.take_resolved();
             let now = self.now();
             let heard = self.dialer.take_dht_nodes();
             for node in &mut self.nodes {
@@ -433,6 +437,11 @@ impl Runner {
         }
         for node in &mut self.nodes {
             for ((info_hash, ipv6), (at, wait)) in &mut self.retries {
+                // Retries wait for room too: 1,000 torrents that reached
+                // nobody must not all start the moment nodes appear.
+                if node.dht.lookups_running() >= MAX_ANNOUNCE_LOOKUPS {
+                    break;
+                }
                 if *ipv6 == node.ipv6 && now >= *at {
                     *at = now + *wait;
                     let seed = self.seeds.get(info_hash).copied().unwrap_or(true);
@@ -533,22 +542,55 @@ impl Runner {
         self.flush();
     }
 
-    /// Resolves the bootstrap names (blocking: this thread only) and
-    /// bootstraps each node with the addresses of its family.
+    /// Resolves the bootstrap names on a thread of their own (a DNS lookup
+    /// may take seconds: datagrams, commands and a stop wait for nothing);
+    /// the nodes bootstrap when the addresses come (`take_resolved`).
     fn resolve_and_bootstrap(&mut self) {
         self.last_resolve = Some(Instant::now());
-        let addrs: Vec<SocketAddr> = self
+        let names: Vec<String> = self
             .bootstrap
             .iter()
             .filter(|b| !b.is_empty())
-            .flat_map(|b| match b.to_socket_addrs() {
-                Ok(found) => found.collect::<Vec<_>>(),
-                Err(e) => {
-                    tracing::debug!("DHT bootstrap node {b}: {e}");
-                    Vec::new()
-                }
-            })
+            .cloned()
             .collect();
+        if names.is_empty() {
+            // No routers: a restored table (or nodes peers name) is all.
+            let now = self.now();
+            for node in &mut self.nodes {
+                node.dht.bootstrap(now, &[]);
+            }
+            return;
+        }
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("ringseed-dht-dns".into())
+            .spawn(move || {
+                let addrs: Vec<SocketAddr> = names
+                    .iter()
+                    .flat_map(|b| match b.to_socket_addrs() {
+                        Ok(found) => found.collect::<Vec<_>>(),
+                        Err(e) => {
+                            tracing::debug!("DHT bootstrap node {b}: {e}");
+                            Vec::new()
+                        }
+                    })
+                    .collect();
+                let _ = tx.send(addrs);
+            });
+        if spawned.is_ok() {
+            self.resolved = Some(rx);
+        }
+    }
+
+    /// Bootstraps the nodes with the addresses resolved, once they came.
+    fn take_resolved(&mut self) {
+        let Some(rx) = &self.resolved else { return };
+        let addrs = match rx.try_recv() {
+            Ok(addrs) => addrs,
+            Err(TryRecvError::Empty) => return,
+            Err(TryRecvError::Disconnected) => Vec::new(),
+        };
+        self.resolved = None;
         let now = self.now();
         for node in &mut self.nodes {
             let mine: Vec<SocketAddr> = addrs
@@ -569,6 +611,7 @@ impl Runner {
         }
         let empty = self.nodes.iter().all(|n| n.dht.stats().routing_nodes == 0);
         if empty
+            && self.resolved.is_none()
             && self
                 .last_resolve
                 .is_none_or(|t| t.elapsed() >= RESOLVE_AGAIN_EVERY)

@@ -86,7 +86,8 @@ pub fn run_dht_load(load: &DhtLoad, stop: &AtomicBool) -> io::Result<DhtLoadRepo
         let now = Instant::now();
         for s in &mut sources {
             let before = s.outstanding.len();
-            s.outstanding.retain(|_, sent| now.duration_since(*sent) < LOST_AFTER);
+            s.outstanding
+                .retain(|_, sent| now.duration_since(*sent) < LOST_AFTER);
             report.lost += (before - s.outstanding.len()) as u64;
             while s.outstanding.len() < load.window.max(1) {
                 let mut hash = [0u8; 20];
@@ -148,6 +149,9 @@ pub fn run_dht_load(load: &DhtLoad, stop: &AtomicBool) -> io::Result<DhtLoadRepo
         }
     }
     report.elapsed = started.elapsed();
-    report.lost += sources.iter().map(|s| s.outstanding.len() as u64).sum::<u64>();
+    report.lost += sources
+        .iter()
+        .map(|s| s.outstanding.len() as u64)
+        .sum::<u64>();
     Ok(report)
 }

@@ -47,8 +47,8 @@ pub fn run_swarm(
     let base = u32::from(first);
     let mut nodes = Vec::with_capacity(count);
     for i in 0..count {
-        let ip = Ipv4Addr::from(base + i as u32);
-        if !ip.is_loopback() {
+        let ip = Ipv4Addr::from(base.saturating_add(i as u32));
+        if !ip.is_loopback() || base.checked_add(i as u32).is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{ip} is not a loopback address: the swarm stays on this machine"),
@@ -68,7 +68,7 @@ pub fn run_swarm(
     ready();
     let started = Instant::now();
     let first_addr = SocketAddr::new(first.into(), port);
-    let second_addr = SocketAddr::new(Ipv4Addr::from(base + 1).into(), port);
+    let second_addr = SocketAddr::new(Ipv4Addr::from(base.saturating_add(1)).into(), port);
     for (i, (_, dht)) in nodes.iter_mut().enumerate() {
         let router = if i == 0 { second_addr } else { first_addr };
         dht.bootstrap(Duration::ZERO, &[router]);

@@ -460,6 +460,14 @@ impl Torrent {
         let Some(d) = &self.download else {
             return false;
         };
+        // Its files need a sync before resume data may count it: flagged
+        // before the piece shows as verified, so a save that sees the piece
+        // also sees the flag (see `sync_data`).
+        for seg in self.layout.segments(self.layout.piece_range(piece)) {
+            if let Some(f) = &self.files[seg.file] {
+                f.dirty.store(true, Ordering::Release);
+            }
+        }
         state.on_written(piece);
         d.have[piece as usize / 64].fetch_or(1 << (piece % 64), Ordering::AcqRel);
         if state.picker.have().is_full() {
@@ -486,16 +494,9 @@ impl Torrent {
     }
 
     /// Where the bytes of `piece` go, one segment per file it spans, pad
-    /// files skipped; the files are marked as written (for `sync_data`).
-    /// `None` if a file it needs was not created.
+    /// files skipped. `None` if a file it needs was not created.
     pub fn piece_writes(&self, piece: u32) -> Option<Vec<FileSegment>> {
-        let segments = self.file_segments(self.layout.piece_range(piece))?;
-        for seg in &segments {
-            if let Some(f) = &self.files[seg.file] {
-                f.dirty.store(true, Ordering::Release);
-            }
-        }
-        Some(segments)
+        self.file_segments(self.layout.piece_range(piece))
     }
 
     /// The bytes of `range` (of the torrent) as one segment per file; pad
@@ -536,6 +537,10 @@ impl Torrent {
             .map_err(|e| {
                 if let PoolError::Replaced(_) = e {
                     self.note_gone(f);
+                    if f.map.is_none() {
+                        // Its blocks were read, not mapped: they are gone.
+                        self.set_errored(e.to_string());
+                    }
                 }
                 e.to_string()
             })
@@ -577,21 +582,48 @@ impl Torrent {
                     .is_some_and(|f| f.dirty.swap(false, Ordering::AcqRel))
             })
             .collect();
-        let mut synced_devices = Vec::new();
-        for &index in &dirty {
-            let file = self.descriptor(index).map_err(io::Error::other)?;
-            if dirty.len() <= SYNC_EACH_AT_MOST {
-                file.sync_data()?;
-                continue;
-            }
-            let device = self.files[index].as_ref().map(|f| f.identity.dev);
-            if !synced_devices.contains(&device) {
-                synced_devices.push(device);
-                // SAFETY: plain syscall on an open descriptor; no memory is
-                // passed.
-                if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
-                    return Err(io::Error::last_os_error());
+        let result = if dirty.len() <= SYNC_EACH_AT_MOST {
+            dirty.iter().try_for_each(|&index| {
+                self.descriptor(index)
+                    .map_err(io::Error::other)?
+                    .sync_data()
+            })
+        } else {
+            self.sync_filesystems(&dirty)
+        };
+        if result.is_err() {
+            // Not known to be on disk: the next save tries again.
+            for &index in &dirty {
+                if let Some(f) = &self.files[index] {
+                    f.dirty.store(true, Ordering::Release);
                 }
+            }
+        }
+        result
+    }
+
+    /// One `syncfs` per filesystem holding some of `files`, through the
+    /// first of them there that opens.
+    fn sync_filesystems(&self, files: &[usize]) -> io::Result<()> {
+        let mut devices: Vec<u64> = files
+            .iter()
+            .filter_map(|&i| self.files[i].as_ref().map(|f| f.identity.dev))
+            .collect();
+        devices.sort_unstable();
+        devices.dedup();
+        for dev in devices {
+            let mut on_dev = files.iter().filter(|&&i| {
+                self.files[i]
+                    .as_ref()
+                    .is_some_and(|f| f.identity.dev == dev)
+            });
+            let file = on_dev
+                .find_map(|&i| self.descriptor(i).ok())
+                .ok_or_else(|| io::Error::other("no written file of the torrent opens"))?;
+            // SAFETY: plain syscall on an open descriptor; no memory is
+            // passed.
+            if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
+                return Err(io::Error::last_os_error());
             }
         }
         Ok(())
@@ -650,27 +682,32 @@ impl Torrent {
             return true;
         }
         let start = self.check_cursor.fetch_add(count.min(n), Ordering::Relaxed) % n;
-        for i in (0..count.min(n)).map(|k| (start + k) % n) {
-            let Some(f) = &self.files[i] else { continue };
-            match std::fs::metadata(&f.path) {
-                Ok(m) if m.dev() != f.identity.dev || m.ino() != f.identity.ino => {
-                    self.note_gone(f)
-                }
-                Ok(m) if m.len() >= f.len => {}
-                Ok(m) => {
-                    self.set_errored(format!(
-                        "{} was truncated to {} bytes (the torrent needs {})",
-                        f.path.display(),
-                        m.len(),
-                        f.len
-                    ));
-                    return false;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => self.note_gone(f),
-                Err(e) => {
-                    self.set_errored(format!("{}: {e}", f.path.display()));
-                    return false;
-                }
+        (0..count.min(n)).all(|k| self.check_file((start + k) % n))
+    }
+
+    /// Checks file `index` alone (`stat` by path): false, with the torrent
+    /// errored, if it shrank below what the torrent needs; a file renamed
+    /// over or deleted is reported once.
+    pub fn check_file(&self, index: usize) -> bool {
+        let Some(f) = &self.files[index] else {
+            return true;
+        };
+        match std::fs::metadata(&f.path) {
+            Ok(m) if m.dev() != f.identity.dev || m.ino() != f.identity.ino => self.note_gone(f),
+            Ok(m) if m.len() >= f.len => {}
+            Ok(m) => {
+                self.set_errored(format!(
+                    "{} was truncated to {} bytes (the torrent needs {})",
+                    f.path.display(),
+                    m.len(),
+                    f.len
+                ));
+                return false;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.note_gone(f),
+            Err(e) => {
+                self.set_errored(format!("{}: {e}", f.path.display()));
+                return false;
             }
         }
         true

@@ -310,7 +310,10 @@ impl Picker {
     ) -> Vec<BlockRequest> {
         let mut out = Vec::new();
         let owns_one = self.partial.values().any(|p| p.owner == peer);
-        if !owns_one && may_start && self.partial.len() < self.config.max_partial {
+        // Not bound by `max_partial`: proven peers may hold every partial
+        // slot, and a newcomer must still get its one piece to prove itself
+        // (memory is bounded by the caller's budget, `may_start`).
+        if !owns_one && may_start {
             if let Some(piece) = self.choose_new(has, random) {
                 self.start(piece, peer, true);
             }

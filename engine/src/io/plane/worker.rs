@@ -839,9 +839,12 @@ impl<B: Backend> Worker<B> {
             return;
         }
         if result <= 0 {
-            // 0: the file ends early (truncated); < 0: an I/O error.
+            // 0: the file ends early (truncated); < 0: an I/O error. Only
+            // that file is checked: a `stat` per file of a 100,000-file
+            // torrent would stall this worker.
             if let Some(t) = conn.send.plan.torrent.clone() {
-                if result < 0 || t.check_files() {
+                let file = conn.send.reads.last().map(|r| r.file);
+                if result < 0 || file.is_none_or(|f| t.check_file(f)) {
                     t.set_errored("a file could not be read while sending".into());
                 }
             }
@@ -895,9 +898,11 @@ impl<B: Backend> Worker<B> {
         let key = key as usize;
         if result < 0 {
             if result == -libc::EFAULT {
-                // The kernel could not read the mapping: a file shrank.
+                // The kernel could not read the mapping: a file shrank. A
+                // few files are checked here (to name it, if it is one of
+                // them); housekeeping goes round the rest.
                 if let Some(t) = conn.send.plan.torrent.clone() {
-                    if t.check_files() {
+                    if t.check_some_files(FILES_CHECKED_EVERY_SECOND) {
                         t.set_errored("a file could not be read while sending".into());
                     }
                 }

@@ -108,9 +108,9 @@ impl<B: Backend> HttpLoop<B> {
     /// As [`Backend::push`]. Every op of this loop points into a connection's
     /// boxed request buffer or its reply, iovec and header, none of which
     /// is moved, resized or freed while `ops` counts an op in flight: a
-    /// connection leaves the slab only at `ops == 0`, and the loop never
-    /// returns while ops are in flight (it runs for the life of the
-    /// process, or returns on a backend error after which none complete).
+    /// connection leaves the slab only at `ops == 0`, and the loop runs for
+    /// the life of the process; on a backend error it returns leaking every
+    /// buffer (`mem::forget`), since ops may still be in flight.
     unsafe fn push(&mut self, op: Op, data: UserData) {
         // SAFETY: the caller's contract, which is `Backend::push`'s.
         unsafe { self.backend.push(op, data.pack()) };
@@ -122,7 +122,12 @@ impl<B: Backend> HttpLoop<B> {
         let mut completions: Vec<Completion> = Vec::with_capacity(256);
         loop {
             completions.clear();
-            self.backend.wait(&mut completions, true)?;
+            if let Err(e) = self.backend.wait(&mut completions, true) {
+                // Ops may still be in flight in the kernel: their buffers
+                // must never be freed. This loop ends only here, once.
+                std::mem::forget(self);
+                return Err(e);
+            }
             for c in &completions {
                 match UserData::unpack(c.user_data) {
                     UserData::Accept => self.on_accept(c.result, c.more),
