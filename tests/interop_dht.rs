@@ -305,3 +305,28 @@ fn a_hundred_node_local_dht_carries_ringseed_and_libtorrent_swarms() {
     assert!(summary.contains(&hash(&public.torrent)), "{summary}");
     assert!(!summary.contains(&hash(&private.torrent)), "{summary}");
 }
+
+/// BEP 5: a trackerless torrent's `nodes` key is a way into the DHT. The
+/// download has no bootstrap node and no peer: only the seeder's node,
+/// named in the torrent.
+#[test]
+fn a_torrents_nodes_key_is_enough_to_join_the_dht() {
+    let p = Payload::new((2 << 20) + 9, 60, "256K", &[]);
+    let seeder = SeedProcess::start(&[&p.torrent, &"--data", &p.seed_dir(), &"--no-announce"]);
+    // `nodes` sorts after every key `ringseed create` writes: appended last
+    // in the root dictionary (the info-hash does not change).
+    let mut bytes = std::fs::read(&p.torrent).unwrap();
+    assert_eq!(bytes.pop(), Some(b'e'));
+    bytes.extend_from_slice(format!("5:nodesll9:127.0.0.1i{}eeee", seeder.addr.port()).as_bytes());
+    let with_nodes = p.dir.path().join("with-nodes.torrent");
+    std::fs::write(&with_nodes, &bytes).unwrap();
+    let out = p.dir.path().join("out");
+    download_ok(
+        &with_nodes,
+        &out,
+        &p.dir.path().join("state"),
+        &[&"--no-announce"],
+    );
+    p.assert_downloaded(&out);
+    assert!(seeder.stop().success());
+}

@@ -442,6 +442,7 @@ fn start_announcer(plane: &Plane, client: ClientConfig) -> Result<Announcer, Ses
 /// downloaded; a private torrent (BEP 27) never touches the DHT.
 fn dht_add(dht: &DhtService, torrent: &Torrent) {
     if !torrent.metainfo.info.private {
+        dht.add_nodes(&torrent.metainfo.nodes);
         dht.announce(torrent.metainfo.info_hash, !torrent.is_downloading());
     }
 }

@@ -113,6 +113,8 @@ enum Command {
     Find(InfoHash),
     /// Stop announcing and looking up `info_hash`.
     Forget(InfoHash),
+    /// Nodes to ping (`HOST:PORT`: a torrent's `nodes` key).
+    AddNodes(Vec<String>),
     /// Save and end.
     Stop,
 }
@@ -162,6 +164,7 @@ impl DhtService {
             ..DhtStatus::default()
         }));
         let (tx, rx) = mpsc::channel();
+        let (resolved_tx, resolved_rx) = mpsc::channel();
         let mut nodes = vec![Node::new(v4, false, &config)];
         if let Some(v6) = v6 {
             nodes.push(Node::new(v6, true, &config));
@@ -181,7 +184,9 @@ impl DhtService {
             rng: rng::seeded(),
             last_save: Instant::now(),
             last_resolve: None,
-            resolved: None,
+            resolved_tx,
+            resolved_rx,
+            bootstrapping: false,
         };
         let thread = std::thread::Builder::new()
             .name("ringseed-dht".into())
@@ -214,6 +219,14 @@ impl DhtService {
     /// Stops announcing and looking up `info_hash`.
     pub fn forget(&self, info_hash: InfoHash) {
         let _ = self.commands.send(Command::Forget(info_hash));
+    }
+
+    /// Pings `nodes` (`HOST:PORT`, names resolved off the DHT's thread):
+    /// a way in (BEP 5: a trackerless torrent's `nodes` key).
+    pub fn add_nodes(&self, nodes: &[String]) {
+        if !nodes.is_empty() {
+            let _ = self.commands.send(Command::AddNodes(nodes.to_vec()));
+        }
     }
 
     /// Counters and state now.
@@ -257,6 +270,8 @@ struct Node {
     ipv6: bool,
     /// Where its table is saved.
     save_path: Option<PathBuf>,
+    /// Its table had entries at the last look (see `retry_when_joined`).
+    had_nodes: bool,
 }
 
 impl Node {
@@ -295,6 +310,7 @@ impl Node {
             dht,
             ipv6,
             save_path,
+            had_nodes: false,
         }
     }
 
@@ -314,6 +330,22 @@ impl Node {
 struct Lookup {
     every: Duration,
     next: Duration,
+    /// Peers came since the last lookup started.
+    found: bool,
+    /// Lookups in a row that found none: the next comes sooner (5 s,
+    /// doubling up to `every`), as peers may be announcing right now.
+    misses: u32,
+}
+
+impl Lookup {
+    fn every(every: Duration) -> Lookup {
+        Lookup {
+            every,
+            next: Duration::ZERO,
+            found: false,
+            misses: 0,
+        }
+    }
 }
 
 /// The thread's state.
@@ -335,8 +367,12 @@ struct Runner {
     rng: u64,
     last_save: Instant,
     last_resolve: Option<Instant>,
-    /// Bootstrap addresses being resolved.
-    resolved: Option<Receiver<Vec<SocketAddr>>>,
+    /// Names resolved off this thread: the addresses, and whether they are
+    /// bootstrap routers (else nodes to ping).
+    resolved_tx: Sender<(Vec<SocketAddr>, bool)>,
+    resolved_rx: Receiver<(Vec<SocketAddr>, bool)>,
+    /// The bootstrap names are being resolved.
+    bootstrapping: bool,
 }
 
 impl Runner {
@@ -360,6 +396,7 @@ impl Runner {
                 }
                 node.dht.tick(now);
             }
+            self.retry_when_joined(now);
             self.announce_due(now);
             self.flush();
             self.maybe_save_and_resolve();
@@ -391,22 +428,16 @@ impl Runner {
                         self.schedule.add(info_hash);
                     }
                     if !seed {
-                        self.lookups.entry(info_hash).or_insert(Lookup {
-                            every: LOOKUP_EVERY,
-                            next: Duration::ZERO,
-                        });
+                        self.lookups
+                            .entry(info_hash)
+                            .or_insert(Lookup::every(LOOKUP_EVERY));
                     } else {
                         self.lookups.remove(&info_hash);
                     }
                 }
                 Ok(Command::Find(info_hash)) => {
-                    self.lookups.insert(
-                        info_hash,
-                        Lookup {
-                            every: FETCH_LOOKUP_EVERY,
-                            next: Duration::ZERO,
-                        },
-                    );
+                    self.lookups
+                        .insert(info_hash, Lookup::every(FETCH_LOOKUP_EVERY));
                 }
                 Ok(Command::Forget(info_hash)) => {
                     self.seeds.remove(&info_hash);
@@ -414,9 +445,31 @@ impl Runner {
                     self.lookups.remove(&info_hash);
                     self.retries.retain(|(h, _), _| *h != info_hash);
                 }
+                Ok(Command::AddNodes(names)) => self.resolve(names, false),
                 Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => return true,
             }
+        }
+    }
+
+    /// A node whose table just got its first entries retries at once what
+    /// reached nobody (its backoff may have grown long while it was alone).
+    fn retry_when_joined(&mut self, now: Duration) {
+        for node in &mut self.nodes {
+            let has_nodes = node.dht.stats().routing_nodes > 0;
+            if has_nodes && !node.had_nodes {
+                for ((_, ipv6), (at, wait)) in &mut self.retries {
+                    if *ipv6 == node.ipv6 {
+                        *at = now;
+                        *wait = RETRY_FIRST;
+                    }
+                }
+                for lookup in self.lookups.values_mut() {
+                    lookup.next = now;
+                    lookup.misses = 0;
+                }
+            }
+            node.had_nodes = has_nodes;
         }
     }
 
@@ -453,6 +506,7 @@ impl Runner {
         for (info_hash, lookup) in &mut self.lookups {
             if now >= lookup.next {
                 lookup.next = now + lookup.every;
+                lookup.found = false;
                 for node in &mut self.nodes {
                     node.dht.get_peers(now, *info_hash);
                 }
@@ -473,7 +527,12 @@ impl Runner {
                 match event {
                     Event::Peers {
                         info_hash, peers, ..
-                    } => self.dialer.dial(info_hash, &peers),
+                    } => {
+                        if let Some(l) = self.lookups.get_mut(&info_hash) {
+                            l.found = true;
+                        }
+                        self.dialer.dial(info_hash, &peers);
+                    }
                     Event::ExternalAddress { ip, id_matches } => {
                         tracing::info!("DHT: our external address is {ip}");
                         if !id_matches {
@@ -503,10 +562,15 @@ impl Runner {
                         nodes_replied,
                         ..
                     } => {
-                        // Nobody to ask yet: ask again soon, not a round later.
-                        if nodes_replied == 0 {
-                            if let Some(l) = self.lookups.get_mut(&InfoHash(target.0)) {
-                                l.next = l.next.min(now + RETRY_FIRST);
+                        // Nobody to ask yet, or no peer yet: ask again soon,
+                        // not a round later.
+                        if let Some(l) = self.lookups.get_mut(&InfoHash(target.0)) {
+                            if nodes_replied == 0 || !l.found {
+                                let wait = (RETRY_FIRST * 2u32.pow(l.misses.min(6))).min(l.every);
+                                l.misses += 1;
+                                l.next = l.next.min(now + wait);
+                            } else {
+                                l.misses = 0;
                             }
                         }
                     }
@@ -561,8 +625,15 @@ impl Runner {
             }
             return;
         }
-        let (tx, rx) = mpsc::channel();
-        let spawned = std::thread::Builder::new()
+        self.resolve(names, true);
+    }
+
+    /// Resolves `names` (`HOST:PORT`) on a thread of their own; the
+    /// addresses are bootstrapped from (`bootstrap`) or pinged when they
+    /// come (`take_resolved`).
+    fn resolve(&mut self, names: Vec<String>, bootstrap: bool) {
+        let tx = self.resolved_tx.clone();
+        let _ = std::thread::Builder::new()
             .name("ringseed-dht-dns".into())
             .spawn(move || {
                 let addrs: Vec<SocketAddr> = names
@@ -570,35 +641,39 @@ impl Runner {
                     .flat_map(|b| match b.to_socket_addrs() {
                         Ok(found) => found.collect::<Vec<_>>(),
                         Err(e) => {
-                            tracing::debug!("DHT bootstrap node {b}: {e}");
+                            tracing::debug!("DHT node {b}: {e}");
                             Vec::new()
                         }
                     })
                     .collect();
-                let _ = tx.send(addrs);
+                let _ = tx.send((addrs, bootstrap));
             });
-        if spawned.is_ok() {
-            self.resolved = Some(rx);
+        if bootstrap {
+            self.bootstrapping = true;
         }
     }
 
-    /// Bootstraps the nodes with the addresses resolved, once they came.
+    /// Bootstraps from (or pings) the addresses resolved, as they come.
     fn take_resolved(&mut self) {
-        let Some(rx) = &self.resolved else { return };
-        let addrs = match rx.try_recv() {
-            Ok(addrs) => addrs,
-            Err(TryRecvError::Empty) => return,
-            Err(TryRecvError::Disconnected) => Vec::new(),
-        };
-        self.resolved = None;
-        let now = self.now();
-        for node in &mut self.nodes {
-            let mine: Vec<SocketAddr> = addrs
-                .iter()
-                .copied()
-                .filter(|a| a.is_ipv6() == node.ipv6)
-                .collect();
-            node.dht.bootstrap(now, &mine);
+        while let Ok((addrs, bootstrap)) = self.resolved_rx.try_recv() {
+            let now = self.now();
+            for node in &mut self.nodes {
+                let mine: Vec<SocketAddr> = addrs
+                    .iter()
+                    .copied()
+                    .filter(|a| a.is_ipv6() == node.ipv6)
+                    .collect();
+                if bootstrap {
+                    node.dht.bootstrap(now, &mine);
+                } else {
+                    for addr in mine {
+                        node.dht.add_node(now, addr);
+                    }
+                }
+            }
+            if bootstrap {
+                self.bootstrapping = false;
+            }
         }
     }
 
@@ -611,7 +686,7 @@ impl Runner {
         }
         let empty = self.nodes.iter().all(|n| n.dht.stats().routing_nodes == 0);
         if empty
-            && self.resolved.is_none()
+            && !self.bootstrapping
             && self
                 .last_resolve
                 .is_none_or(|t| t.elapsed() >= RESOLVE_AGAIN_EVERY)

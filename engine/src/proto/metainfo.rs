@@ -20,6 +20,9 @@ pub const MAX_PIECE_LENGTH: u64 = 512 * 1024 * 1024;
 /// Longest file name component we accept: the limit of Linux file systems.
 pub const MAX_NAME_BYTES: usize = 255;
 
+/// DHT nodes taken from a torrent's `nodes` key at most.
+pub const MAX_NODES: usize = 64;
+
 /// Most components in one file's path (its directories and its name). Each
 /// level is a directory created on disk; real trees stay far below (a deep
 /// source tree has 20), and a hostile torrent of 2,000 levels made 2,011
@@ -44,6 +47,9 @@ pub struct Metainfo {
     pub trackers: Vec<Vec<String>>,
     /// HTTP/FTP web seeds (BEP 19 `url-list`).
     pub web_seeds: Vec<String>,
+    /// DHT nodes to bootstrap from (BEP 5 `nodes`: `[["host", port], ...]`),
+    /// as `HOST:PORT`; malformed entries are left out (the key only helps).
+    pub nodes: Vec<String>,
     /// Seconds since the Unix epoch.
     pub creation_date: Option<i64>,
     /// Free text.
@@ -187,12 +193,37 @@ impl Metainfo {
             web_seeds.retain(|u| !u.is_empty());
         }
 
+        // BEP 5: a trackerless torrent may name DHT nodes to start from.
+        let nodes = root_dict
+            .optional("nodes")
+            .and_then(|n| n.value.as_list())
+            .map(|list| {
+                list.iter()
+                    .filter_map(|pair| {
+                        let [host, port] = pair.as_list()? else {
+                            return None;
+                        };
+                        let host = host.as_str()?;
+                        let port = u16::try_from(port.as_int()?).ok().filter(|&p| p != 0)?;
+                        let host = if host.contains(':') {
+                            format!("[{host}]")
+                        } else {
+                            host.to_owned()
+                        };
+                        (!host.is_empty()).then(|| format!("{host}:{port}"))
+                    })
+                    .take(MAX_NODES)
+                    .collect()
+            })
+            .unwrap_or_default();
+
         Ok(Metainfo {
             info_hash: InfoHash(sha1(&info_bytes)),
             info_bytes,
             info,
             trackers,
             web_seeds,
+            nodes,
             creation_date: root_dict
                 .optional("creation date")
                 .map(|f| f.int())

@@ -321,3 +321,26 @@ fn truncated_files_give_a_bencode_error_at_every_length() {
         );
     }
 }
+
+#[test]
+fn dht_nodes_are_read_and_malformed_ones_left_out() {
+    let mut root = torrent(single_file_info(100, 16384));
+    root.insert(
+        "nodes",
+        list(vec![
+            list(vec![V::bytes("127.0.0.1"), V::Int(6881)]),
+            list(vec![V::bytes("::1"), V::Int(6882)]),
+            list(vec![V::bytes("router.example"), V::Int(25401)]),
+            // Not a [host, port] pair, a port of 0, a port out of range.
+            list(vec![V::bytes("1.2.3.4")]),
+            list(vec![V::bytes("1.2.3.4"), V::Int(0)]),
+            list(vec![V::bytes("1.2.3.4"), V::Int(70000)]),
+            V::Int(5),
+        ]),
+    );
+    let m = parse(&root).unwrap();
+    assert_eq!(
+        m.nodes,
+        ["127.0.0.1:6881", "[::1]:6882", "router.example:25401"]
+    );
+}
