@@ -1081,9 +1081,9 @@ fn publishing_torrents_no_client_could_find_is_warned_about_once() {
 
 /// Issue 14's "done means": a trackerless torrent (no announce, a url-list,
 /// as Arch Linux publishes) seeded by the daemon is downloaded by
-/// libtorrent from its magnet link alone, through a DHT of local nodes;
-/// the private torrent beside it is never announced; the DHT's figures are
-/// in /status and /metrics.
+/// libtorrent from its magnet link alone, through a local DHT of 100
+/// ringseed nodes; the private torrent beside it is never announced (no
+/// node stores it); the DHT's figures are in /status and /metrics.
 #[test]
 #[ignore = "interop: needs python3-libtorrent (scripts/test runs it)"]
 fn a_trackerless_torrent_seeded_by_the_daemon_is_found_through_the_dht() {
@@ -1106,7 +1106,12 @@ fn a_trackerless_torrent_seeded_by_the_daemon_is_found_through_the_dht() {
             dir.path().join("pub-private")
         ),
     );
-    let mut daemon = Daemon::start(&state, &[&"--config", &config]);
+    let swarm = Swarm::start(dir.path());
+    let mut daemon = Daemon::start_with(
+        &state,
+        &[&"--config", &config],
+        &[("RINGSEED_DHT_BOOTSTRAP", &swarm.bootstrap)],
+    );
     let iso = publish_like_rsync(&public, "arch.iso", 5 << 20, 7);
     publish_like_rsync(&private, "members.iso", 1 << 20, 8);
     daemon.wait_for_log("seeding arch.iso");
@@ -1125,8 +1130,8 @@ fn a_trackerless_torrent_seeded_by_the_daemon_is_found_through_the_dht() {
             .expect("a body"),
     )
     .unwrap();
-    let port = status["dht"]["port"].as_u64().expect("the DHT runs");
-    // libtorrent knows one node, the daemon's, and the magnet link alone.
+    assert!(status["dht"]["port"].as_u64().is_some(), "the DHT runs");
+    // libtorrent knows one node of the swarm, and the magnet link alone.
     let out = dir.path().join("lt");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lt_dht.py");
     let mut leech = spawn_until_line(
@@ -1134,7 +1139,7 @@ fn a_trackerless_torrent_seeded_by_the_daemon_is_found_through_the_dht() {
             .arg(script)
             .args(["leech", &format!("magnet:?xt=urn:btih:{hash}")])
             .arg(&out)
-            .args(["--bootstrap", &format!("127.0.0.1:{port}")]),
+            .args(["--bootstrap", &swarm.bootstrap]),
         "done",
     );
     let _ = leech.wait();
@@ -1160,4 +1165,12 @@ fn a_trackerless_torrent_seeded_by_the_daemon_is_found_through_the_dht() {
         metrics.contains("ringseed_dht_nodes{family=\"ipv4\"}"),
         "{metrics}"
     );
+    drop(daemon);
+    let summary = swarm.stop();
+    let private_hash = info_json(&dir.path().join("pub-private/members.iso.torrent"))["info_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(summary.contains(&hash), "{summary}");
+    assert!(!summary.contains(&private_hash), "{summary}");
 }

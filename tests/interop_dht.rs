@@ -183,63 +183,12 @@ fn two_ringseed_processes_find_each_other_through_the_dht_alone() {
     assert!(seeder.stop().success());
 }
 
-/// `ringseed dht-swarm` of 100 nodes on 127.0.1.x, stopped (by its PID)
-/// when dropped; its stdout (the `swarm:` summary once stopped) in `log`.
-struct Swarm {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-    bootstrap: String,
-}
-
-impl Swarm {
-    fn start(dir: &Path) -> Swarm {
-        let port = free_port();
-        let log = dir.join("swarm.out");
-        let child = ringseed()
-            .args(["dht-swarm", "--nodes", "100", "--first-ip", "127.0.1.1"])
-            .args(["--port", &port.to_string()])
-            .stdout(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start ringseed dht-swarm");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("ready")
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the swarm never got ready"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Swarm {
-            child,
-            log,
-            bootstrap: format!("127.0.1.1:{port}"),
-        }
-    }
-
-    /// Stops it; its summary line.
-    fn stop(mut self) -> String {
-        // SAFETY: signalling our own child by its PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        assert!(self.child.wait().unwrap().success());
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-}
-
-impl Drop for Swarm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A DHT of 100 ringseed nodes (one process) with ringseed and libtorrent
 /// peers bootstrapped from one of its nodes: libtorrent downloads a
-/// trackerless torrent seeded by ringseed from its bare magnet link,
-/// ringseed downloads one seeded by libtorrent the same way, and the
-/// private torrent ringseed seeds beside them is stored by no node.
+/// trackerless torrent seeded by ringseed from its bare magnet link, so
+/// does a second ringseed process, ringseed downloads one seeded by
+/// libtorrent the same way, and the private torrent ringseed seeds beside
+/// them is stored by no node.
 #[test]
 #[ignore = "interop: needs python3-libtorrent (scripts/test runs it)"]
 fn a_hundred_node_local_dht_carries_ringseed_and_libtorrent_swarms() {
@@ -275,6 +224,14 @@ fn a_hundred_node_local_dht_carries_ringseed_and_libtorrent_swarms() {
         "done",
     );
     let _ = leech.wait();
+    public.assert_downloaded(&out);
+    let out = public.dir.path().join("ringseed");
+    download_ok(
+        &bare_magnet(&public.torrent),
+        &out,
+        &public.dir.path().join("state"),
+        &[&"--no-announce", &"--dht-bootstrap", &bootstrap],
+    );
     public.assert_downloaded(&out);
 
     let theirs = Payload::new((3 << 20) + 22, 59, "256K", &[]);

@@ -835,3 +835,57 @@ impl Payload {
         );
     }
 }
+
+/// `ringseed dht-swarm` of 100 nodes on 127.0.1.x, stopped (by its PID)
+/// when dropped; its stdout (the `swarm:` summary once stopped) in `log`.
+pub struct Swarm {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    /// The first node, to bootstrap from.
+    pub bootstrap: String,
+}
+
+impl Swarm {
+    /// Starts it, its log under `dir`.
+    pub fn start(dir: &Path) -> Swarm {
+        let port = free_port();
+        let log = dir.join("swarm.out");
+        let child = ringseed()
+            .args(["dht-swarm", "--nodes", "100", "--first-ip", "127.0.1.1"])
+            .args(["--port", &port.to_string()])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start ringseed dht-swarm");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ready")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the swarm never got ready"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Swarm {
+            child,
+            log,
+            bootstrap: format!("127.0.1.1:{port}"),
+        }
+    }
+
+    /// Stops it; its summary line.
+    pub fn stop(mut self) -> String {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        assert!(self.child.wait().unwrap().success());
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
