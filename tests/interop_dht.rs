@@ -195,8 +195,8 @@ fn a_hundred_node_local_dht_carries_ringseed_and_libtorrent_swarms() {
     let dir = tempfile::tempdir().unwrap();
     let swarm = Swarm::start(dir.path());
     let bootstrap = swarm.bootstrap.clone();
-    // Let the swarm's tables fill as a real network's would be.
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    // The network forms first: 100 nodes knowing 10 others each.
+    swarm.wait_settled(1000);
 
     let public = Payload::new((4 << 20) + 11, 57, "256K", &[]);
     let private = Payload::new(1 << 20, 58, "256K", &["--private"]);

@@ -874,6 +874,29 @@ impl Swarm {
         }
     }
 
+    /// Waits until the nodes' tables hold `entries` entries in all (the
+    /// swarm prints its figures every second): the network has formed.
+    pub fn wait_settled(&self, entries: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let known = log
+                .lines()
+                .rev()
+                .filter_map(|l| l.strip_prefix("stats routing_nodes="))
+                .find_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            if known >= entries {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the swarm's tables hold {known} entries, not {entries}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// Stops it; its summary line.
     pub fn stop(mut self) -> String {
         // SAFETY: signalling our own child by its PID.
