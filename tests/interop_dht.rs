@@ -23,6 +23,15 @@ fn lt_dht(args: &[&dyn AsRef<std::ffi::OsStr>], prefix: &str) -> std::process::C
     spawn_until_line(&mut cmd, prefix)
 }
 
+/// libtorrent downloads `source` into `out`, its one DHT node `bootstrap`.
+fn libtorrent_fetches(source: &str, out: &Path, bootstrap: &str) {
+    let mut leech = lt_dht(
+        &[&"leech", &source, &out, &"--bootstrap", &bootstrap],
+        "done",
+    );
+    let _ = leech.wait();
+}
+
 /// The magnet link of `torrent` with its info-hash alone (no `tr`, no
 /// `x.pe`, no name), as Arch Linux publishes them.
 fn bare_magnet(torrent: &Path) -> String {
@@ -46,17 +55,7 @@ fn libtorrent_finds_a_ringseed_seed_through_the_dht_alone() {
     // ringseed's DHT listens on its BitTorrent port (UDP).
     let bootstrap = format!("127.0.0.1:{}", seeder.addr.port());
     let out = p.dir.path().join("lt");
-    let mut leech = lt_dht(
-        &[
-            &"leech",
-            &bare_magnet(&p.torrent),
-            &out,
-            &"--bootstrap",
-            &bootstrap,
-        ],
-        "done",
-    );
-    let _ = leech.wait();
+    libtorrent_fetches(&bare_magnet(&p.torrent), &out, &bootstrap);
     p.assert_downloaded(&out);
     assert!(seeder.stop().success());
 }
@@ -213,17 +212,7 @@ fn a_hundred_node_local_dht_carries_ringseed_and_libtorrent_swarms() {
     let seeder = seed_on_the_dht(&public);
     let private_seeder = seed_on_the_dht(&private);
     let out = public.dir.path().join("lt");
-    let mut leech = lt_dht(
-        &[
-            &"leech",
-            &bare_magnet(&public.torrent),
-            &out,
-            &"--bootstrap",
-            &bootstrap,
-        ],
-        "done",
-    );
-    let _ = leech.wait();
+    libtorrent_fetches(&bare_magnet(&public.torrent), &out, &bootstrap);
     public.assert_downloaded(&out);
     let out = public.dir.path().join("ringseed");
     download_ok(
