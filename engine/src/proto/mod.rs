@@ -8,5 +8,6 @@ pub mod krpc;
 pub mod layout;
 pub mod magnet;
 pub mod metainfo;
+pub mod mse;
 pub mod tracker;
 pub mod wire;
