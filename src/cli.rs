@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use ringseed_engine::io::dht::DhtConfig;
 use ringseed_engine::io::plane::control::PlaneConfig;
+use ringseed_engine::io::plane::transport::Encryption;
 use ringseed_engine::io::plane::IoMode;
 
 /// Exit statuses that scripts can rely on.
@@ -263,6 +264,32 @@ pub struct DownloadArgs {
     pub hashing: HashingArgs,
 }
 
+/// How `ringseed loadtest`'s peers dial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadEncryption {
+    /// Plain BitTorrent.
+    Off,
+    /// MSE, offering RC4 for the whole stream only.
+    Rc4,
+    /// MSE, offering plaintext after the handshake only.
+    Plaintext,
+    /// MSE, offering both (the seeder chooses).
+    Both,
+}
+
+impl LoadEncryption {
+    /// The crypto_provide bits offered, if MSE is used.
+    pub fn mse_methods(self) -> Option<u32> {
+        use ringseed_engine::proto::mse::{CRYPTO_PLAINTEXT, CRYPTO_RC4};
+        match self {
+            LoadEncryption::Off => None,
+            LoadEncryption::Rc4 => Some(CRYPTO_RC4),
+            LoadEncryption::Plaintext => Some(CRYPTO_PLAINTEXT),
+            LoadEncryption::Both => Some(CRYPTO_RC4 | CRYPTO_PLAINTEXT),
+        }
+    }
+}
+
 /// What `ringseed loadtest` loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LoadMode {
@@ -363,6 +390,12 @@ pub struct LoadtestArgs {
     /// (only matters for a target on loopback).
     #[arg(long, env = "RINGSEED_SAME_SOURCE")]
     pub same_source: bool,
+    /// Peers dial with message stream encryption: rc4 (offer RC4 only, as
+    /// Transmission and libtorrent do when set to encrypt everything),
+    /// plaintext (offer only an encrypted handshake), both (offer either),
+    /// or off (plain BitTorrent).
+    #[arg(long, value_enum, default_value = "off", env = "RINGSEED_ENCRYPTION")]
+    pub encryption: LoadEncryption,
     /// Tracker mode: info-hashes to announce at random (without --torrent).
     #[arg(
         long,
@@ -587,6 +620,21 @@ pub struct PlaneArgs {
     /// with a warning that says why), uring (or fail), or epoll.
     #[arg(value_name = "MODE", long, default_value = "auto", env = "RINGSEED_IO")]
     pub io: IoMode,
+    /// Message stream encryption (MSE) with peers: allow (answer plain and
+    /// encrypted peers; dial plain, then encrypted if the peer hangs up),
+    /// prefer (dial encrypted, then plain), require (encrypted only, both
+    /// ways) or off (plain only).
+    #[arg(
+        value_name = "POLICY",
+        long,
+        default_value = "allow",
+        env = "RINGSEED_ENCRYPTION"
+    )]
+    pub encryption: Encryption,
+    /// With MSE, encrypt the whole stream (RC4) even when the peer would
+    /// take plain text after the handshake (which keeps zero-copy sends).
+    #[arg(long, env = "RINGSEED_ENCRYPT_PAYLOAD")]
+    pub encrypt_payload: bool,
 }
 
 impl PlaneArgs {
@@ -598,6 +646,8 @@ impl PlaneArgs {
             listen,
             workers: self.workers.map_or(defaults.workers, NonZeroUsize::get),
             io: self.io,
+            encryption: self.encryption,
+            encrypt_payload: self.encrypt_payload,
             ..defaults
         }
     }

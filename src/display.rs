@@ -158,6 +158,29 @@ pub fn piece_ranges(pieces: &[u32], max: usize) -> String {
     parts.join(", ")
 }
 
+/// Connections by transport since the start, and why encrypted handshakes
+/// failed (the causes seen), from counters by name: the line `ctl status`,
+/// `seed` and `download` print.
+pub fn transport_line(totals: &std::collections::BTreeMap<String, u64>) -> String {
+    let get = |k: &str| totals.get(k).copied().unwrap_or(0);
+    let mut line = format!(
+        "connections: plain={} mse_plaintext={} mse_rc4={}",
+        get("connections_plain"),
+        get("connections_mse_plaintext"),
+        get("connections_mse_rc4")
+    );
+    let failures: Vec<String> = totals
+        .iter()
+        .filter(|&(k, &v)| v > 0 && (k.starts_with("mse_failed_") || k == "plaintext_refused"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !failures.is_empty() {
+        line.push(' ');
+        line.push_str(&failures.join(" "));
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,20 @@ pub fn random_u64() -> u64 {
     u64::from_ne_bytes(buf)
 }
 
+/// Fills `buf` from the kernel's random source (`getrandom`): for secrets
+/// such as an MSE private key.
+pub fn fill_random(buf: &mut [u8]) {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: getrandom writes at most `buf.len() - done` bytes at that
+        // offset of `buf`.
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if n > 0 {
+            done += n as usize;
+        }
+    }
+}
+
 /// A new generator state seeded by the kernel (never zero, which xorshift
 /// cannot leave).
 pub fn seeded() -> u64 {

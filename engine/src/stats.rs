@@ -99,9 +99,39 @@ counters! {
     rejected_requests: counter,
     /// Connections closed for breaking the protocol.
     protocol_errors: counter,
-    /// Connections whose first bytes were not a plain BitTorrent handshake
-    /// (mostly encrypted MSE attempts, which clients retry in plain text).
+    /// Connections whose first bytes were not a plain BitTorrent handshake,
+    /// with encryption off (they are mostly MSE attempts, which clients
+    /// retry in plain text).
     not_bittorrent: counter,
+    /// Connections that reached their torrent in plain BitTorrent.
+    connections_plain: counter,
+    /// Connections that reached their torrent after an MSE handshake, in
+    /// plain text after it (crypto_plaintext: blocks still sent zero-copy).
+    connections_mse_plaintext: counter,
+    /// Connections that reached their torrent after an MSE handshake, RC4
+    /// both ways.
+    connections_mse_rc4: counter,
+    /// Plaintext handshakes refused because encryption is required.
+    plaintext_refused: counter,
+    /// MSE handshakes failed: the peer's public key was degenerate.
+    mse_failed_bad_key: counter,
+    /// MSE handshakes failed: no synchronisation hash (or verification
+    /// constant) within the padding allowed: garbage, or not MSE.
+    mse_failed_no_sync: counter,
+    /// MSE handshakes failed: the peer named no torrent we serve.
+    mse_failed_unknown_torrent: counter,
+    /// MSE handshakes failed: a wrong verification constant.
+    mse_failed_bad_vc: counter,
+    /// MSE handshakes failed: padding longer than 512 bytes.
+    mse_failed_bad_pad: counter,
+    /// MSE handshakes failed: no method (RC4 or plaintext) both sides
+    /// accept, or the peer chose one we did not offer.
+    mse_failed_no_common_method: counter,
+    /// MSE handshakes failed: an initial payload longer than allowed.
+    mse_failed_bad_payload: counter,
+    /// MSE handshakes that never finished: the peer closed the connection
+    /// or ran out of time in the middle.
+    mse_failed_incomplete: counter,
     /// ut_metadata pieces served.
     metadata_pieces_served: counter,
     /// Connections refused by a limit or dropped with their torrent.

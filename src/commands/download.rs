@@ -183,6 +183,9 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
     let (stats, _) = session
         .shutdown(GOODBYE)
         .context("a worker failed while stopping")?;
+    // Every worker's counters are in once it stopped.
+    let totals = crate::daemon::status::figures(&stats.total);
+    println!("{}", crate::display::transport_line(&totals));
     match outcome {
         Ok(()) => {
             if args.seed {

@@ -128,6 +128,8 @@ pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
         stats.total.blocks_sent,
         stats.total.connections_accepted
     );
+    let totals = crate::daemon::status::figures(&stats.total);
+    println!("{}", crate::display::transport_line(&totals));
     Ok(Exit::Success)
 }
 

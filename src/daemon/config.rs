@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use ringseed_engine::io::plane::transport::Encryption;
 use ringseed_engine::io::plane::IoMode;
 
 use crate::cli::{parse_rate, DaemonArgs};
@@ -27,6 +28,11 @@ pub struct Config {
     /// The data plane: `auto` (io_uring where allowed, else epoll),
     /// `uring` or `epoll`.
     pub io: String,
+    /// Message stream encryption (MSE): `off`, `allow`, `prefer` or
+    /// `require`.
+    pub encryption: String,
+    /// With MSE, encrypt the whole stream (RC4), never only the handshake.
+    pub encrypt_payload: bool,
     /// Where resume data and made torrents live; empty: `$STATE_DIRECTORY`,
     /// else the user's state directory.
     pub state_dir: PathBuf,
@@ -178,6 +184,8 @@ impl Default for Config {
             listen: "[::]:6881".parse().expect("a valid address"),
             workers: 0,
             io: "auto".into(),
+            encryption: "allow".into(),
+            encrypt_payload: false,
             state_dir: PathBuf::new(),
             metrics: "127.0.0.1:9881".into(),
             control_socket: PathBuf::new(),
@@ -296,6 +304,13 @@ impl Config {
         self.io.parse().map_err(|e| anyhow!("key `io`: {e}"))
     }
 
+    /// The encryption policy asked for.
+    pub fn encryption_policy(&self) -> anyhow::Result<Encryption> {
+        self.encryption
+            .parse()
+            .map_err(|e| anyhow!("key `encryption`: {e}"))
+    }
+
     /// Checks what serde cannot: values that must parse or be non-empty.
     pub fn validate(&self) -> anyhow::Result<()> {
         if !self.metrics.is_empty() {
@@ -306,6 +321,7 @@ impl Config {
         }
         self.socket_mode()?;
         self.io_mode()?;
+        self.encryption_policy()?;
         crate::logging::parse_filter(&self.log_level)
             .map_err(|e| anyhow!("key `log_level`: {:?}: {e}", self.log_level))?;
         for (i, d) in self.data_dir.iter().enumerate() {
@@ -519,6 +535,8 @@ mod tests {
             "listen",
             "workers",
             "io",
+            "encryption",
+            "encrypt_payload",
             "state_dir",
             "metrics",
             "control_socket",

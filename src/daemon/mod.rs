@@ -200,6 +200,8 @@ fn plane_config(config: &Config) -> PlaneConfig {
             config.workers
         },
         io: config.io_mode().unwrap_or_default(),
+        encryption: config.encryption_policy().unwrap_or_default(),
+        encrypt_payload: config.encrypt_payload,
         upload_slots: config.limits.upload_slots,
         max_upload_rate: config.limits.max_upload_rate,
         max_connections: config.limits.max_connections,

@@ -7,6 +7,9 @@ use super::info_hash::InfoHash;
 
 /// The protocol string of the handshake.
 pub const PROTOCOL: &[u8; 19] = b"BitTorrent protocol";
+/// The first 20 bytes of every plaintext handshake: the length byte and
+/// [`PROTOCOL`].
+pub const PROTOCOL_PREFIX: &[u8; 20] = b"\x13BitTorrent protocol";
 /// Bytes in a handshake.
 pub const HANDSHAKE_LEN: usize = 68;
 /// The block size every client requests.

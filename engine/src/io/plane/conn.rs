@@ -16,35 +16,14 @@
 use std::os::fd::OwnedFd;
 
 use super::peer::{PeerConnection, SendPlan};
+use super::transport::Transport;
 use crate::io::storage::FileSegment;
+use crate::proto::mse::Cipher;
 use crate::proto::wire::{self, PIECE_HEADER_LEN};
 
 /// Receive buffer size of a new connection: a handshake and a burst of
 /// requests. It grows (up to the frame limit) only for a larger message.
 pub const INITIAL_RECV_BUF: usize = 4096;
-
-/// How a connection's bytes travel. Each transport turns the peer
-/// connection's [`SendPlan`] into what goes on the wire, and what arrives
-/// into the peer's bytes. Plain TCP sends blocks straight from the file
-/// mappings (iovecs: no copy in user space), except blocks the plan marks
-/// `copied`, which the worker first reads into `SendBuf::copy`; an
-/// encrypted stream (MSE) will have every block read that way to transform
-/// it, and uTP will carry them in datagrams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// BitTorrent over TCP, unencrypted.
-    Tcp,
-}
-
-impl Transport {
-    /// Lays `send.plan` out as one vectored send: the control bytes, then for
-    /// each block its 13-byte header and iovecs into the mapping.
-    pub fn render(self, send: &mut SendBuf) {
-        match self {
-            Transport::Tcp => send.render_iovecs(),
-        }
-    }
-}
 
 /// The receive side.
 pub struct RecvBuf {
@@ -161,7 +140,10 @@ impl SendBuf {
         true
     }
 
-    fn render_iovecs(&mut self) {
+    /// Lays the plan out as iovecs: the control bytes, then for each block
+    /// its 13-byte header and iovecs into the mapping, or its bytes in
+    /// `copy`.
+    pub(super) fn render_iovecs(&mut self) {
         debug_assert!(!self.in_flight && self.iov.is_empty());
         if !self.plan.control.is_empty() {
             self.iov.push(libc::iovec {
@@ -204,6 +186,20 @@ impl SendBuf {
         self.remaining = self.iov.iter().map(|v| v.iov_len).sum();
     }
 
+    /// Encrypts what `render_iovecs` laid out, in the order it leaves:
+    /// every block must have been copied (none points into a mapping).
+    pub(super) fn encrypt_in_place(&mut self, cipher: &mut Cipher) {
+        debug_assert!(self.plan.copied.iter().all(|&c| c));
+        cipher.apply(&mut self.plan.control);
+        let mut at = 0;
+        for (req, header) in self.plan.blocks.iter().zip(&mut self.headers) {
+            cipher.apply(header);
+            let len = req.length as usize;
+            cipher.apply(&mut self.copy[at..at + len]);
+            at += len;
+        }
+    }
+
     /// Points the msghdr at the iovecs; call after filling them and before
     /// submitting.
     pub fn prepare(&mut self) {
@@ -237,6 +233,16 @@ pub fn advance_iovecs(iov: &mut Vec<libc::iovec>, mut n: usize) {
     iov.drain(..done);
 }
 
+/// An outgoing connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dial {
+    /// It starts with an MSE handshake.
+    pub encrypted: bool,
+    /// If it fails before the peer's handshake, it is dialed once more the
+    /// other way.
+    pub fall_back: bool,
+}
+
 /// A connection.
 pub struct Conn {
     /// The socket.
@@ -253,6 +259,10 @@ pub struct Conn {
     pub(super) send: SendBuf,
     /// Set once the connection is being closed: no new ops are started.
     pub(super) closing: bool,
+    /// For a connection we dialed: the attempt's MSE mode, and whether,
+    /// should it fail before the peer's handshake, it is tried once more
+    /// the other way (set once the connect succeeds).
+    pub(super) dial: Option<Dial>,
     /// For a connection we are opening: the address the connect op reads.
     pub(super) connect_to: Option<Box<socket2::SockAddr>>,
     /// A connect op is in flight.
@@ -276,6 +286,7 @@ impl Conn {
             closing: false,
             connect_to: None,
             connect_in_flight: false,
+            dial: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod control;
 pub mod epoll;
 pub mod peer;
 pub mod shared;
+pub mod transport;
 pub mod uring;
 pub mod worker;
 

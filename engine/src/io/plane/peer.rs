@@ -63,6 +63,9 @@ pub enum CloseReason {
     MetadataFailed,
     /// Still in its handshake when a new connection needed its place.
     Evicted,
+    /// Its MSE handshake failed (the cause is counted where it failed), or
+    /// it spoke in plain text where encryption is required.
+    Encryption,
 }
 
 /// A worker's counters since its last flush: its own, and per torrent.
@@ -202,6 +205,8 @@ pub struct SendRoom {
     /// A block spanning more segments than this is copied into a buffer
     /// (two segments: its header and the buffer) instead.
     pub segments_per_block: usize,
+    /// Every block is copied into a buffer (the transport transforms it).
+    pub copy_all: bool,
 }
 
 /// The peer's pieces, and more, as the worker learns them for a torrent
@@ -260,6 +265,9 @@ pub struct PeerConnection {
     phase: Phase,
     /// For a connection we opened: the torrent we dialed the peer for.
     outgoing: Option<InfoHash>,
+    /// For an incoming MSE connection: the torrent its handshake proved it
+    /// knows, which its BitTorrent handshake must name.
+    proven: Option<InfoHash>,
     /// Bytes to send before the session exists (our handshake).
     greeting: Vec<u8>,
     /// When the connection started (accepted, or its connect completed):
@@ -289,6 +297,7 @@ impl PeerConnection {
             key,
             phase: Phase::Handshake,
             outgoing,
+            proven: None,
             greeting: Vec::new(),
             opened: now,
             last_heard: now,
@@ -339,6 +348,18 @@ impl PeerConnection {
                 Phase::Metadata { fetcher, .. } => fetcher.pending_output(),
                 Phase::Handshake => 0,
             }
+    }
+
+    /// An MSE handshake named `info_hash`: the BitTorrent handshake that
+    /// follows must name it too.
+    pub fn proven_torrent(&mut self, info_hash: InfoHash) {
+        self.proven = Some(info_hash);
+    }
+
+    /// Takes our handshake, not yet sent: an MSE dial carries it inside its
+    /// own handshake.
+    pub fn take_greeting(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.greeting)
     }
 
     /// Whether the handshake is still to come.
@@ -482,7 +503,11 @@ impl PeerConnection {
             Ok(Some(hs)) => hs,
             Err(_) => return Err(CloseReason::NotBitTorrent),
         };
-        if self.outgoing.is_some_and(|h| h != hs.info_hash) {
+        if self
+            .outgoing
+            .or(self.proven)
+            .is_some_and(|h| h != hs.info_hash)
+        {
             return Err(CloseReason::UnknownTorrent);
         }
         if hs.peer_id == env.peer_id {
@@ -620,7 +645,8 @@ impl PeerConnection {
             // and a buffer for a block copied there (spanning many files,
             // or in a file that is not mapped).
             let mut needed = 1 + torrent.block_segments(&req);
-            let copied = needed > room.segments_per_block || torrent.block_needs_copy(&req);
+            let copied =
+                room.copy_all || needed > room.segments_per_block || torrent.block_needs_copy(&req);
             if copied {
                 needed = 2;
             }

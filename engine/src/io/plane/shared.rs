@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::transport::Encryption;
 use super::{IoMode, PlaneKind};
 use crate::io::net::canonical;
 use crate::io::storage::Torrent;
@@ -76,6 +77,12 @@ pub struct PlaneConfig {
     /// Which data plane to run (io_uring, epoll, or the best this host
     /// allows).
     pub io: IoMode,
+    /// Message stream encryption: refused, accepted, preferred or required.
+    pub encryption: Encryption,
+    /// With MSE, RC4 for the whole stream, never plaintext after the
+    /// handshake (which keeps zero-copy sends and is chosen when the peer
+    /// offers both, unless this is set).
+    pub encrypt_payload: bool,
 }
 
 impl Default for PlaneConfig {
@@ -99,6 +106,8 @@ impl Default for PlaneConfig {
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(20),
             io: IoMode::Auto,
+            encryption: Encryption::default(),
+            encrypt_payload: false,
         }
     }
 }

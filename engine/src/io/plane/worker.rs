@@ -45,8 +45,9 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use super::conn::{Conn, Transport};
+use super::conn::{Conn, Dial};
 use super::peer::{our_reserved, CloseReason, Env, LeechNews, PeerConnection, SendRoom, Tally};
+use super::transport::{self, mse_methods, Arrived, Inbound, Transport};
 use super::{Backend, Completion, Op, UserData};
 use crate::io::net::peer_addr;
 use crate::io::plane::shared::{
@@ -196,6 +197,12 @@ pub struct Worker<B: Backend> {
     torrents: HashMap<InfoHash, Arc<Torrent>>,
     /// Magnet links whose metadata connections of this worker fetch.
     fetching: HashMap<InfoHash, Arc<MetadataFetch>>,
+    /// The torrents of `torrents` and `fetching` by the key an MSE peer
+    /// names them by (HASH('req2', info-hash)), rebuilt when they change.
+    skeys: HashMap<[u8; 20], InfoHash>,
+    /// Dials that failed before the peer's handshake, to try once more the
+    /// other way (plain text or MSE): (torrent, peer, encrypted).
+    redials: Vec<(InfoHash, SocketAddr, bool)>,
     messages: crossbeam_channel::Receiver<WorkerMessage>,
     /// Whether the upload bucket refused a send since the last housekeeping.
     rate_wanted: bool,
@@ -251,6 +258,11 @@ impl<B: Backend> Worker<B> {
             closing: 0,
             last_accept_log: None,
             accept_errors_unlogged: 0,
+            skeys: torrents
+                .keys()
+                .map(|h| (transport::skey_of(h), *h))
+                .collect(),
+            redials: Vec::new(),
             torrents,
             fetching: HashMap::new(),
             messages,
@@ -401,7 +413,15 @@ impl<B: Backend> Worker<B> {
     /// Applies what the control side sent: torrents added or removed, new
     /// settings.
     fn take_messages(&mut self) {
+        let mut changed = false;
         while let Ok(message) = self.messages.try_recv() {
+            changed |= matches!(
+                message,
+                WorkerMessage::AddTorrent(_)
+                    | WorkerMessage::RemoveTorrent(_)
+                    | WorkerMessage::FetchMetadata(_)
+                    | WorkerMessage::StopFetch(_)
+            );
             match message {
                 WorkerMessage::AddTorrent(t) => {
                     self.torrents.insert(t.metainfo.info_hash, t);
@@ -427,6 +447,14 @@ impl<B: Backend> Worker<B> {
                     self.fetching.remove(&h);
                 }
             }
+        }
+        if changed {
+            self.skeys = self
+                .torrents
+                .keys()
+                .chain(self.fetching.keys())
+                .map(|h| (transport::skey_of(h), *h))
+                .collect();
         }
     }
 
@@ -470,7 +498,7 @@ impl<B: Backend> Worker<B> {
         }
         let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(true);
         self.tally.worker.connections_accepted += 1;
-        let key = self.insert_conn(fd, addr, None);
+        let key = self.insert_conn(fd, addr, None, Transport::incoming());
         self.arm_recv(key);
     }
 
@@ -537,7 +565,13 @@ impl<B: Backend> Worker<B> {
 
     /// Adds a connection to the slab: a new generation, a peer connection
     /// keyed for the pickers by (worker, generation, slot).
-    fn insert_conn(&mut self, fd: OwnedFd, addr: SocketAddr, outgoing: Option<InfoHash>) -> usize {
+    fn insert_conn(
+        &mut self,
+        fd: OwnedFd,
+        addr: SocketAddr,
+        outgoing: Option<InfoHash>,
+        transport: Transport,
+    ) -> usize {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1) & 0x00ff_ffff;
         let now = self.now();
@@ -549,83 +583,113 @@ impl<B: Backend> Worker<B> {
             now,
         );
         let key = entry.key();
-        entry.insert(Conn::new(fd, generation, Transport::Tcp, peer));
+        entry.insert(Conn::new(fd, generation, transport, peer));
         key
     }
 
-    /// Opens the connections the dial queue asks for (peers from trackers).
+    /// Opens the connections the dial queue asks for (peers from trackers,
+    /// the DHT, `--peer`), after the second attempts of failed dials.
     fn dial_queued(&mut self) {
         let room = self.config.max_half_open.saturating_sub(self.half_open);
-        let queued: Vec<(InfoHash, SocketAddr)> = {
+        let first = self.config.encryption.dial_encrypted();
+        let mut queued: Vec<(InfoHash, SocketAddr, Dial)> = self
+            .redials
+            .drain(..room.min(self.redials.len()))
+            .map(|(h, addr, encrypted)| {
+                let dial = Dial {
+                    encrypted,
+                    fall_back: false,
+                };
+                (h, addr, dial)
+            })
+            .collect();
+        {
             let mut queue = self.shared.dial_queues[self.index]
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             // The rest waits for connects to finish (see `on_tick`).
-            let n = room.min(queue.len());
-            queue.drain(..n).collect()
-        };
-        for (info_hash, addr) in queued {
+            let n = (room - queued.len()).min(queue.len());
+            let dial = Dial {
+                encrypted: first,
+                fall_back: self.config.encryption.falls_back(),
+            };
+            queued.extend(queue.drain(..n).map(|(h, addr)| (h, addr, dial)));
+        }
+        for (info_hash, addr, dial) in queued {
             if self.shutting_down {
                 return;
             }
-            let banned = self
-                .torrents
-                .get(&info_hash)
-                .is_some_and(|t| t.download().is_some_and(|d| d.is_banned(&addr.ip())));
-            if banned {
-                continue;
-            }
-            // Already connected to it (either way): once is enough.
-            if self.conns.iter().any(|(_, c)| c.peer.addr() == addr) {
-                continue;
-            }
-            if self
-                .shared
-                .limits
-                .try_admit(addr.ip(), &self.config, false)
-                .is_err()
-            {
-                self.tally.worker.dropped_connections += 1;
-                continue;
-            }
-            let socket = match socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::STREAM.cloexec(),
-                Some(socket2::Protocol::TCP),
-            ) {
-                Ok(s) => s,
-                Err(_) => {
-                    self.shared.limits.leave(addr.ip());
-                    continue;
-                }
-            };
-            let _ = socket.set_tcp_nodelay(true);
-            let key = self.insert_conn(socket.into(), addr, Some(info_hash));
-            let conn = &mut self.conns[key];
-            let target = Box::new(socket2::SockAddr::from(addr));
-            let op = Op::Connect {
-                fd: conn.fd.as_raw_fd(),
-                addr: target.as_ptr().cast(),
-                len: target.len(),
-            };
-            conn.connect_to = Some(target);
-            conn.connect_in_flight = true;
-            self.half_open += 1;
-            let data = UserData::Connect {
-                key: key as u32,
-                generation: conn.generation,
-            };
-            // SAFETY: the address is boxed in `connect_to`, kept until the
-            // connect completes (`connect_in_flight`).
-            unsafe { self.push(op, data) };
+            self.dial(info_hash, addr, dial);
         }
+    }
+
+    /// Opens a connection to `addr` for `info_hash`.
+    fn dial(&mut self, info_hash: InfoHash, addr: SocketAddr, dial: Dial) {
+        let banned = self
+            .torrents
+            .get(&info_hash)
+            .is_some_and(|t| t.download().is_some_and(|d| d.is_banned(&addr.ip())));
+        if banned {
+            return;
+        }
+        // Already connected to it (either way): once is enough.
+        if self.conns.iter().any(|(_, c)| c.peer.addr() == addr) {
+            return;
+        }
+        if self
+            .shared
+            .limits
+            .try_admit(addr.ip(), &self.config, false)
+            .is_err()
+        {
+            self.tally.worker.dropped_connections += 1;
+            return;
+        }
+        let socket = match socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM.cloexec(),
+            Some(socket2::Protocol::TCP),
+        ) {
+            Ok(s) => s,
+            Err(_) => {
+                self.shared.limits.leave(addr.ip());
+                return;
+            }
+        };
+        let _ = socket.set_tcp_nodelay(true);
+        // The transport is chosen once connected (an MSE dial carries our
+        // handshake, which is made then).
+        let key = self.insert_conn(socket.into(), addr, Some(info_hash), Transport::plain());
+        let conn = &mut self.conns[key];
+        conn.dial = Some(dial);
+        let target = Box::new(socket2::SockAddr::from(addr));
+        let op = Op::Connect {
+            fd: conn.fd.as_raw_fd(),
+            addr: target.as_ptr().cast(),
+            len: target.len(),
+        };
+        conn.connect_to = Some(target);
+        conn.connect_in_flight = true;
+        self.half_open += 1;
+        let data = UserData::Connect {
+            key: key as u32,
+            generation: conn.generation,
+        };
+        // SAFETY: the address is boxed in `connect_to`, kept until the
+        // connect completes (`connect_in_flight`).
+        unsafe { self.push(op, data) };
     }
 
     fn on_connect(&mut self, key: u32, generation: u32, result: i32) {
         let peer_id = self.peer_id;
         let now = self.now();
         let reserved = our_reserved(&self.config);
-        let Some(conn) = self.conn_mut(key, generation) else {
+        let methods = mse_methods(self.config.encrypt_payload);
+        let Some(conn) = self
+            .conns
+            .get_mut(key as usize)
+            .filter(|c| c.generation == generation)
+        else {
             return;
         };
         conn.connect_in_flight = false;
@@ -633,11 +697,20 @@ impl<B: Backend> Worker<B> {
         conn.peer.connected(peer_id, reserved, now);
         let closing = conn.closing;
         self.half_open -= 1;
-        let key = key as usize;
         if result < 0 || closing {
-            self.close(key, None);
+            // Nobody listens there: no second attempt either.
+            conn.dial = None;
+            self.close(key as usize, None);
             return;
         }
+        if let (Some(dial), Some(info_hash)) = (conn.dial, conn.peer.outgoing()) {
+            if dial.encrypted {
+                let greeting = conn.peer.take_greeting();
+                conn.transport =
+                    Transport::dial_encrypted(info_hash, methods, greeting, &mut rng::fill_random);
+            }
+        }
+        let key = key as usize;
         self.arm_recv(key);
         self.try_send(key);
     }
@@ -671,7 +744,11 @@ impl<B: Backend> Worker<B> {
     }
 
     fn on_recv(&mut self, key: u32, generation: u32, result: i32) {
-        let Some(conn) = self.conn_mut(key, generation) else {
+        let Some(conn) = self
+            .conns
+            .get_mut(key as usize)
+            .filter(|c| c.generation == generation)
+        else {
             return;
         };
         conn.recv.in_flight = false;
@@ -682,9 +759,36 @@ impl<B: Backend> Worker<B> {
             return;
         }
         conn.recv.len += result as usize;
-        if let Some(reason) = self.process_input(key) {
-            self.close(key, Some(reason));
-            return;
+        let inbound = Inbound {
+            encryption: self.config.encryption,
+            methods: mse_methods(self.config.encrypt_payload),
+            skeys: &self.skeys,
+            random: &mut rng::fill_random,
+            tally: &mut self.tally.worker,
+        };
+        let negotiating = conn.transport.negotiating();
+        match conn
+            .transport
+            .receive(&mut conn.recv, result as usize, inbound)
+        {
+            Arrived::Close(reason) => {
+                self.close(key, Some(reason));
+                return;
+            }
+            Arrived::Pending => {}
+            Arrived::Ready => {
+                if negotiating {
+                    if let Some(h) = conn.transport.proven_torrent() {
+                        conn.peer.proven_torrent(h);
+                    }
+                }
+                if conn.recv.len > 0 {
+                    if let Some(reason) = self.process_input(key) {
+                        self.close(key, Some(reason));
+                        return;
+                    }
+                }
+            }
         }
         self.try_send(key);
         self.resume_recv(key);
@@ -734,6 +838,7 @@ impl<B: Backend> Worker<B> {
             &self.check_tx,
         );
         if let Some(joined) = &received.joined {
+            transport::count_joined(&mut self.tally.worker, conn.transport.kind());
             if joined.leeching {
                 self.leeching
                     .entry(joined.info_hash)
@@ -764,12 +869,26 @@ impl<B: Backend> Worker<B> {
         if conn.closing || conn.send.in_flight || conn.send.reading {
             return;
         }
+        if conn
+            .transport
+            .take_handshake_output(&mut conn.send.plan.control)
+        {
+            // The transport's own handshake, as it is; the peer's turn
+            // comes when it is sent.
+            conn.send.render_iovecs();
+            self.submit_send(key);
+            return;
+        }
+        if !conn.transport.ready_to_send() {
+            return;
+        }
         let mut env = env!(self);
         let room = SendRoom {
             bytes: MAX_SEND_BYTES,
             // One iovec stays for the control bytes.
             segments: MAX_SEND_IOVECS - 1,
             segments_per_block: IOV_MAX - 1,
+            copy_all: conn.transport.copies_blocks(),
         };
         let throttled = conn
             .peer
@@ -967,6 +1086,23 @@ impl<B: Backend> Worker<B> {
                     self.tally.torrent(t).protocol_errors += 1;
                 }
             }
+            if conn.transport.negotiating() && reason != Some(CloseReason::Encryption) {
+                self.tally.worker.mse_failed_incomplete += 1;
+            }
+            // A dial that got through but not to the peer's handshake may be
+            // a peer that wants the other transport: it is dialed once more.
+            let retry = !conn.connect_in_flight
+                && !self.shutting_down
+                && conn.peer.in_handshake()
+                && matches!(
+                    reason,
+                    None | Some(
+                        CloseReason::Idle | CloseReason::NotBitTorrent | CloseReason::Encryption
+                    )
+                );
+            if !retry {
+                conn.dial = None;
+            }
         }
         if conn.has_ops_in_flight() {
             // SAFETY: shutting down a socket we own; in-flight ops complete
@@ -989,6 +1125,12 @@ impl<B: Backend> Worker<B> {
         }
         let conn = self.conns.remove(key);
         self.closing -= 1;
+        if let (Some(dial), Some(info_hash)) = (conn.dial, conn.peer.outgoing()) {
+            if dial.fall_back {
+                self.redials
+                    .push((info_hash, conn.peer.addr(), !dial.encrypted));
+            }
+        }
         self.backend.forget_fd(conn.fd.as_raw_fd());
         self.shared.limits.leave(conn.peer.addr().ip());
         conn.peer

@@ -92,6 +92,7 @@ const ROOM: SendRoom = SendRoom {
     bytes: 256 << 10,
     segments: 127,
     segments_per_block: 1023,
+    copy_all: false,
 };
 
 fn their_handshake(info_hash: InfoHash) -> Vec<u8> {
