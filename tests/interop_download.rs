@@ -18,12 +18,18 @@ fn payload(len: usize, extra_create_args: &[&str]) -> Payload {
 }
 
 impl Payload {
-    /// `ringseed download` of it into `out/`, checked, with no one banned.
-    fn download(&self, source: &dyn AsRef<std::ffi::OsStr>, args: &[&dyn AsRef<std::ffi::OsStr>]) {
+    /// `ringseed download` of it into `out/`, checked, with no one banned;
+    /// returns its stdout.
+    fn download(
+        &self,
+        source: &dyn AsRef<std::ffi::OsStr>,
+        args: &[&dyn AsRef<std::ffi::OsStr>],
+    ) -> String {
         let out = self.dir.path().join("out");
         let stdout = download_ok(source, &out, &self.dir.path().join("state"), args);
         self.assert_downloaded(&out);
         assert_eq!(summary(&stdout)["banned"], "-");
+        stdout
     }
 }
 
@@ -40,6 +46,11 @@ impl Drop for Stopper {
 
 /// tests/support/lt_seed.py on `addr`, once it is seeding.
 fn lt_seed(p: &Payload, addr: &str) -> Stopper {
+    lt_seed_with(p, addr, "default")
+}
+
+/// Like `lt_seed`, with lt_seed.py's `--encryption` policy.
+fn lt_seed_with(p: &Payload, addr: &str, encryption: &str) -> Stopper {
     require_libtorrent();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lt_seed.py");
     Stopper(spawn_until_line(
@@ -47,7 +58,7 @@ fn lt_seed(p: &Payload, addr: &str) -> Stopper {
             .arg(script)
             .arg(&p.torrent)
             .arg(p.seed_dir())
-            .args(["--listen", addr]),
+            .args(["--listen", addr, "--encryption", encryption]),
         "ready",
     ))
 }
@@ -59,6 +70,47 @@ fn downloads_from_a_libtorrent_seeder() {
     let addr = format!("127.0.0.81:{}", free_port());
     let _seed = lt_seed(&p, &addr);
     p.download(&p.torrent, &[&"--peer", &addr]);
+}
+
+/// `ringseed download --encryption require` from a libtorrent seeder that
+/// requires encryption at `level`; returns the download's stdout.
+fn encrypted_download_from_libtorrent(level: &str, ip: &str, args: &[&str]) -> String {
+    let p = payload(32 << 20, &[]);
+    let addr = format!("{ip}:{}", free_port());
+    let _seed = lt_seed_with(&p, &addr, level);
+    let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--peer", &addr];
+    all.extend(args.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+    p.download(&p.torrent, &all)
+}
+
+#[test]
+#[ignore = "needs python3-libtorrent: run by scripts/test"]
+fn requiring_encryption_downloads_from_a_libtorrent_seeder_over_rc4() {
+    let out = encrypted_download_from_libtorrent("rc4", "127.0.0.83", &["--encryption", "require"]);
+    let counts = figures_of(&out, "connections: ");
+    assert!(counts["mse_rc4"] >= 1 && counts["plain"] == 0, "{out}");
+}
+
+#[test]
+#[ignore = "needs python3-libtorrent: run by scripts/test"]
+fn requiring_encryption_downloads_from_a_libtorrent_seeder_encrypting_the_handshake_only() {
+    let out =
+        encrypted_download_from_libtorrent("plaintext", "127.0.0.84", &["--encryption", "require"]);
+    let counts = figures_of(&out, "connections: ");
+    assert!(
+        counts["mse_plaintext"] >= 1 && counts["mse_rc4"] == 0,
+        "{out}"
+    );
+}
+
+#[test]
+#[ignore = "needs python3-libtorrent: run by scripts/test"]
+fn the_default_policy_retries_encrypted_when_a_libtorrent_seeder_requires_it() {
+    // Dialed in plain text first, libtorrent hangs up; the second dial is
+    // encrypted.
+    let out = encrypted_download_from_libtorrent("rc4", "127.0.0.85", &[]);
+    let counts = figures_of(&out, "connections: ");
+    assert!(counts["mse_rc4"] >= 1, "{out}");
 }
 
 #[test]
@@ -78,9 +130,38 @@ fn a_magnet_link_against_a_libtorrent_seeder() {
 #[test]
 #[ignore = "needs transmission-daemon: run by scripts/test"]
 fn downloads_from_a_transmission_daemon_seeder() {
+    let p = payload(32 << 20, &[]);
+    let (daemon, port) = transmission_daemon_seed(&p, 1);
+    p.download(&p.torrent, &[&"--peer", &format!("127.0.0.1:{port}")]);
+    drop(daemon);
+}
+
+#[test]
+#[ignore = "needs transmission-daemon: run by scripts/test"]
+fn requiring_encryption_downloads_from_a_transmission_daemon_that_requires_it() {
+    let p = payload(32 << 20, &[]);
+    // `encryption: 2`: Transmission's "required"; it picks RC4.
+    let (daemon, port) = transmission_daemon_seed(&p, 2);
+    let out = p.download(
+        &p.torrent,
+        &[
+            &"--peer",
+            &format!("127.0.0.1:{port}"),
+            &"--encryption",
+            &"require",
+        ],
+    );
+    let counts = figures_of(&out, "connections: ");
+    assert!(counts["mse_rc4"] >= 1 && counts["plain"] == 0, "{out}");
+    drop(daemon);
+}
+
+/// transmission-daemon seeding the payload on 127.0.0.1, with its
+/// `encryption` setting (0 prefer plain, 1 prefer encrypted, 2 require);
+/// returns it (stopped when dropped) and its peer port.
+fn transmission_daemon_seed(p: &Payload, encryption: u8) -> (Stopper, u16) {
     require_program("transmission-daemon", "transmission-daemon");
     require_program("transmission-remote", "transmission-cli");
-    let p = payload(32 << 20, &[]);
     let conf = p.dir.path().join("transmission");
     std::fs::create_dir_all(&conf).unwrap();
     let (port, rpc) = (free_port(), free_port());
@@ -91,7 +172,7 @@ fn downloads_from_a_transmission_daemon_seeder() {
             r#"{{"dht-enabled": false, "lpd-enabled": false, "pex-enabled": false,
                 "utp-enabled": false, "port-forwarding-enabled": false,
                 "bind-address-ipv4": "127.0.0.1", "rpc-bind-address": "127.0.0.1",
-                "rpc-port": {rpc}, "peer-port": {port},
+                "rpc-port": {rpc}, "peer-port": {port}, "encryption": {encryption},
                 "rpc-authentication-required": false}}"#
         ),
     )
@@ -136,8 +217,7 @@ fn downloads_from_a_transmission_daemon_seeder() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    p.download(&p.torrent, &[&"--peer", &format!("127.0.0.1:{port}")]);
-    drop(daemon);
+    (daemon, port)
 }
 
 #[test]

@@ -84,6 +84,84 @@ fn libtorrent_from_a_magnet_link_gets_the_metadata_from_us() {
     p.assert_downloaded(&dir);
 }
 
+/// libtorrent forced to encrypt (`rc4`: the whole stream; `plaintext`: the
+/// handshake only) downloads from `ringseed seed`, which answers the MSE
+/// handshake on its one port. Both sides report the transport they used.
+fn libtorrent_requiring_encryption_downloads(level: &str, seed_args: &[&str]) -> String {
+    require_libtorrent();
+    let p = payload(64 << 20, &[]);
+    let data = p.seed_dir();
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&p.torrent, &"--data", &data];
+    args.extend(seed_args.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+    let seeder = SeedProcess::start(&args);
+    let dir = p.leech_dir("lt");
+    let leecher = spawn_lt_leecher_with(
+        &p.torrent,
+        &dir,
+        Some(seeder.addr),
+        "127.0.0.11",
+        &["--encryption", level],
+    );
+    let out = wait_leecher(leecher);
+    p.assert_downloaded(&dir);
+    let seen = figures_of(&out, "encryption ");
+    assert!(
+        seen["none"] == 0 && seen[level] >= 1,
+        "libtorrent saw {seen:?}"
+    );
+    let (status, seed_out) = seeder.stop_with_output();
+    assert!(status.success());
+    seed_out
+}
+
+#[test]
+#[ignore = "needs python3-libtorrent: run by scripts/test"]
+fn libtorrent_requiring_rc4_downloads_from_ringseed() {
+    let out = libtorrent_requiring_encryption_downloads("rc4", &[]);
+    let counts = figures_of(&out, "connections: ");
+    assert!(counts["mse_rc4"] >= 1 && counts["plain"] == 0, "{out}");
+}
+
+#[test]
+#[ignore = "needs python3-libtorrent: run by scripts/test"]
+fn libtorrent_encrypting_the_handshake_only_downloads_zero_copy_from_ringseed() {
+    let out = libtorrent_requiring_encryption_downloads("plaintext", &[]);
+    let counts = figures_of(&out, "connections: ");
+    assert!(
+        counts["mse_plaintext"] >= 1 && counts["mse_rc4"] == 0,
+        "{out}"
+    );
+}
+
+#[test]
+#[ignore = "needs python3-libtorrent: run by scripts/test"]
+fn a_seed_that_requires_encryption_serves_libtorrent_over_rc4() {
+    let out = libtorrent_requiring_encryption_downloads("rc4", &["--encryption", "require"]);
+    let counts = figures_of(&out, "connections: ");
+    assert!(counts["mse_rc4"] >= 1 && counts["plain"] == 0, "{out}");
+}
+
+#[test]
+#[ignore = "needs transmission-cli and opentracker: run by scripts/test"]
+fn transmission_cli_requiring_encryption_downloads_from_ringseed() {
+    require_program("transmission-cli", "transmission-cli");
+    let ns = NetNs::create();
+    // A seed that refuses plain peers: the download can only be encrypted.
+    let (p, _tracker, seeder) = tracked_payload_seeded_with(
+        Tracker::Open,
+        "http",
+        &ns.host_ip,
+        24 << 20,
+        &["--encryption", "require"],
+    );
+    // -er: Transmission's "encryption required" (settings.json `encryption: 2`).
+    transmission_download_with(&p, &ns, &["-er"]);
+    let (status, out) = seeder.stop_with_output();
+    assert!(status.success());
+    let counts = figures_of(&out, "connections: ");
+    assert!(counts["mse_rc4"] >= 1 && counts["plain"] == 0, "{out}");
+}
+
 fn info_hash_of(torrent: &Path) -> ([u8; 20], String) {
     let m = ringseed_engine::Metainfo::from_bytes(&std::fs::read(torrent).unwrap()).unwrap();
     (m.info_hash.0, m.info_hash.to_hex())
@@ -107,6 +185,17 @@ fn tracked_payload(
     ip: &str,
     len: usize,
 ) -> (Payload, Option<OpenTracker>, SeedProcess) {
+    tracked_payload_seeded_with(tracker, scheme, ip, len, &[])
+}
+
+/// Like `tracked_payload`, with more arguments for `ringseed seed`.
+fn tracked_payload_seeded_with(
+    tracker: Tracker,
+    scheme: &str,
+    ip: &str,
+    len: usize,
+    seed_args: &[&str],
+) -> (Payload, Option<OpenTracker>, SeedProcess) {
     // The tracker URL goes into the torrent, whose hash the whitelist needs:
     // pick the port first, then start the tracker on it.
     let port = free_port();
@@ -115,13 +204,24 @@ fn tracked_payload(
     let (hash, hex) = info_hash_of(&p.torrent);
     let listen = format!("{ip}:0");
     let data = p.data.parent().unwrap().to_path_buf();
+    let args: Vec<&dyn AsRef<std::ffi::OsStr>> = seed_args
+        .iter()
+        .map(|a| a as &dyn AsRef<std::ffi::OsStr>)
+        .collect();
     let (open, seeder) = match tracker {
         Tracker::Open => {
             require_program("opentracker", "opentracker");
             let open = OpenTracker::start(ip, port, &hex);
             (
                 Some(open),
-                SeedProcess::start_on(&listen, &[&p.torrent, &"--data", &data]),
+                SeedProcess::start_on(
+                    &listen,
+                    &[
+                        &[&p.torrent as &dyn AsRef<std::ffi::OsStr>, &"--data", &data],
+                        &args[..],
+                    ]
+                    .concat(),
+                ),
             )
         }
         Tracker::Embedded => {
@@ -129,12 +229,16 @@ fn tracked_payload(
             let seeder = SeedProcess::start_on(
                 &listen,
                 &[
-                    &p.torrent,
-                    &"--data",
-                    &data,
-                    &"--run-tracker",
-                    &tracker_addr,
-                ],
+                    &[
+                        &p.torrent as &dyn AsRef<std::ffi::OsStr>,
+                        &"--data",
+                        &data,
+                        &"--run-tracker",
+                        &tracker_addr,
+                    ],
+                    &args[..],
+                ]
+                .concat(),
             );
             (None, seeder)
         }
@@ -252,6 +356,11 @@ fn aria2c_download(torrent: &Path, dir: &Path) {
 
 /// Downloads the payload with transmission-cli running in `ns`, and checks it.
 fn transmission_download(p: &Payload, ns: &NetNs) {
+    transmission_download_with(p, ns, &[]);
+}
+
+/// Like `transmission_download`, with more transmission-cli arguments.
+fn transmission_download_with(p: &Payload, ns: &NetNs, extra: &[&str]) {
     let dir = p.leech_dir("transmission");
     let config = p.leech_dir("transmission-config");
     // Nothing may leave the machine: no DHT, LPD, PEX, uTP or port mapping.
@@ -278,6 +387,7 @@ fn transmission_download(p: &Payload, ns: &NetNs) {
         .arg(&config)
         .arg("-w")
         .arg(&dir)
+        .args(extra)
         .args(["-p", &free_port().to_string(), "-f"])
         .arg(&script)
         .arg(&p.torrent)

@@ -336,12 +336,24 @@ pub fn spawn_lt_leecher(
     peer: Option<std::net::SocketAddr>,
     bind: &str,
 ) -> std::process::Child {
+    spawn_lt_leecher_with(source, save_dir, peer, bind, &[])
+}
+
+/// Like `spawn_lt_leecher`, with more lt_leech.py arguments.
+pub fn spawn_lt_leecher_with(
+    source: &dyn AsRef<std::ffi::OsStr>,
+    save_dir: &Path,
+    peer: Option<std::net::SocketAddr>,
+    bind: &str,
+    extra: &[&str],
+) -> std::process::Child {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lt_leech.py");
     let mut cmd = Command::new(SYSTEM_PYTHON);
     cmd.arg(script)
         .arg(source)
         .arg(save_dir)
-        .args(["--bind", bind, "--timeout", "240"]);
+        .args(["--bind", bind, "--timeout", "240"])
+        .args(extra);
     if let Some(p) = peer {
         cmd.arg("--peer").arg(p.to_string());
     }
@@ -361,6 +373,21 @@ pub fn wait_leecher(child: std::process::Child) -> String {
         out.status
     );
     stdout
+}
+
+/// The `KEY=N` figures of the last line of `out` starting with `prefix`
+/// (`encryption rc4=1 ...` from the libtorrent scripts, `connections:
+/// plain=0 ...` from ringseed).
+pub fn figures_of(out: &str, prefix: &str) -> std::collections::HashMap<String, u64> {
+    let line = out
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{out}"));
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.parse().unwrap_or(0)))
+        .collect()
 }
 
 /// A network namespace joined to this one by a veth pair: a test host with

@@ -23,3 +23,26 @@ def loopback_session(listen, base=None, **extra):
     })
     settings.update(extra)
     return lt.session(settings)
+
+
+# Message stream encryption, forced both ways: "rc4" encrypts the whole
+# stream, "plaintext" only the handshake (allowed_enc_level 2 and 1);
+# "default" leaves libtorrent's own setting (enabled both ways, both levels).
+ENCRYPTION = {
+    "default": {},
+    "rc4": {"out_enc_policy": 0, "in_enc_policy": 0, "allowed_enc_level": 2},
+    "plaintext": {"out_enc_policy": 0, "in_enc_policy": 0, "allowed_enc_level": 1},
+}
+
+
+def peer_encryption(peer):
+    """How a connected peer's stream travels: "rc4", "plaintext" (after an
+    encrypted handshake) or "none"; None while it is still connecting or in
+    its handshake (its flags are not set yet)."""
+    if peer.flags & (lt.peer_info.connecting | lt.peer_info.handshake):
+        return None
+    if peer.flags & lt.peer_info.rc4_encrypted:
+        return "rc4"
+    if peer.flags & lt.peer_info.plaintext_encrypted:
+        return "plaintext"
+    return "none"

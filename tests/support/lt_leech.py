@@ -2,14 +2,15 @@
 """A libtorrent-rasterbar leecher for ringseed's interop tests and benchmarks.
 
     lt_leech.py SOURCE SAVE_DIR [--peer HOST:PORT]... [--bind IP]
-                [--timeout SECONDS] [--upload-only-after]
+                [--timeout SECONDS] [--encryption default|rc4|plaintext]
 
 SOURCE is a .torrent file or a magnet link. Peers are added with
 connect_peer; the tracker in the torrent, if any, is used too. On success it
 prints one line: `done <total_bytes> <seconds> <download_bytes_per_second>`
 then `waste <failed_bytes> <redundant_bytes> <banned_peers>` (bytes of
 pieces that failed their hash check, bytes received twice or unasked, and
-peers it banned for bad data) and exits 0; it exits 1 with a reason on timeout or error. DHT, LSD, UPnP,
+peers it banned for bad data), then `encryption rc4=N plaintext=N none=N`
+(peers seen over each transport: see lt_common.ENCRYPTION) and exits 0; it exits 1 with a reason on timeout or error. DHT, LSD, UPnP,
 NAT-PMP and uTP are off; it listens on --bind (a loopback address) only.
 """
 import argparse
@@ -18,7 +19,7 @@ import time
 
 import libtorrent as lt
 
-from lt_common import loopback_session
+from lt_common import ENCRYPTION, loopback_session, peer_encryption
 
 
 def main():
@@ -28,6 +29,7 @@ def main():
     ap.add_argument("--peer", action="append", default=[])
     ap.add_argument("--bind", default="127.0.0.1")
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--encryption", choices=ENCRYPTION, default="default")
     args = ap.parse_args()
 
     ses = loopback_session(
@@ -37,6 +39,7 @@ def main():
         alert_mask=lt.alert.category_t.error_notification
         | lt.alert.category_t.status_notification
         | lt.alert.category_t.peer_notification,
+        **ENCRYPTION[args.encryption],
     )
     if args.source.startswith("magnet:"):
         params = lt.parse_magnet_uri(args.source)
@@ -54,6 +57,7 @@ def main():
     deadline = started + args.timeout
     next_connect = 0.0
     banned = 0
+    transports = {"rc4": set(), "plaintext": set(), "none": set()}
     while True:
         now = time.monotonic()
         status = handle.status()
@@ -72,7 +76,13 @@ def main():
             for host, port in peers:
                 handle.connect_peer((host, port))
             next_connect = now + 2.0
-        ses.wait_for_alert(250)
+        for peer in handle.get_peer_info():
+            kind = peer_encryption(peer)
+            if kind:
+                transports[kind].add(peer.ip)
+        # Poll fast until a peer's transport is seen: a fast download may
+        # be over within a few hundred milliseconds.
+        ses.wait_for_alert(250 if any(transports.values()) else 10)
         for alert in ses.pop_alerts():
             if isinstance(alert, lt.torrent_error_alert):
                 sys.exit(f"libtorrent error: {alert.message()}")
@@ -83,6 +93,8 @@ def main():
     print(f"done {total} {elapsed:.3f} {total / elapsed:.0f}", flush=True)
     final = handle.status()
     print(f"waste {final.total_failed_bytes} {final.total_redundant_bytes} {banned}", flush=True)
+    seen = " ".join(f"{k}={len(v)}" for k, v in transports.items())
+    print(f"encryption {seen}", flush=True)
 
 
 if __name__ == "__main__":

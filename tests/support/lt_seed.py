@@ -2,10 +2,13 @@
 """libtorrent-rasterbar as a reference seeder for ringseed's benchmarks.
 
     lt_seed.py FILE.torrent SAVE_DIR --listen IP:PORT
+               [--encryption default|rc4|plaintext]
 
 Seeds with libtorrent's high_performance_seed settings (DHT, LSD, UPnP,
 NAT-PMP and uTP off), prints "ready" once it is seeding, and runs until
-SIGTERM or SIGINT.
+SIGTERM or SIGINT. With --encryption it requires message stream encryption
+(see lt_common.ENCRYPTION) and, on exit, prints `encryption rc4=N
+plaintext=N none=N`: the peers it served over each transport.
 """
 import argparse
 import signal
@@ -14,7 +17,7 @@ import time
 
 import libtorrent as lt
 
-from lt_common import loopback_session
+from lt_common import ENCRYPTION, loopback_session, peer_encryption
 
 
 def main():
@@ -22,9 +25,12 @@ def main():
     ap.add_argument("torrent")
     ap.add_argument("save_dir")
     ap.add_argument("--listen", required=True)
+    ap.add_argument("--encryption", choices=ENCRYPTION, default="default")
     args = ap.parse_args()
 
-    ses = loopback_session(args.listen, base=lt.high_performance_seed())
+    ses = loopback_session(
+        args.listen, base=lt.high_performance_seed(), **ENCRYPTION[args.encryption]
+    )
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(args.torrent)
     params.save_path = args.save_dir
@@ -37,9 +43,16 @@ def main():
         ses.wait_for_alert(100)
         ses.pop_alerts()
     print("ready", flush=True)
+    transports = {"rc4": set(), "plaintext": set(), "none": set()}
     while not stop:
-        ses.wait_for_alert(500)
+        for peer in handle.get_peer_info():
+            kind = peer_encryption(peer)
+            if kind:
+                transports[kind].add(peer.ip)
+        ses.wait_for_alert(200)
         ses.pop_alerts()
+    seen = " ".join(f"{k}={len(v)}" for k, v in transports.items())
+    print(f"encryption {seen}", flush=True)
     sys.exit(0)
 
 
