@@ -57,7 +57,7 @@
 //! modular exponentiations (about 160 µs in a release build).
 
 use num_bigint::BigUint;
-use rc4::{KeyInit, Rc4, StreamCipher};
+use self::rc4::Rc4;
 use sha1::{Digest, Sha1};
 
 /// The most padding MSE allows in each of PadA, PadB, PadC and PadD.
@@ -102,7 +102,7 @@ pub struct Cipher(Rc4);
 impl Cipher {
     /// RC4 with `key` (1..=256 bytes), its first 1024 keystream bytes discarded.
     pub fn new(key: &[u8]) -> Self {
-        let mut rc4 = Rc4::new_from_slice(key).expect("RC4 takes keys of 1 to 256 bytes");
+        let mut rc4 = Rc4::new(key);
         rc4.apply_keystream(&mut [0; 1024]);
         Cipher(rc4)
     }
@@ -745,6 +745,8 @@ const fn hex_bytes<const N: usize>(hex: &str) -> [u8; N] {
     }
     out
 }
+
+mod rc4;
 
 #[cfg(test)]
 mod tests;

@@ -299,7 +299,7 @@ fn rc4_keystream_matches_rfc6229_at_0_1024_and_4096() {
     ];
     for (key, at_0, at_1024, at_4096) in vectors {
         let key = unhex(key);
-        let mut raw = Rc4::new_from_slice(&key).unwrap();
+        let mut raw = Rc4::new(&key);
         let mut block = [0u8; 16];
         raw.apply_keystream(&mut block);
         assert_eq!(block.to_vec(), unhex(at_0));
@@ -315,9 +315,30 @@ fn rc4_keystream_matches_rfc6229_at_0_1024_and_4096() {
     }
 }
 
+proptest! {
+    /// Our RC4 and the `rc4` crate's give the same bytes, whatever the key
+    /// and however the stream is cut.
+    #[test]
+    fn rc4_matches_the_rc4_crate(
+        key in proptest::collection::vec(any::<u8>(), 1..64),
+        cuts in proptest::collection::vec(0usize..40, 1..20),
+    ) {
+        use ::rc4::{KeyInit, StreamCipher};
+        let mut ours = Rc4::new(&key);
+        let mut reference = ::rc4::Rc4::new_from_slice(&key).unwrap();
+        for len in cuts {
+            let mut a: Vec<u8> = (0..len as u8).collect();
+            let mut b = a.clone();
+            ours.apply_keystream(&mut a);
+            reference.apply_keystream(&mut b);
+            prop_assert_eq!(a, b);
+        }
+    }
+}
+
 #[test]
 fn rc4_without_discard_matches_the_rc4_crate_readme() {
-    let mut raw = Rc4::new_from_slice(b"Key").unwrap();
+    let mut raw = Rc4::new(b"Key");
     let mut text = *b"Plaintext";
     raw.apply_keystream(&mut text);
     assert_eq!(text.to_vec(), unhex("bbf316e8d940af0ad3"));
