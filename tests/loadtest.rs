@@ -1,5 +1,6 @@
 //! `ringseed loadtest` against real targets: a ringseed seed (throughput,
-//! latency, checked pieces, the target's CPU and RSS), idle connections, a
+//! latency, checked pieces, the target's CPU and RSS; plain and encrypted
+//! peers), idle connections, a
 //! seeder that lies (caught by the checked sample), and UDP trackers (the
 //! built-in one and opentracker).
 
@@ -72,6 +73,39 @@ fn simulated_peers_download_checked_pieces_from_a_ringseed_seed() {
     assert!(r["target_process"]["rss_kib"].as_u64().unwrap() > 0, "{r}");
     assert!(r["target_process"]["cpu_s"].as_f64().unwrap() > 0.0, "{r}");
     assert!(stderr.contains("connected 50"), "live lines: {stderr}");
+}
+
+#[test]
+fn encrypted_peers_get_checked_pieces_over_rc4_and_over_an_obfuscated_handshake() {
+    let (_dir, torrent, seed) = seeded(4 << 20);
+    for encryption in ["rc4", "plaintext"] {
+        let (code, r, stderr) = loadtest(&[
+            &"--target",
+            &seed.addr.to_string(),
+            &"--torrent",
+            &torrent,
+            &"--peers",
+            &"10",
+            &"--duration",
+            &"1",
+            &"--verify",
+            &"1",
+            &"--encryption",
+            &encryption,
+        ]);
+        assert_eq!(code, Some(0), "{r}\n{stderr}");
+        assert_eq!(r["handshakes"], 10, "{encryption}: {r}");
+        assert!(r["pieces_verified"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["verify_failures"], 0, "{r}");
+    }
+    let (status, out) = seed.stop_with_output();
+    assert!(status.success());
+    let counts = figures_of(&out, "connections: ");
+    assert_eq!(
+        (counts["mse_rc4"], counts["mse_plaintext"], counts["plain"]),
+        (10, 10, 0),
+        "{out}"
+    );
 }
 
 #[test]

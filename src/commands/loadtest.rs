@@ -159,6 +159,7 @@ fn peers(args: &LoadtestArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<Exit> {
             args.cores.clone()
         },
         spread_sources: !args.same_source && args.target.ip().is_loopback(),
+        mse: args.encryption.mse_methods(),
     };
     let announced = match &args.announce {
         Some(url) => Some(announce_peers(url, &metainfo, args.peers, threads)?),

@@ -8,7 +8,10 @@
 //! keeps `pipeline` block requests outstanding in the chosen pattern, within
 //! its rate cap. Each block's request-to-block latency goes into an HDR
 //! histogram; a sample of pieces is assembled and checked against the
-//! torrent's hashes, so a fast but wrong seeder is caught.
+//! torrent's hashes, so a fast but wrong seeder is caught. With `mse` set,
+//! every peer dials with message stream encryption (RC4 for the whole
+//! stream, or plaintext after the handshake), as clients set to require
+//! encryption do.
 
 use std::collections::VecDeque;
 use std::io;
@@ -27,6 +30,7 @@ use crate::io::plane::{Backend, Completion, IoMode, Op, PlaneKind, UserData};
 use crate::policy::load_pattern::{LoadPattern, Pattern};
 use crate::policy::rate_limit::TokenBucket;
 use crate::proto::info_hash::InfoHash;
+use crate::proto::mse::{Cipher, MseHandshake};
 use crate::proto::tracker::{Announce, Event, UdpReply, UdpRequest};
 use crate::proto::wire::{self, BlockRequest, Handshake, Message, Reserved, HANDSHAKE_LEN};
 use crate::rng;
@@ -72,6 +76,9 @@ pub struct PeerLoad {
     /// Give each peer its own source address in 127.0.0.0/8 (for a target
     /// on loopback).
     pub spread_sources: bool,
+    /// Dial with message stream encryption, offering these crypto_provide
+    /// bits (`proto::mse::CRYPTO_RC4`, `CRYPTO_PLAINTEXT`); `None`: plain.
+    pub mse: Option<u32>,
 }
 
 /// Counters that move while the test runs (flushed by each thread per tick).
@@ -188,6 +195,12 @@ struct SimPeer {
     bucket: Option<TokenBucket>,
     /// A piece being assembled to check: (piece, bytes, blocks received).
     checking: Option<(u32, Vec<u8>, u32)>,
+    /// Its MSE handshake, while it runs.
+    mse: Option<Box<MseHandshake>>,
+    /// RC4 of what it sends and receives, after an MSE handshake that chose
+    /// it.
+    encrypt: Option<Cipher>,
+    decrypt: Option<Cipher>,
 }
 
 impl SimPeer {
@@ -448,6 +461,9 @@ impl<'a, B: Backend> LoadThread<'a, B> {
             bucket: (self.load.rate_per_peer > 0)
                 .then(|| TokenBucket::new(self.load.rate_per_peer, self.started.elapsed())),
             checking: None,
+            mse: None,
+            encrypt: None,
+            decrypt: None,
         };
         let op = Op::Connect {
             fd: peer.fd.as_raw_fd(),
@@ -486,17 +502,67 @@ impl<'a, B: Backend> LoadThread<'a, B> {
             peer_id,
         }
         .encode(&mut hello);
-        wire::encode(&Message::Interested, &mut hello);
-        self.queue_send(key, &hello);
+        if let Some(methods) = self.load.mse {
+            // Our handshake travels inside MSE's; `interested` once it is
+            // done.
+            let mut mse = MseHandshake::initiator(
+                self.load.info_hash.0,
+                methods,
+                hello,
+                &mut rng::fill_random,
+            );
+            mse.take_output(&mut peer.queued);
+            peer.mse = Some(Box::new(mse));
+            self.start_send(key);
+        } else {
+            wire::encode(&Message::Interested, &mut hello);
+            self.queue_send(key, &hello);
+        }
         self.arm_recv(key);
     }
 
+    /// Queues `bytes` (encrypted, if the stream is).
     fn queue_send(&mut self, key: usize, bytes: &[u8]) {
         let Some(peer) = self.peers[key].as_mut() else {
             return;
         };
+        let at = peer.queued.len();
         peer.queued.extend_from_slice(bytes);
+        if let Some(cipher) = &mut peer.encrypt {
+            cipher.apply(&mut peer.queued[at..]);
+        }
         self.start_send(key);
+    }
+
+    /// Runs the MSE handshake on what arrived; `Err` ends the connection.
+    /// Once it is done, `recv` holds what followed it, in clear.
+    fn negotiate(&mut self, key: usize) -> Result<(), ()> {
+        let Some(peer) = self.peers[key].as_mut() else {
+            return Err(());
+        };
+        let Some(mse) = peer.mse.as_mut() else {
+            return Ok(());
+        };
+        let result = mse.receive(&peer.recv[..peer.recv_len], &|_| None);
+        mse.take_output(&mut peer.queued);
+        peer.recv_len = 0;
+        let done = result.map_err(|_| ())?;
+        if let Some(done) = done {
+            peer.mse = None;
+            peer.encrypt = done.encrypt;
+            peer.decrypt = done.decrypt;
+            if done.payload.len() > peer.recv.len() {
+                peer.recv.resize(done.payload.len(), 0);
+            }
+            peer.recv[..done.payload.len()].copy_from_slice(&done.payload);
+            peer.recv_len = done.payload.len();
+            let mut interested = Vec::new();
+            wire::encode(&Message::Interested, &mut interested);
+            self.queue_send(key, &interested);
+        } else {
+            self.start_send(key);
+        }
+        Ok(())
     }
 
     fn start_send(&mut self, key: usize) {
@@ -579,8 +645,12 @@ impl<'a, B: Backend> LoadThread<'a, B> {
             self.close(key, true);
             return;
         }
-        peer.recv_len += result as usize;
-        if self.process(key).is_err() {
+        let fresh = peer.recv_len..peer.recv_len + result as usize;
+        peer.recv_len = fresh.end;
+        if let Some(cipher) = &mut peer.decrypt {
+            cipher.apply(&mut peer.recv[fresh]);
+        }
+        if self.negotiate(key).is_err() || self.process(key).is_err() {
             self.close(key, true);
             return;
         }
