@@ -687,7 +687,13 @@ fn ctl_add_and_remove_survive_a_restart() {
         .unwrap()
         .to_owned();
     let out = daemon.ctl(&["status"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("extra.iso"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("extra.iso"), "{text}");
+    // Connections by transport (plain and MSE).
+    assert!(
+        text.contains("connections: plain=0 mse_plaintext=0 mse_rc4=0"),
+        "{text}"
+    );
     // The log level changes at run time; a bad one is refused.
     let out = daemon.ctl(&["log-level", "debug"]);
     assert!(out.status.success(), "{out:?}");

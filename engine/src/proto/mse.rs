@@ -56,8 +56,8 @@
 //! of up to [`MAX_INITIAL_PAYLOAD`] bytes. Each side computes two 768-bit
 //! modular exponentiations (about 160 µs in a release build).
 
-use num_bigint::BigUint;
 use self::rc4::Rc4;
+use num_bigint::BigUint;
 use sha1::{Digest, Sha1};
 
 /// The most padding MSE allows in each of PadA, PadB, PadC and PadD.

@@ -63,8 +63,10 @@ pub struct SendBuf {
     pub(super) remaining: usize,
     /// A send op is in flight.
     pub(super) in_flight: bool,
-    /// The bytes of the plan's copied blocks, one after another; allocated
-    /// once per send (never grown while a read writes into it).
+    /// The bytes of the plan's copied blocks, one after another; sized
+    /// before a send's first read (never resized while a read writes into
+    /// it), its allocation kept from send to send while the connection is
+    /// busy and freed when it goes idle (`release_copy`).
     pub(super) copy: Vec<u8>,
     /// Reads still to do into `copy`: (fd, file offset, offset in `copy`,
     /// length); the last is done first.
@@ -105,7 +107,9 @@ impl SendBuf {
     }
 
     /// Lists the reads that copy the plan's copied blocks into `copy`
-    /// (sized for them now); `false` if a block's file is gone.
+    /// (sized for them now), one per run of bytes contiguous in a file and
+    /// in `copy` (a peer's consecutive blocks are one read); `false` if a
+    /// block's file is gone.
     pub fn plan_reads(&mut self) -> bool {
         let Some(torrent) = self.plan.torrent.clone() else {
             return true;
@@ -118,7 +122,8 @@ impl SendBuf {
             .filter(|(_, &c)| c)
             .map(|(b, _)| b.length as usize)
             .sum();
-        self.copy = vec![0; total];
+        // `reset` cleared it; the allocation is reused.
+        self.copy.resize(total, 0);
         let mut at = 0;
         for (req, _) in self
             .plan
@@ -130,14 +135,32 @@ impl SendBuf {
             let Some(reads) = torrent.block_reads(req) else {
                 return false;
             };
-            self.reads.extend(reads.into_iter().map(|seg| FileSegment {
-                at: at + seg.at,
-                ..seg
-            }));
+            for seg in reads {
+                let seg = FileSegment {
+                    at: at + seg.at,
+                    ..seg
+                };
+                match self.reads.last_mut() {
+                    Some(last)
+                        if last.file == seg.file
+                            && last.file_offset + last.len as u64 == seg.file_offset
+                            && last.at + last.len == seg.at =>
+                    {
+                        last.len += seg.len;
+                    }
+                    _ => self.reads.push(seg),
+                }
+            }
             at += req.length as usize;
         }
         self.reads.reverse();
         true
+    }
+
+    /// Frees the copy buffer (the connection has nothing to send).
+    pub fn release_copy(&mut self) {
+        debug_assert!(!self.in_flight && !self.reading);
+        self.copy = Vec::new();
     }
 
     /// Lays the plan out as iovecs: the control bytes, then for each block
