@@ -394,7 +394,12 @@ pub struct LoadtestArgs {
     /// Transmission and libtorrent do when set to encrypt everything),
     /// plaintext (offer only an encrypted handshake), both (offer either),
     /// or off (plain BitTorrent).
-    #[arg(long, value_enum, default_value = "off", env = "RINGSEED_ENCRYPTION")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "off",
+        env = "RINGSEED_LOAD_ENCRYPTION"
+    )]
     pub encryption: LoadEncryption,
     /// Tracker mode: info-hashes to announce at random (without --torrent).
     #[arg(

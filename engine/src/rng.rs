@@ -13,8 +13,13 @@ pub fn random_u64() -> u64 {
     u64::from_ne_bytes(buf)
 }
 
-/// Fills `buf` from the kernel's random source (`getrandom`): for secrets
-/// such as an MSE private key.
+/// Fills `buf` from the kernel's random source (`getrandom`, or
+/// `/dev/urandom` where a seccomp profile refuses it): for secrets such as
+/// an MSE private key.
+///
+/// # Panics
+///
+/// If neither gives randomness: nothing secret can be made then.
 pub fn fill_random(buf: &mut [u8]) {
     let mut done = 0;
     while done < buf.len() {
@@ -23,7 +28,17 @@ pub fn fill_random(buf: &mut [u8]) {
         let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
         if n > 0 {
             done += n as usize;
+            continue;
         }
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        use std::io::Read;
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut buf[done..]))
+            .unwrap_or_else(|e| panic!("no randomness: getrandom: {err}; /dev/urandom: {e}"));
+        return;
     }
 }
 

@@ -155,7 +155,9 @@ pub enum MseError {
 }
 
 impl MseError {
-    /// A short stable label for metrics: "bad_key", "no_sync", "unknown_torrent", "bad_vc", "bad_pad", "no_common_method", "bad_select", "payload_too_long".
+    /// A short stable label, as the counters name it (`mse_failed_<cause>`):
+    /// "bad_key", "no_sync", "unknown_torrent", "bad_vc", "bad_pad",
+    /// "no_common_method" (also a select we did not offer), "bad_payload".
     pub fn cause(&self) -> &'static str {
         match self {
             MseError::BadKey => "bad_key",
@@ -164,8 +166,8 @@ impl MseError {
             MseError::BadVc => "bad_vc",
             MseError::PadTooLong(_) => "bad_pad",
             MseError::NoCommonMethod { .. } => "no_common_method",
-            MseError::BadSelect(_) => "bad_select",
-            MseError::PayloadTooLong(_) => "payload_too_long",
+            MseError::BadSelect(_) => "no_common_method",
+            MseError::PayloadTooLong(_) => "bad_payload",
         }
     }
 }
@@ -181,7 +183,10 @@ pub struct Established {
     pub encrypt: Option<Cipher>,
     /// Decrypts what we receive after the handshake: Some only for Rc4.
     pub decrypt: Option<Cipher>,
-    /// The peer's payload bytes received so far, in clear: for a responder, IA (decrypted) followed by whatever came after it (decrypted if Rc4, as is if Plaintext); for an initiator, whatever followed PadD (decrypted if Rc4).
+    /// The peer's payload received so far, in clear: for a responder, IA
+    /// (decrypted) and whatever came after it (decrypted if RC4, as it is
+    /// if plaintext); for an initiator, whatever followed PadD (decrypted if
+    /// RC4).
     pub payload: Vec<u8>,
 }
 
@@ -248,14 +253,19 @@ pub struct MseHandshake {
     decrypt: Option<Cipher>,
     /// The selected method, once known.
     method: Method,
-    /// Received bytes not yet consumed: at most the field being waited for.
+    /// Received bytes not yet consumed: what a receive brought, until the
+    /// fields waited for are parsed out of it (bounded by the sync windows,
+    /// the pads' 512 bytes and IA's 4 KiB).
     input: Vec<u8>,
     /// Bytes to send.
     output: Vec<u8>,
 }
 
 impl MseHandshake {
-    /// We dial: `offer` is the crypto_provide bits, `initial_payload` (IA) is our 68-byte BT handshake, sent encrypted in step 3. Output holds Ya|PadA right away. Re-draw Xa while `Ya[0] == 0x13` (pitfall 7).
+    /// We dial: `offer` is the crypto_provide bits, `initial_payload` (IA)
+    /// our 68-byte BitTorrent handshake, sent encrypted in step 3. The
+    /// output holds Ya and PadA at once. Xa is drawn again while `Ya[0]` is
+    /// 0x13, which Transmission 3.00 would take for a plaintext handshake.
     ///
     /// # Panics
     /// If `initial_payload` is longer than 65535 bytes (its length is a u16).
@@ -319,7 +329,9 @@ impl MseHandshake {
         }
     }
 
-    /// We were dialed and the first bytes were not a plaintext handshake: `allowed` is the crypto bits we accept. Nothing is output until all of Ya arrived.
+    /// We were dialed and the first bytes were not a plaintext handshake:
+    /// `allowed` is the crypto bits we accept. Nothing is output until all
+    /// of Ya has arrived.
     pub fn responder(allowed: u32, random: &mut dyn FnMut(&mut [u8])) -> Self {
         let mut x = [0; PRIVATE_KEY_LEN];
         random(&mut x);
@@ -352,7 +364,8 @@ impl MseHandshake {
         }
     }
 
-    /// Bytes to send now, appended to `out` (and cleared here). Must be sent before anything encrypted with Established::encrypt.
+    /// Bytes to send now, appended to `out` (and cleared here); they go
+    /// before anything encrypted with [`Established::encrypt`].
     pub fn take_output(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.output);
     }
@@ -362,7 +375,18 @@ impl MseHandshake {
         !self.output.is_empty()
     }
 
-    /// Takes received bytes (all of `input`; the handshake keeps its own small buffer, bounded: garbage costs at most ~96+532 bytes before NoSync). `skey` maps HASH('req2', info_hash) to the info-hash of a torrent we serve (responder only; the initiator ignores it). Returns Ok(Some) once done; later calls are a bug (may panic). Responder picks Plaintext whenever the peer offers it and `allowed` has it, else Rc4. Responder sends step 4 (E_B(VC|select|len(PadD)|PadD)) as soon as it has parsed crypto_provide, and is Established once all of IA is in. Initiator sends step 3 (req1 | req2^req3 | E_A(VC|provide|len(PadC)|PadC|len(IA)|IA)) as soon as Yb is in; Established after PadD.
+    /// Takes received bytes, all of `input` (the handshake keeps its own
+    /// bounded buffer: garbage costs at most 96 + 532 bytes before
+    /// `NoSync`). `skey` maps HASH('req2', info-hash) to a torrent we serve
+    /// (a responder's lookup; an initiator ignores it). `Ok(Some)` once
+    /// done; a call after that is a bug and panics.
+    ///
+    /// A responder picks plaintext whenever the peer offers it and
+    /// `allowed` has it, else RC4; it sends step 4
+    /// (E_B(VC, select, len(PadD), PadD)) once crypto_provide is parsed,
+    /// and is done once all of IA is in. An initiator sends step 3
+    /// (req1, req2 ^ req3, E_A(VC, provide, len(PadC), PadC, len(IA), IA))
+    /// once Yb is in, and is done after PadD.
     ///
     /// After an error, every later call returns the same error.
     ///
@@ -626,7 +650,8 @@ impl MseHandshake {
     }
 }
 
-/// HASH('req2', info_hash): what a responder's `skey` lookup is keyed by (computed once per torrent).
+/// HASH('req2', info-hash): what a responder's `skey` lookup is keyed by
+/// (computed once per torrent).
 pub fn req2_hash(info_hash: &[u8; 20]) -> [u8; 20] {
     hash(&[b"req2", info_hash])
 }

@@ -78,7 +78,7 @@ pub struct SendBuf {
 }
 
 impl SendBuf {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         // SAFETY: msghdr is a plain C struct; all-zero is its empty value.
         let msg: libc::msghdr = unsafe { std::mem::zeroed() };
         SendBuf {
@@ -284,7 +284,7 @@ pub struct Conn {
     pub(super) closing: bool,
     /// For a connection we dialed: the attempt's MSE mode, and whether,
     /// should it fail before the peer's handshake, it is tried once more
-    /// the other way (set once the connect succeeds).
+    /// the other way (cleared when the connect fails: nobody listens).
     pub(super) dial: Option<Dial>,
     /// For a connection we are opening: the address the connect op reads.
     pub(super) connect_to: Option<Box<socket2::SockAddr>>,

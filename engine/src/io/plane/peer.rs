@@ -356,6 +356,12 @@ impl PeerConnection {
         self.proven = Some(info_hash);
     }
 
+    /// This connection, closing before its handshake, is dialed again the
+    /// other way: its end is not a failed metadata attempt yet.
+    pub fn retried(&mut self) {
+        self.fetch_failure_reported = true;
+    }
+
     /// Takes our handshake, not yet sent: an MSE dial carries it inside its
     /// own handshake.
     pub fn take_greeting(&mut self) -> Vec<u8> {
@@ -669,7 +675,10 @@ impl PeerConnection {
                     let end = torrent.prefetch(&req);
                     self.prefetched = Some((req.piece, req.offset, end));
                 }
-                plan.cold = true;
+                // A copied block is read by the kernel (off this thread when
+                // it waits for the disk); only a send from the mapping may
+                // fault.
+                plan.cold |= !copied;
             }
             segments += needed;
             payload += u64::from(req.length);

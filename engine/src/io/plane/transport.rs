@@ -238,6 +238,7 @@ impl Transport {
     /// Moves the transport's handshake bytes into `control` (empty), to be
     /// sent as they are; `false` if there are none.
     pub fn take_handshake_output(&mut self, control: &mut Vec<u8>) -> bool {
+        debug_assert!(control.is_empty());
         if self.handshake_out.is_empty() {
             return false;
         }
@@ -272,7 +273,7 @@ impl Transport {
                     }
                     Err(e) => {
                         count_failure(ctx.tally, &e);
-                        tracing::debug!("MSE handshake failed: {e}");
+                        tracing::debug!("MSE handshake failed ({}): {e}", e.cause());
                         Arrived::Close(CloseReason::Encryption)
                     }
                 }
@@ -362,3 +363,6 @@ pub fn count_joined(tally: &mut StatsDelta, kind: Option<TransportKind>) {
 pub fn skey_of(info_hash: &InfoHash) -> [u8; 20] {
     mse::req2_hash(&info_hash.0)
 }
+
+#[cfg(test)]
+mod tests;

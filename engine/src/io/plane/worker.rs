@@ -417,22 +417,17 @@ impl<B: Backend> Worker<B> {
     /// Applies what the control side sent: torrents added or removed, new
     /// settings.
     fn take_messages(&mut self) {
-        let mut changed = false;
         while let Ok(message) = self.messages.try_recv() {
-            changed |= matches!(
-                message,
-                WorkerMessage::AddTorrent(_)
-                    | WorkerMessage::RemoveTorrent(_)
-                    | WorkerMessage::FetchMetadata(_)
-                    | WorkerMessage::StopFetch(_)
-            );
             match message {
                 WorkerMessage::AddTorrent(t) => {
-                    self.torrents.insert(t.metainfo.info_hash, t);
+                    let h = t.metainfo.info_hash;
+                    self.skeys.insert(transport::skey_of(&h), h);
+                    self.torrents.insert(h, t);
                 }
                 // Its peers go at the next housekeeping (it is retired).
                 WorkerMessage::RemoveTorrent(h) => {
                     self.torrents.remove(&h);
+                    self.forget_skey(&h);
                 }
                 WorkerMessage::Reconfigure(config) => {
                     let now = self.now();
@@ -444,21 +439,24 @@ impl<B: Backend> Worker<B> {
                     self.config = config;
                 }
                 WorkerMessage::FetchMetadata(fetch) => {
-                    self.fetching.insert(fetch.info_hash, fetch);
+                    let h = fetch.info_hash;
+                    self.skeys.insert(transport::skey_of(&h), h);
+                    self.fetching.insert(h, fetch);
                 }
                 // Its connections end at the next housekeeping.
                 WorkerMessage::StopFetch(h) => {
                     self.fetching.remove(&h);
+                    self.forget_skey(&h);
                 }
             }
         }
-        if changed {
-            self.skeys = self
-                .torrents
-                .keys()
-                .chain(self.fetching.keys())
-                .map(|h| (transport::skey_of(h), *h))
-                .collect();
+    }
+
+    /// Drops the MSE key of `info_hash` unless a torrent or a metadata
+    /// fetch still answers to it.
+    fn forget_skey(&mut self, info_hash: &InfoHash) {
+        if !self.torrents.contains_key(info_hash) && !self.fetching.contains_key(info_hash) {
+            self.skeys.remove(&transport::skey_of(info_hash));
         }
     }
 
@@ -596,6 +594,14 @@ impl<B: Backend> Worker<B> {
     fn dial_queued(&mut self) {
         let room = self.config.max_half_open.saturating_sub(self.half_open);
         let first = self.config.encryption.dial_encrypted();
+        // Second attempts, unless a reload turned fallbacks off or the
+        // torrent is gone meanwhile.
+        if !self.config.encryption.falls_back() {
+            self.redials.clear();
+        }
+        let (torrents, fetching) = (&self.torrents, &self.fetching);
+        self.redials
+            .retain(|(h, _, _)| torrents.contains_key(h) || fetching.contains_key(h));
         let mut queued: Vec<(InfoHash, SocketAddr, Dial)> = self
             .redials
             .drain(..room.min(self.redials.len()))
@@ -770,7 +776,6 @@ impl<B: Backend> Worker<B> {
             random: &mut rng::fill_random,
             tally: &mut self.tally.worker,
         };
-        let negotiating = conn.transport.negotiating();
         match conn
             .transport
             .receive(&mut conn.recv, result as usize, inbound)
@@ -781,8 +786,8 @@ impl<B: Backend> Worker<B> {
             }
             Arrived::Pending => {}
             Arrived::Ready => {
-                if negotiating {
-                    if let Some(h) = conn.transport.proven_torrent() {
+                if let Some(h) = conn.transport.proven_torrent() {
+                    if conn.peer.in_handshake() {
                         conn.peer.proven_torrent(h);
                     }
                 }
@@ -907,10 +912,6 @@ impl<B: Backend> Worker<B> {
             self.throttled.push(key);
         }
         if conn.send.plan.is_empty() {
-            // Idle: a buffer kept for copied blocks goes back.
-            if conn.send.copy.capacity() > 0 {
-                conn.send.release_copy();
-            }
             return;
         }
         if conn.send.plan.copied.contains(&true) {
@@ -1099,7 +1100,11 @@ impl<B: Backend> Worker<B> {
                     self.tally.torrent(t).protocol_errors += 1;
                 }
             }
-            if conn.transport.negotiating() && reason != Some(CloseReason::Encryption) {
+            // Our own closes (shutdown, eviction) are not the peer's failure.
+            if conn.transport.negotiating()
+                && !self.shutting_down
+                && !matches!(reason, Some(CloseReason::Encryption | CloseReason::Evicted))
+            {
                 self.tally.worker.mse_failed_incomplete += 1;
             }
             // A dial that got through but not to the peer's handshake may be
@@ -1115,6 +1120,9 @@ impl<B: Backend> Worker<B> {
                 );
             if !retry {
                 conn.dial = None;
+            } else if conn.dial.is_some_and(|d| d.fall_back) {
+                // Tried again the other way: not yet a failed attempt.
+                conn.peer.retried();
             }
         }
         if conn.has_ops_in_flight() {
@@ -1448,6 +1456,12 @@ impl<B: Backend> Worker<B> {
         for (key, conn) in self.conns.iter_mut() {
             if conn.closing {
                 continue;
+            }
+            // A buffer kept for copied blocks goes back at most once a
+            // second, between sends: an idle encrypted peer holds none, a
+            // busy one allocates it again once a second.
+            if !conn.send.in_flight && !conn.send.reading && conn.send.copy.capacity() > 0 {
+                conn.send.release_copy();
             }
             let (close, send) =
                 conn.peer

@@ -1077,8 +1077,8 @@ fn error_causes_and_messages() {
             "no_common_method",
             "0x1",
         ),
-        (MseError::BadSelect(3), "bad_select", "0x3"),
-        (MseError::PayloadTooLong(5000), "payload_too_long", "5000"),
+        (MseError::BadSelect(3), "no_common_method", "0x3"),
+        (MseError::PayloadTooLong(5000), "bad_payload", "5000"),
     ];
     for (err, cause, shown) in cases {
         assert_eq!(err.cause(), cause);
