@@ -63,10 +63,10 @@ pub struct SendBuf {
     pub(super) remaining: usize,
     /// A send op is in flight.
     pub(super) in_flight: bool,
-    /// The bytes of the plan's copied blocks, one after another; sized
-    /// before a send's first read (never resized while a read writes into
-    /// it), its allocation kept from send to send while the connection is
-    /// busy and freed when it goes idle (`release_copy`).
+    /// The bytes of the plan's copied blocks, one after another, in
+    /// `copy[..total]`; grown before a send's first read (never resized
+    /// while a read writes into it), kept from send to send while the
+    /// connection is busy and freed when it goes idle (`release_copy`).
     pub(super) copy: Vec<u8>,
     /// Reads still to do into `copy`: (fd, file offset, offset in `copy`,
     /// length); the last is done first.
@@ -101,7 +101,8 @@ impl SendBuf {
         self.iov.clear();
         self.headers.clear();
         self.plan.clear();
-        self.copy.clear();
+        // `copy` keeps its bytes: the next send overwrites what it uses,
+        // without zeroing it first.
         self.reads.clear();
         self.remaining = 0;
     }
@@ -122,8 +123,11 @@ impl SendBuf {
             .filter(|(_, &c)| c)
             .map(|(b, _)| b.length as usize)
             .sum();
-        // `reset` cleared it; the allocation is reused.
-        self.copy.resize(total, 0);
+        // Reused from the last send; only growth is zeroed. Reads fill
+        // `copy[..total]` before it is sent.
+        if self.copy.len() < total {
+            self.copy.resize(total, 0);
+        }
         let mut at = 0;
         for (req, _) in self
             .plan

@@ -665,7 +665,11 @@ impl PeerConnection {
                 throttled = true;
                 break;
             }
-            if !torrent.is_resident(&req) {
+            // A copied block is read by the kernel, off this thread when it
+            // waits for the disk and with the file's own readahead: no
+            // residency check (a `mincore` per block) and no prefetch. Only
+            // a send from the mapping may fault.
+            if !copied && !torrent.is_resident(&req) {
                 env.tally.worker.cache_misses += 1;
                 let covered = self.prefetched.is_some_and(|(piece, start, end)| {
                     piece == req.piece && req.offset >= start && req.offset + req.length <= end
@@ -675,10 +679,7 @@ impl PeerConnection {
                     let end = torrent.prefetch(&req);
                     self.prefetched = Some((req.piece, req.offset, end));
                 }
-                // A copied block is read by the kernel (off this thread when
-                // it waits for the disk); only a send from the mapping may
-                // fault.
-                plan.cold |= !copied;
+                plan.cold = true;
             }
             segments += needed;
             payload += u64::from(req.length);
