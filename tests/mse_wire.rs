@@ -171,6 +171,19 @@ struct MsePeer {
 }
 
 impl MsePeer {
+    /// A peer speaking plain BitTorrent on `stream`.
+    fn plain(stream: TcpStream) -> MsePeer {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        MsePeer {
+            stream,
+            buf: Vec::new(),
+            encrypt: None,
+            decrypt: None,
+        }
+    }
+
     /// Connects and sends the first step: our public key and PadA.
     fn dial(addr: SocketAddr) -> (TcpStream, BigUint, BigUint) {
         let stream = TcpStream::connect(addr).unwrap();
@@ -426,13 +439,7 @@ fn plain_peer_is_served(f: &Fixture) {
     }
     .encode(&mut hs);
     stream.write_all(&hs).unwrap();
-    let mut peer = MsePeer {
-        stream,
-        buf: Vec::new(),
-        encrypt: None,
-        decrypt: None,
-    };
-    fetch_and_check(f, &mut peer);
+    fetch_and_check(f, &mut MsePeer::plain(stream));
 }
 
 #[test]
@@ -559,6 +566,15 @@ fn answer_mse_dial(listener: &TcpListener, info_hash: [u8; 20], allowed: u32) ->
     }
 }
 
+/// A listener the seeder of `f` is told to dial.
+fn dialed_by(f: &Fixture) -> TcpListener {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    f.seeder
+        .dialer()
+        .dial(f.metainfo.info_hash, &[listener.local_addr().unwrap()]);
+    listener
+}
+
 /// Our BitTorrent handshake for the torrent of `f`.
 fn our_handshake(f: &Fixture) -> Vec<u8> {
     let mut hs = Vec::new();
@@ -574,10 +590,7 @@ fn our_handshake(f: &Fixture) -> Vec<u8> {
 #[test]
 fn a_dial_refused_in_plain_text_is_tried_once_more_encrypted() {
     let f = start(Encryption::Allow, false);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    f.seeder
-        .dialer()
-        .dial(f.metainfo.info_hash, &[listener.local_addr().unwrap()]);
+    let listener = dialed_by(&f);
     // `allow` dials in plain text first; a peer that requires encryption
     // hangs up on it.
     let (mut first, _) = listener.accept().unwrap();
@@ -594,10 +607,7 @@ fn a_dial_refused_in_plain_text_is_tried_once_more_encrypted() {
 #[test]
 fn a_dial_refused_encrypted_is_tried_once_more_in_plain_text() {
     let f = start(Encryption::Prefer, false);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    f.seeder
-        .dialer()
-        .dial(f.metainfo.info_hash, &[listener.local_addr().unwrap()]);
+    let listener = dialed_by(&f);
     // `prefer` dials with MSE first (a public key, not the protocol
     // string); a plain-only peer hangs up on it.
     let (mut first, _) = listener.accept().unwrap();
@@ -605,16 +615,7 @@ fn a_dial_refused_encrypted_is_tried_once_more_in_plain_text() {
     first.read_exact(&mut key).unwrap();
     assert_ne!(&key, wire::PROTOCOL_PREFIX);
     drop(first);
-    let (stream, _) = listener.accept().unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut peer = MsePeer {
-        stream,
-        buf: Vec::new(),
-        encrypt: None,
-        decrypt: None,
-    };
+    let mut peer = MsePeer::plain(listener.accept().unwrap().0);
     peer.write(&our_handshake(&f));
     fetch_and_check(&f, &mut peer);
     f.wait_stats("counted the plain dial", |t| t.connections_plain == 1);
@@ -623,10 +624,7 @@ fn a_dial_refused_encrypted_is_tried_once_more_in_plain_text() {
 #[test]
 fn a_required_encrypted_dial_offers_what_the_operator_allows() {
     let f = start(Encryption::Require, false);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    f.seeder
-        .dialer()
-        .dial(f.metainfo.info_hash, &[listener.local_addr().unwrap()]);
+    let listener = dialed_by(&f);
     // Both offered: a responder that allows plaintext picks it.
     let mut peer = answer_mse_dial(
         &listener,
