@@ -744,8 +744,9 @@ impl Torrent {
 
     /// The positioned reads that copy a block's bytes into a buffer: (file
     /// descriptor, offset in the file, offset in the block, length), one per
-    /// file it spans; pad files are left out (their bytes are zeros, as the
-    /// buffer starts). For blocks sent from a buffer rather than from the
+    /// file it spans; pad files are left out (their bytes are zeros, which
+    /// the caller writes where no segment lands). For blocks sent from a
+    /// buffer rather than from the
     /// mapping; reading with the kernel, not through the mapping, so a
     /// truncated file shows as a short read, never as SIGBUS.
     pub fn block_reads(&self, req: &BlockRequest) -> Option<Vec<FileSegment>> {

@@ -124,7 +124,8 @@ impl SendBuf {
             .map(|(b, _)| b.length as usize)
             .sum();
         // Reused from the last send; only growth is zeroed. Reads fill
-        // `copy[..total]` before it is sent.
+        // `copy[..total]` before it is sent, except the bytes of pad files,
+        // which are zeros on no disk: those are zeroed below.
         if self.copy.len() < total {
             self.copy.resize(total, 0);
         }
@@ -139,6 +140,10 @@ impl SendBuf {
             let Some(reads) = torrent.block_reads(req) else {
                 return false;
             };
+            let len = req.length as usize;
+            if reads.iter().map(|seg| seg.len).sum::<usize>() < len {
+                self.copy[at..at + len].fill(0);
+            }
             for seg in reads {
                 let seg = FileSegment {
                     at: at + seg.at,
@@ -155,7 +160,7 @@ impl SendBuf {
                     _ => self.reads.push(seg),
                 }
             }
-            at += req.length as usize;
+            at += len;
         }
         self.reads.reverse();
         true
