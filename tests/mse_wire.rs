@@ -427,19 +427,9 @@ fn an_operator_that_wants_the_payload_encrypted_gets_rc4_even_when_both_are_offe
 
 /// A plain peer is served, whatever the MSE peers did before it.
 fn plain_peer_is_served(f: &Fixture) {
-    let mut stream = TcpStream::connect(f.seeder.local_addr()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut hs = Vec::new();
-    Handshake {
-        reserved: Reserved::OURS,
-        info_hash: f.metainfo.info_hash,
-        peer_id: [3; 20],
-    }
-    .encode(&mut hs);
-    stream.write_all(&hs).unwrap();
-    fetch_and_check(f, &mut MsePeer::plain(stream));
+    let mut peer = MsePeer::plain(TcpStream::connect(f.seeder.local_addr()).unwrap());
+    peer.write(&our_handshake(f));
+    fetch_and_check(f, &mut peer);
 }
 
 #[test]
@@ -505,19 +495,9 @@ fn malformed_handshakes_are_dropped_and_counted_by_cause() {
 fn the_policy_decides_which_first_bytes_are_answered() {
     // `require`: a plain handshake is refused; MSE is served.
     let f = start(Encryption::Require, false);
-    let mut plain = TcpStream::connect(f.seeder.local_addr()).unwrap();
-    plain
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut hs = Vec::new();
-    Handshake {
-        reserved: Reserved::OURS,
-        info_hash: f.metainfo.info_hash,
-        peer_id: [3; 20],
-    }
-    .encode(&mut hs);
-    plain.write_all(&hs).unwrap();
-    assert!(MsePeer::closed_by_seeder(&mut plain));
+    let mut plain = MsePeer::plain(TcpStream::connect(f.seeder.local_addr()).unwrap());
+    plain.write(&our_handshake(&f));
+    assert!(MsePeer::closed_by_seeder(&mut plain.stream));
     let knobs = Knobs::new(f.metainfo.info_hash.0, CRYPTO_RC4 | CRYPTO_PLAINTEXT);
     let mut peer = MsePeer::handshake(f.seeder.local_addr(), &knobs).expect("handshake");
     fetch_and_check(&f, &mut peer);
