@@ -77,6 +77,8 @@ pub fn torrent_json(m: &Metainfo) -> serde_json::Value {
         "trackers": m.tracker_urls(),
         "tracker_tiers": m.trackers,
         "web_seeds": m.web_seeds,
+        "http_seeds": m.http_seeds,
+        "warnings": m.warnings,
         "private": m.info.private,
         "comment": m.comment,
         "created_by": m.created_by,
@@ -122,6 +124,12 @@ pub fn torrent_text(m: &Metainfo) -> String {
     }
     for seed in &m.web_seeds {
         line("web seed:", seed.clone());
+    }
+    for seed in &m.http_seeds {
+        line("http seed:", format!("{seed}  (BEP 17, not fetched from)"));
+    }
+    for warning in &m.warnings {
+        line("warning:", warning.clone());
     }
     line("magnet:", MagnetLink::from_metainfo(m).to_string());
     out.push_str(&format!("files ({}):\n", m.info.files.len()));

@@ -45,8 +45,15 @@ pub struct Metainfo {
     pub info: Info,
     /// Tracker tiers (BEP 12); a lone `announce` becomes one tier.
     pub trackers: Vec<Vec<String>>,
-    /// HTTP/FTP web seeds (BEP 19 `url-list`).
+    /// Web seeds (BEP 19 `url-list`), in the file's order, without
+    /// duplicates or empty entries.
     pub web_seeds: Vec<String>,
+    /// BEP 17 (Hoffman) `httpseeds`: listed, not fetched from (see
+    /// docs/ARCHITECTURE.md, "Web seeds").
+    pub http_seeds: Vec<String>,
+    /// What was skipped while parsing (entries of `url-list` or
+    /// `httpseeds` that are not text): shown by `info`.
+    pub warnings: Vec<String>,
     /// DHT nodes to bootstrap from (BEP 5 `nodes`: `[["host", port], ...]`),
     /// as `HOST:PORT`; malformed entries are left out (the key only helps).
     pub nodes: Vec<String>,
@@ -180,18 +187,12 @@ impl Metainfo {
             }
         }
 
-        // BEP 19 allows `url-list` to be a single string or a list.
-        let mut web_seeds = Vec::new();
-        if let Some(urls) = root_dict.optional("url-list") {
-            if urls.value.as_bytes().is_some() {
-                web_seeds.push(urls.string()?);
-            } else {
-                for (i, url) in urls.list()?.iter().enumerate() {
-                    web_seeds.push(urls.item(i, url).string()?);
-                }
-            }
-            web_seeds.retain(|u| !u.is_empty());
-        }
+        // BEP 19 `url-list` and BEP 17 `httpseeds`: a string or a list. They
+        // are outside the info-hash and only help, so a bad entry (or a bad
+        // key) is skipped with a warning rather than refusing the torrent.
+        let mut warnings = Vec::new();
+        let web_seeds = url_entries(&root_dict, "url-list", &mut warnings);
+        let http_seeds = url_entries(&root_dict, "httpseeds", &mut warnings);
 
         // BEP 5: a trackerless torrent may name DHT nodes to start from.
         let nodes = root_dict
@@ -223,6 +224,8 @@ impl Metainfo {
             info,
             trackers,
             web_seeds,
+            http_seeds,
+            warnings,
             nodes,
             creation_date: root_dict
                 .optional("creation date")
@@ -349,6 +352,34 @@ impl<'v, 'a> Field<'v, 'a> {
                 field: self.child(key, self.value).name,
             })
     }
+}
+
+/// The URLs of the optional `key` (a string or a list of strings): entries
+/// that are not UTF-8 text, or a key of another type, are skipped and named
+/// in `warnings`; empty entries and duplicates are dropped.
+fn url_entries(root: &Field<'_, '_>, key: &str, warnings: &mut Vec<String>) -> Vec<String> {
+    let Some(field) = root.optional(key) else {
+        return Vec::new();
+    };
+    let mut urls: Vec<String> = Vec::new();
+    let mut keep = |entry: Result<String>, warnings: &mut Vec<String>| match entry {
+        Ok(url) if url.is_empty() || urls.contains(&url) => {}
+        Ok(url) => urls.push(url),
+        Err(e) => warnings.push(format!("skipped: {e}")),
+    };
+    if field.value.as_bytes().is_some() {
+        keep(field.string(), warnings);
+    } else {
+        match field.list() {
+            Ok(list) => {
+                for (i, entry) in list.iter().enumerate() {
+                    keep(field.item(i, entry).string(), warnings);
+                }
+            }
+            Err(e) => warnings.push(format!("skipped: {e}")),
+        }
+    }
+    urls
 }
 
 fn optional_text(dict: &Field<'_, '_>, key: &str) -> Result<Option<String>> {

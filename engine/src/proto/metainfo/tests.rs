@@ -79,6 +79,36 @@ fn single_file_with_every_optional_field() {
 }
 
 #[test]
+fn bad_web_seed_entries_are_skipped_with_a_warning_not_refused() {
+    let mut root = torrent(single_file_info(100, 32768));
+    root.insert(
+        "url-list",
+        list(vec![
+            V::bytes("http://a/"),
+            V::bytes(&b"http://\xff/"[..]),
+            V::Int(7),
+            V::bytes(""),
+            V::bytes("http://a/"),
+            V::bytes("https://b/x.iso"),
+        ]),
+    );
+    root.insert("httpseeds", V::Int(3));
+    let m = parse(&root).unwrap();
+    assert_eq!(m.web_seeds, ["http://a/", "https://b/x.iso"]);
+    assert!(m.http_seeds.is_empty());
+    assert_eq!(m.warnings.len(), 3, "{:?}", m.warnings);
+    assert!(m.warnings.iter().any(|w| w.contains("httpseeds")));
+
+    // BEP 17 `httpseeds`, as Debian's torrents carry it: listed apart.
+    let mut root = torrent(single_file_info(100, 32768));
+    root.insert("httpseeds", list(vec![V::bytes("http://h/seed.php")]));
+    root.insert("url-list", list(vec![]));
+    let m = parse(&root).unwrap();
+    assert_eq!(m.http_seeds, ["http://h/seed.php"]);
+    assert!(m.web_seeds.is_empty() && m.warnings.is_empty());
+}
+
+#[test]
 fn info_hash_covers_the_raw_info_bytes_not_a_re_encoding() {
     // Unsorted keys inside `info`: a re-encoding would sort them and change
     // the hash. The raw bytes must be hashed as they are.
