@@ -10,4 +10,5 @@ pub mod magnet;
 pub mod metainfo;
 pub mod mse;
 pub mod tracker;
+pub mod webseed;
 pub mod wire;
