@@ -10,6 +10,7 @@ use ringseed_engine::io::dht::DhtConfig;
 use ringseed_engine::io::plane::control::PlaneConfig;
 use ringseed_engine::io::plane::transport::Encryption;
 use ringseed_engine::io::plane::IoMode;
+use ringseed_engine::io::webseed::WebSeedConfig;
 
 /// Exit statuses that scripts can rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +229,8 @@ pub struct DownloadArgs {
     pub no_announce: bool,
     #[command(flatten)]
     pub dht: DhtArgs,
+    #[command(flatten)]
+    pub web_seeds: WebSeedArgs,
     /// PEM file of root certificates to trust for HTTPS trackers.
     #[arg(long, value_name = "FILE", env = "RINGSEED_TRACKER_CA")]
     pub tracker_ca: Option<PathBuf>,
@@ -705,6 +708,50 @@ impl DhtArgs {
             ipv6: listen.is_ipv6(),
             ..defaults
         })
+    }
+}
+
+/// The web seed flags of `download`.
+#[derive(Debug, Args)]
+pub struct WebSeedArgs {
+    /// Do not fetch from the torrent's web seeds (BEP 19 `url-list`, magnet
+    /// `ws=`): peers only.
+    #[arg(long, env = "RINGSEED_NO_WEB_SEEDS")]
+    pub no_web_seeds: bool,
+    /// PEM file of certificates to trust for HTTPS web seeds, besides the
+    /// system's roots (a mirror with its own CA).
+    #[arg(long, value_name = "FILE", env = "RINGSEED_WEB_SEED_CA")]
+    pub web_seed_ca: Option<PathBuf>,
+    /// Connections to one web seed at most.
+    #[arg(
+        value_name = "N",
+        long,
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u16).range(1..=16),
+        env = "RINGSEED_WEB_SEED_CONNECTIONS"
+    )]
+    pub web_seed_connections: u16,
+}
+
+impl WebSeedArgs {
+    /// The web seeds' settings, or `None` with `--no-web-seeds`.
+    pub fn config(&self) -> anyhow::Result<Option<WebSeedConfig>> {
+        use anyhow::Context;
+        if self.no_web_seeds {
+            return Ok(None);
+        }
+        let extra_roots_pem = self
+            .web_seed_ca
+            .as_ref()
+            .map(|path| {
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+            })
+            .transpose()?;
+        Ok(Some(WebSeedConfig {
+            per_server: usize::from(self.web_seed_connections),
+            extra_roots_pem,
+            ..WebSeedConfig::default()
+        }))
     }
 }
 

@@ -189,6 +189,29 @@ pub fn transport_line(totals: &std::collections::BTreeMap<String, u64>) -> Strin
     line
 }
 
+/// One line per web seed, the lines `download` prints at exit and tests
+/// read: `web seed: URL state=STATE bytes=N requests=N files_dropped=N
+/// ignores_ranges=yes|no errors=CAUSE:N,...` (`errors=-` for none).
+pub fn web_seed_lines(torrents: &[ringseed_engine::io::webseed::TorrentWebSeeds]) -> Vec<String> {
+    torrents
+        .iter()
+        .flat_map(|t| &t.seeds)
+        .map(|s| {
+            let errors: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+            format!(
+                "web seed: {} state={:?} bytes={} requests={} files_dropped={} ignores_ranges={} errors={}",
+                s.url,
+                s.state,
+                s.bytes,
+                s.requests,
+                s.files_dropped,
+                if s.ignores_ranges { "yes" } else { "no" },
+                if errors.is_empty() { "-".to_owned() } else { errors.join(",") }
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,7 @@ use crate::io::plane::shared::MetadataError;
 use crate::io::plane::PlaneKind;
 use crate::io::resume::save_download;
 use crate::io::storage::Torrent;
+use crate::io::webseed::{TorrentWebSeeds, WebSeedConfig, WebSeedError, WebSeeds};
 use crate::proto::info_hash::InfoHash;
 
 /// Finds peers for the torrents of a Session and hands them to its dialer.
@@ -50,6 +51,9 @@ pub struct SessionConfig {
     pub trackers: Option<ClientConfig>,
     /// Join the mainline DHT with these settings; `None`: never.
     pub dht: Option<DhtConfig>,
+    /// Download from the torrents' web seeds (BEP 19) with these
+    /// settings; `None`: never.
+    pub web_seeds: Option<WebSeedConfig>,
 }
 
 /// Why a Session could not start.
@@ -58,6 +62,9 @@ pub enum SessionError {
     /// The data plane.
     #[error(transparent)]
     Plane(#[from] PlaneError),
+    /// The web seeds' settings.
+    #[error(transparent)]
+    WebSeeds(#[from] WebSeedError),
     /// The tracker client.
     #[error("cannot start announcing to trackers")]
     Trackers(#[source] AnnounceError),
@@ -151,6 +158,7 @@ impl Resumer {
 pub struct Session {
     plane: Plane,
     trackers: Option<Arc<Announcer>>,
+    web_seeds: Option<WebSeeds>,
     /// The DHT, when it runs: a peer source that can be switched on and
     /// off while the Session runs (the daemon's reload).
     dht: Option<DhtService>,
@@ -167,6 +175,7 @@ impl Session {
         let plane = Plane::start(config.plane.clone(), Vec::new())?;
         let mut session = Session {
             trackers: None,
+            web_seeds: None,
             dht: None,
             plane_config: config.plane,
             sources: Vec::new(),
@@ -180,6 +189,11 @@ impl Session {
             let announcer = Arc::new(start_announcer(&session.plane, client)?);
             session.trackers = Some(Arc::clone(&announcer));
             session.sources.push(Box::new(Trackers(announcer)));
+        }
+        if let Some(config) = config.web_seeds {
+            let web_seeds = WebSeeds::new(config, session.plane.piece_sink())?;
+            session.web_seeds = Some(web_seeds.clone());
+            session.sources.push(Box::new(web_seeds));
         }
         for torrent in torrents {
             session.add_torrent(torrent);
@@ -361,6 +375,13 @@ impl Session {
         self.plane.local_addr()
     }
 
+    /// What the web seeds of the torrents being downloaded did.
+    pub fn web_seed_status(&self) -> Vec<TorrentWebSeeds> {
+        self.web_seeds
+            .as_ref()
+            .map_or_else(Vec::new, WebSeeds::status)
+    }
+
     /// The data plane that runs.
     pub fn data_plane(&self) -> PlaneKind {
         self.plane.data_plane()
@@ -382,6 +403,7 @@ impl Session {
     pub fn shutdown(mut self, goodbye: Duration) -> io::Result<(PlaneStats, bool)> {
         let mut sources = std::mem::take(&mut self.sources);
         self.trackers = None;
+        self.web_seeds = None;
         if let Some(dht) = self.dht.take() {
             sources.push(Box::new(DhtSource(dht)));
         }

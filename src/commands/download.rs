@@ -56,6 +56,7 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
             dht: args.dht.config(args.listen, &state),
             plane: config,
             trackers,
+            web_seeds: args.web_seeds.config()?,
         },
         Vec::new(),
     )?;
@@ -180,6 +181,9 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
         }
     };
     bar.finish();
+    for line in crate::display::web_seed_lines(&session.web_seed_status()) {
+        println!("{line}");
+    }
     let (stats, _) = session
         .shutdown(GOODBYE)
         .context("a worker failed while stopping")?;
@@ -302,7 +306,7 @@ fn load_source(
         &peers,
         Duration::from_secs(args.metadata_timeout),
     )?;
-    let bytes = torrent_file(&info, &magnet.trackers);
+    let bytes = torrent_file(&info, &magnet.trackers, &magnet.web_seeds);
     let metainfo =
         Metainfo::from_bytes(&bytes).context("the peers' metadata is not a valid torrent")?;
     std::fs::create_dir_all(saved.parent().expect("has a parent"))
@@ -318,8 +322,8 @@ fn dedup(peers: Vec<SocketAddr>) -> Vec<SocketAddr> {
 }
 
 /// A .torrent file around `info` (kept byte for byte: its hash is the
-/// info-hash) with the magnet link's trackers.
-fn torrent_file(info: &[u8], trackers: &[String]) -> Vec<u8> {
+/// info-hash) with the magnet link's trackers and web seeds (`ws=`).
+fn torrent_file(info: &[u8], trackers: &[String], web_seeds: &[String]) -> Vec<u8> {
     let mut root = OwnedValue::dict();
     if let Some(first) = trackers.first() {
         root.insert("announce", OwnedValue::bytes(first));
@@ -328,6 +332,10 @@ fn torrent_file(info: &[u8], trackers: &[String]) -> Vec<u8> {
             .map(|t| OwnedValue::List(vec![OwnedValue::bytes(t)]))
             .collect();
         root.insert("announce-list", OwnedValue::List(tiers));
+    }
+    if !web_seeds.is_empty() {
+        let urls = web_seeds.iter().map(OwnedValue::bytes).collect();
+        root.insert("url-list", OwnedValue::List(urls));
     }
     let mut bytes = root.to_bytes();
     bytes.pop(); // the dictionary's closing `e`: `info` sorts last

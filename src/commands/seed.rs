@@ -78,6 +78,8 @@ pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
             plane: config,
             trackers,
             dht,
+            // Seeding has nothing to fetch.
+            web_seeds: None,
         },
         torrents.clone(),
     )?;

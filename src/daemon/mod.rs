@@ -120,6 +120,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<Exit> {
             plane: plane_config(&config),
             trackers,
             dht: dht_config(&config),
+            // The daemon seeds only: it downloads nothing from mirrors.
+            web_seeds: None,
         },
         Vec::new(),
     )?;

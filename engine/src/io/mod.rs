@@ -15,3 +15,4 @@ pub mod plane;
 pub mod resume;
 pub mod storage;
 pub mod tracker_server;
+pub mod webseed;

@@ -258,6 +258,68 @@ impl Download {
         })
     }
 
+    /// Reserves a run of whole pieces for the web seed `owner`, which has
+    /// `has`, of at most `max_pieces` (see `Picker::pick_run`); none while
+    /// memory is short.
+    pub fn pick_run(
+        &mut self,
+        owner: PeerKey,
+        has: &Bitfield,
+        max_pieces: usize,
+        after: Option<u32>,
+    ) -> std::ops::Range<u32> {
+        if self.over_memory_budget() {
+            return 0..0;
+        }
+        self.picker.pick_run(owner, has, max_pieces, after)
+    }
+
+    /// A buffer for the whole of `piece`, counted in memory until it is
+    /// handed back (`on_whole_piece`, or `recycle`). Its bytes are stale:
+    /// the caller writes every one.
+    pub fn take_piece_buffer(&mut self, piece: u32) -> Vec<u8> {
+        let len = self.picker.piece_len(piece) as usize;
+        self.memory += len as u64;
+        match self.spare_buffers.pop() {
+            Some(b) if b.len() == len => b,
+            _ => vec![0; len],
+        }
+    }
+
+    /// The web seed `owner` delivered the whole of `piece` in `data` (from
+    /// `take_piece_buffer`). Returns it to be hashed, or `None` (the buffer
+    /// recycled) when the piece was finished elsewhere meanwhile. Blocks
+    /// that peers sent of it in endgame are dropped: one source per piece.
+    /// The web seed checks the hash itself and keeps its own strikes, so no
+    /// address is blamed here.
+    pub fn on_whole_piece(
+        &mut self,
+        owner: PeerKey,
+        piece: u32,
+        data: Vec<u8>,
+    ) -> Option<CompletePiece> {
+        let len = data.len() as u64;
+        if self.picker.on_whole_piece(owner, piece).is_none() {
+            self.counters.bytes_duplicate += len;
+            self.recycle(data);
+            return None;
+        }
+        if let Some(partial) = self.assembling.remove(&piece) {
+            let blocks = partial.senders.iter().flatten().count() as u64;
+            self.counters.bytes_duplicate += (blocks * u64::from(BLOCK_LEN)).min(len);
+            self.recycle(partial.data);
+        }
+        self.counters.bytes_received += len;
+        self.hashing.insert(piece, Vec::new());
+        Some(CompletePiece { piece, data })
+    }
+
+    /// The web seed `owner` will not deliver `pieces` (of its run): others
+    /// may fetch them.
+    pub fn release_run(&mut self, owner: PeerKey, pieces: std::ops::Range<u32>) {
+        self.picker.release_run(owner, pieces);
+    }
+
     /// The hash check of `piece` passed: it will be written. Returns the
     /// addresses banned now (senders of blocks of earlier bad copies).
     pub fn on_hash_passed(&mut self, piece: u32, data: &[u8]) -> Vec<IpAddr> {

@@ -15,6 +15,7 @@
 //! are fixed.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use crate::policy::bitfield::Bitfield;
 use crate::proto::wire::BlockRequest;
@@ -64,6 +65,10 @@ struct Partial {
     /// sender and names it: a piece that failed before, or one fetched from
     /// a peer still on probation. Lifted when the owner lets a block go.
     exclusive: bool,
+    /// Part of a web seed's run: every block is asked of the web seed at
+    /// once, so it does not count toward `max_partial` (peers join it only
+    /// in endgame).
+    run: bool,
 }
 
 /// What became of an arriving block.
@@ -100,6 +105,8 @@ pub struct Picker {
     verified_here: u32,
     /// Pieces that failed their hash check: fetched again from one peer.
     failed: Bitfield,
+    /// Partial pieces that are part of a web seed's run.
+    runs: usize,
 }
 
 impl Picker {
@@ -124,6 +131,7 @@ impl Picker {
             partial: BTreeMap::new(),
             verified_here: have.count(),
             failed: Bitfield::new(num_pieces),
+            runs: 0,
             have,
             wanted,
         }
@@ -262,7 +270,7 @@ impl Picker {
         self.take_free(peer, has, max, &mut out, |p| p.owner == peer);
         // 2. New pieces, while partial pieces are few (the peer fills the
         // piece it just started, which it owns).
-        while out.len() < max && self.partial.len() < self.config.max_partial {
+        while out.len() < max && self.partial.len() - self.runs < self.config.max_partial {
             let Some(piece) = self.choose_new(has, random) else {
                 break;
             };
@@ -360,7 +368,9 @@ impl Picker {
     ) {
         let limit = self.config.endgame_requesters;
         let mut taken = Vec::new();
-        for (&piece, partial) in self.partial.iter_mut() {
+        // From the far end: a web seed's run arrives in order, so its last
+        // pieces are the ones a second source helps most with.
+        for (&piece, partial) in self.partial.iter_mut().rev() {
             if !has.get(piece) {
                 continue;
             }
@@ -428,9 +438,120 @@ impl Picker {
                 received: 0,
                 owner,
                 exclusive: exclusive || self.failed.get(piece),
+                run: false,
             },
         );
         self.busy.set(piece);
+    }
+
+    /// Reserves a run of consecutive whole pieces for the web seed `owner`,
+    /// which has `has`, of at most `max_pieces`: right after `after` (its
+    /// last run, so one keep-alive connection reads on), else at the start
+    /// of the largest stretch of pieces nobody has started. Pieces that
+    /// failed their hash check are left to peers (one source names a liar).
+    /// Every block of the run is requested by `owner`.
+    pub fn pick_run(
+        &mut self,
+        owner: PeerKey,
+        has: &Bitfield,
+        max_pieces: usize,
+        after: Option<u32>,
+    ) -> Range<u32> {
+        let free = |p: &Self, piece: u32| {
+            piece < p.num_pieces
+                && has.get(piece)
+                && p.wanted.get(piece)
+                && !p.have.get(piece)
+                && !p.busy.get(piece)
+                && !p.failed.get(piece)
+        };
+        let start = match after.map(|a| a + 1).filter(|&n| free(self, n)) {
+            Some(next) => Some(next),
+            None => {
+                let mut best: Option<(u32, u32)> = None;
+                let mut piece = 0;
+                while piece < self.num_pieces {
+                    if !free(self, piece) {
+                        piece += 1;
+                        continue;
+                    }
+                    let gap_start = piece;
+                    while piece < self.num_pieces && free(self, piece) {
+                        piece += 1;
+                    }
+                    if best.is_none_or(|(_, len)| piece - gap_start > len) {
+                        best = Some((gap_start, piece - gap_start));
+                    }
+                }
+                best.map(|(gap_start, _)| gap_start)
+            }
+        };
+        let Some(start) = start else {
+            return 0..0;
+        };
+        let mut end = start;
+        while end < self.num_pieces && ((end - start) as usize) < max_pieces && free(self, end) {
+            let blocks = vec![Block::Requested(vec![owner]); self.blocks_in(end) as usize];
+            self.partial.insert(
+                end,
+                Partial {
+                    blocks,
+                    received: 0,
+                    owner,
+                    exclusive: false,
+                    run: true,
+                },
+            );
+            self.runs += 1;
+            self.busy.set(end);
+            end += 1;
+        }
+        start..end
+    }
+
+    /// The web seed `owner` delivered the whole of `piece`: every block is
+    /// received. `None` if the piece is not being fetched any more (peers
+    /// finished it in endgame, or it was reset): the copy is not needed.
+    pub fn on_whole_piece(&mut self, owner: PeerKey, piece: u32) -> Option<Arrival> {
+        let partial = self.partial.remove(&piece)?;
+        if partial.run {
+            self.runs -= 1;
+        }
+        let mut others = Vec::new();
+        for block in partial.blocks {
+            if let Block::Requested(peers) = block {
+                others.extend(peers.into_iter().filter(|&p| p != owner));
+            }
+        }
+        others.sort_unstable();
+        others.dedup();
+        // Stays busy until it is verified or fails.
+        Some(Arrival::Fresh {
+            piece_done: true,
+            also_requested_from: others,
+        })
+    }
+
+    /// The web seed `owner` will not deliver the rest of `pieces`: their
+    /// blocks become free for anyone.
+    pub fn release_run(&mut self, owner: PeerKey, pieces: Range<u32>) {
+        for piece in pieces {
+            let Some(partial) = self.partial.get_mut(&piece) else {
+                continue;
+            };
+            if partial.run && partial.owner == owner {
+                partial.run = false;
+                self.runs -= 1;
+            }
+            for block in &mut partial.blocks {
+                if let Block::Requested(peers) = block {
+                    peers.retain(|&p| p != owner);
+                    if peers.is_empty() {
+                        *block = Block::Free;
+                    }
+                }
+            }
+        }
     }
 
     /// A block arrived from `peer`. `None` if it is no block of a piece we
@@ -456,7 +577,9 @@ impl Picker {
                 let piece_done = partial.received as usize == partial.blocks.len();
                 if piece_done {
                     // Stays busy until it is verified or fails.
-                    self.partial.remove(&req.piece);
+                    if self.partial.remove(&req.piece).is_some_and(|p| p.run) {
+                        self.runs -= 1;
+                    }
                 }
                 Some(Arrival::Fresh {
                     piece_done,
@@ -497,7 +620,7 @@ impl Picker {
 
     /// The piece passed its hash check and is on disk.
     pub fn piece_verified(&mut self, piece: u32) {
-        self.partial.remove(&piece);
+        self.remove_partial(piece);
         self.busy.clear(piece);
         if !self.have.get(piece) {
             self.have.set(piece);
@@ -515,8 +638,14 @@ impl Picker {
     /// Forgets what arrived of `piece` (its data is being thrown away) and
     /// fetches it again from scratch.
     pub fn reset(&mut self, piece: u32) {
-        self.partial.remove(&piece);
+        self.remove_partial(piece);
         self.busy.clear(piece);
+    }
+
+    fn remove_partial(&mut self, piece: u32) {
+        if self.partial.remove(&piece).is_some_and(|p| p.run) {
+            self.runs -= 1;
+        }
     }
 }
 
@@ -763,5 +892,62 @@ mod tests {
         assert_eq!(reqs.len(), 2);
         assert_eq!(reqs[1].length, 100);
         assert_eq!(p.bytes_missing(), total);
+    }
+
+    const SEED: PeerKey = 1 << 63;
+
+    #[test]
+    fn web_seed_runs_take_the_largest_gap_then_continue_where_they_ended() {
+        let mut p = picker(16);
+        let all = Bitfield::full(16);
+        // A peer works on piece 5: the largest free gap is 6..16.
+        p.start(5, 1, false);
+        assert_eq!(p.pick_run(SEED, &all, 4, None), 6..10);
+        // The same seed reads on after its run.
+        assert_eq!(p.pick_run(SEED, &all, 4, Some(9)), 10..14);
+        // Another seed gets the largest gap left: 0..5.
+        assert_eq!(p.pick_run(SEED + 1, &all, 100, None), 0..5);
+        // Runs hold no peer's partial slots, and peers do not get their blocks.
+        assert_eq!(p.partial_count() - p.runs, 1);
+        let reqs = p.pick(2, &all, 12, &mut first);
+        assert!(
+            reqs.iter().all(|r| r.piece == 5 || r.piece >= 14),
+            "{reqs:?}"
+        );
+        assert!(!p.in_endgame() || reqs.len() == 12);
+        // Pieces the seed lacks end a run.
+        let mut some = Bitfield::new(16);
+        some.set(14);
+        let mut q = picker(16);
+        assert_eq!(q.pick_run(SEED, &some, 4, None), 14..15);
+    }
+
+    #[test]
+    fn a_whole_piece_from_a_web_seed_completes_it_and_a_released_run_goes_to_peers() {
+        let mut p = picker(4);
+        let all = Bitfield::full(4);
+        assert_eq!(p.pick_run(SEED, &all, 4, None), 0..4);
+        assert!(p.in_endgame(), "every block is asked of the seed");
+        // Endgame: a peer duplicates blocks from the far end of the run.
+        let dup = p.pick(1, &all, 4, &mut first);
+        assert!(dup.iter().all(|r| r.piece == 3), "{dup:?}");
+        assert_eq!(
+            p.on_whole_piece(SEED, 3),
+            Some(Arrival::Fresh {
+                piece_done: true,
+                also_requested_from: vec![1],
+            })
+        );
+        assert_eq!(p.on_whole_piece(SEED, 3), None, "already delivered");
+        assert_eq!(p.on_block(1, &dup[0]), None, "its piece is done");
+        assert_eq!(p.on_whole_piece(SEED, 0).is_some(), true);
+        // The seed gives up on the rest: peers fetch it.
+        p.release_run(SEED, 1..3);
+        assert_eq!(p.runs, 0);
+        let reqs = p.pick(1, &all, 100, &mut first);
+        assert_eq!(reqs.len(), 8);
+        // A piece that failed is not handed to a web seed again.
+        p.piece_failed(3);
+        assert_eq!(p.pick_run(SEED, &all, 4, None), 0..0);
     }
 }

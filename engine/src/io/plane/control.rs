@@ -17,13 +17,13 @@ use crate::io::net::reuseport_socket;
 
 use crate::io::piece_check;
 use crate::io::plane::epoll::Epoll;
-use crate::io::plane::shared::{CheckJob, MetadataFetch, Shared, WorkerMessage};
+use crate::io::plane::shared::{CheckJob, Checked, MetadataFetch, Shared, WorkerMessage};
 pub use crate::io::plane::shared::{Limits, PlaneConfig, DEFAULT_PORT, LISTEN_BACKLOG};
 use crate::io::plane::uring::Uring;
 use crate::io::plane::worker::Worker;
 use crate::io::plane::{Backend, IoMode, PlaneKind};
 use crate::io::storage::Torrent;
-use crate::policy::download::DownloadCounters;
+use crate::policy::download::{CompletePiece, DownloadCounters};
 use crate::proto::info_hash::InfoHash;
 use crate::rng::random_u64;
 use crate::stats::{Counters, StatsSnapshot};
@@ -114,6 +114,31 @@ impl Dialer {
         for w in 0..workers.min(peers.len()) {
             self.shared.wake(w);
         }
+    }
+}
+
+/// Hands pieces fetched and hashed outside the data plane (web seeds) to
+/// the workers, which record the verdict and write good pieces through
+/// their rings, exactly as for pieces from peers; cheap to clone.
+#[derive(Clone)]
+pub struct PieceSink {
+    shared: Arc<Shared>,
+}
+
+impl PieceSink {
+    /// `piece` of `torrent`, whose hash check gave `good`.
+    pub fn deliver(&self, torrent: Arc<Torrent>, piece: CompletePiece, good: bool) {
+        // Spread over the workers by piece, so that writes share the rings.
+        let worker = piece.piece as usize % self.shared.checked.len();
+        self.shared.checked[worker]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Checked {
+                torrent,
+                piece,
+                good,
+            });
+        self.shared.wake(worker);
     }
 }
 
@@ -360,6 +385,13 @@ impl Plane {
     /// The data plane that runs.
     pub fn data_plane(&self) -> PlaneKind {
         self.shared.data_plane
+    }
+
+    /// A handle that hands checked pieces to the workers to write.
+    pub fn piece_sink(&self) -> PieceSink {
+        PieceSink {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Why `--io auto` runs epoll rather than io_uring, if it does.
