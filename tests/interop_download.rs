@@ -7,8 +7,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -33,17 +32,6 @@ impl Payload {
     }
 }
 
-/// A child process stopped with SIGTERM (by its PID) when dropped.
-struct Stopper(Child);
-
-impl Drop for Stopper {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by its PID.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
 /// tests/support/lt_seed.py on `addr`, once it is seeding.
 fn lt_seed(p: &Payload, addr: &str) -> Stopper {
     lt_seed_with(p, addr, "default")
@@ -51,16 +39,7 @@ fn lt_seed(p: &Payload, addr: &str) -> Stopper {
 
 /// Like `lt_seed`, with lt_seed.py's `--encryption` policy.
 fn lt_seed_with(p: &Payload, addr: &str, encryption: &str) -> Stopper {
-    require_libtorrent();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lt_seed.py");
-    Stopper(spawn_until_line(
-        Command::new(SYSTEM_PYTHON)
-            .arg(script)
-            .arg(&p.torrent)
-            .arg(p.seed_dir())
-            .args(["--listen", addr, "--encryption", encryption]),
-        "ready",
-    ))
+    spawn_lt_seeder(&p.torrent, &p.seed_dir(), addr, encryption)
 }
 
 #[test]

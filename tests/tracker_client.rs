@@ -13,67 +13,10 @@ use ringseed_engine::io::announce::{AnnounceError, ClientConfig, TrackerClient};
 use ringseed_engine::proto::tracker::{Announce, Event};
 use ringseed_engine::InfoHash;
 
-/// A CA and a leaf certificate for 127.0.0.1 signed by it, made with openssl.
-fn make_certificates(dir: &Path) {
-    require_program("openssl", "openssl");
-    let openssl = |args: &[&str]| {
-        run_ok(Command::new("openssl").current_dir(dir).args(args));
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=ringseed test CA",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "leaf.key",
-        "-out",
-        "leaf.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "leaf.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-    ]);
-}
-
 #[test]
 fn https_announce_to_a_tracker_with_its_own_ca() {
     let dir = tempfile::tempdir().unwrap();
-    make_certificates(dir.path());
+    make_test_ca(dir.path());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/https_tracker.py");
     let mut server = KillOnDrop(
         Command::new(SYSTEM_PYTHON)

@@ -939,3 +939,87 @@ impl Drop for Swarm {
         let _ = self.child.wait();
     }
 }
+
+/// A CA (`ca.pem`) and a leaf certificate for 127.0.0.1 signed by it
+/// (`leaf.pem`, `leaf.key`), made with openssl in `dir`.
+pub fn make_test_ca(dir: &Path) {
+    require_program("openssl", "openssl");
+    let openssl = |args: &[&str]| {
+        run_ok(Command::new("openssl").current_dir(dir).args(args));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ringseed test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+}
+
+/// A child process stopped with SIGTERM (by its PID) when dropped.
+pub struct Stopper(pub std::process::Child);
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// tests/support/lt_seed.py seeding `torrent` from `seed_dir` on `addr`
+/// with lt_seed.py's `--encryption` policy, once it is seeding.
+pub fn spawn_lt_seeder(torrent: &Path, seed_dir: &Path, addr: &str, encryption: &str) -> Stopper {
+    require_libtorrent();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lt_seed.py");
+    Stopper(spawn_until_line(
+        Command::new(SYSTEM_PYTHON)
+            .arg(script)
+            .arg(torrent)
+            .arg(seed_dir)
+            .args(["--listen", addr, "--encryption", encryption]),
+        "ready",
+    ))
+}

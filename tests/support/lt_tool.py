@@ -5,9 +5,11 @@ interop tests.
     lt_tool.py info-hash FILE.torrent        print the v1 info-hash (hex)
     lt_tool.py check FILE.torrent SAVE_DIR   check the data, print
                                              "<have> <total>" pieces
-    lt_tool.py create-padded DIR OUT.torrent  a v1 torrent of DIR with BEP 47
+    lt_tool.py create-padded DIR OUT.torrent [WEB_SEED]
+                                             a v1 torrent of DIR with BEP 47
                                              pad files (16 KiB pieces), as
-                                             libtorrent aligns files
+                                             libtorrent aligns files, and a
+                                             url-list entry if given
 
 DHT, LSD, UPnP and NAT-PMP are off and the session listens on loopback
 only, so nothing leaves the machine.
@@ -53,7 +55,7 @@ def check(path, save_dir, timeout=120.0):
     print(status.num_pieces, ti.num_pieces())
 
 
-def create_padded(directory, out):
+def create_padded(directory, out, web_seed=None):
     import os
     fs = lt.file_storage()
     lt.add_files(fs, directory)
@@ -61,15 +63,17 @@ def create_padded(directory, out):
     flags = lt.create_torrent.v1_only | lt.create_torrent.canonical_files
     ct = lt.create_torrent(fs, 16384, flags=flags)
     lt.set_piece_hashes(ct, os.path.dirname(os.path.abspath(directory)))
+    if web_seed:
+        ct.add_url_seed(web_seed)
     with open(out, "wb") as f:
         f.write(lt.bencode(ct.generate()))
 
 
 if __name__ == "__main__":
-    commands = {"info-hash": (info_hash, 1), "check": (check, 2),
-                "create-padded": (create_padded, 2)}
+    commands = {"info-hash": (info_hash, 1, 1), "check": (check, 2, 2),
+                "create-padded": (create_padded, 2, 3)}
     if len(sys.argv) < 2 or sys.argv[1] not in commands \
-            or len(sys.argv) != 2 + commands[sys.argv[1]][1]:
+            or not commands[sys.argv[1]][1] <= len(sys.argv) - 2 <= commands[sys.argv[1]][2]:
         sys.exit(__doc__)
-    func, _ = commands[sys.argv[1]]
+    func = commands[sys.argv[1]][0]
     func(*sys.argv[2:])

@@ -71,6 +71,14 @@ struct Partial {
     run: bool,
 }
 
+impl Partial {
+    /// Nobody is fetching any of its blocks: a released run, or a piece
+    /// whose peers left.
+    fn abandoned(&self) -> bool {
+        !self.blocks.iter().any(|b| matches!(b, Block::Requested(_)))
+    }
+}
+
 /// What became of an arriving block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Arrival {
@@ -447,9 +455,10 @@ impl Picker {
     /// Reserves a run of consecutive whole pieces for the web seed `owner`,
     /// which has `has`, of at most `max_pieces`: right after `after` (its
     /// last run, so one keep-alive connection reads on), else at the start
-    /// of the largest stretch of pieces nobody has started. Pieces that
-    /// failed their hash check are left to peers (one source names a liar).
-    /// Every block of the run is requested by `owner`.
+    /// of the largest stretch of pieces nobody is fetching. (A piece that
+    /// failed may be in it: a run has one source, and the web seed that sent
+    /// it bad leaves it out of `has`.) Every block of the run is requested
+    /// by `owner`.
     pub fn pick_run(
         &mut self,
         owner: PeerKey,
@@ -462,8 +471,7 @@ impl Picker {
                 && has.get(piece)
                 && p.wanted.get(piece)
                 && !p.have.get(piece)
-                && !p.busy.get(piece)
-                && !p.failed.get(piece)
+                && (!p.busy.get(piece) || p.partial.get(&piece).is_some_and(Partial::abandoned))
         };
         let start = match after.map(|a| a + 1).filter(|&n| free(self, n)) {
             Some(next) => Some(next),
@@ -492,6 +500,9 @@ impl Picker {
         let mut end = start;
         while end < self.num_pieces && ((end - start) as usize) < max_pieces && free(self, end) {
             let blocks = vec![Block::Requested(vec![owner]); self.blocks_in(end) as usize];
+            // An abandoned partial piece is taken over whole (what arrived
+            // of it is dropped when the web seed delivers it).
+            self.remove_partial(end);
             self.partial.insert(
                 end,
                 Partial {
@@ -901,7 +912,9 @@ mod tests {
         let mut p = picker(16);
         let all = Bitfield::full(16);
         // A peer works on piece 5: the largest free gap is 6..16.
-        p.start(5, 1, false);
+        let mut only_5 = Bitfield::new(16);
+        only_5.set(5);
+        assert_eq!(p.pick(1, &only_5, 1, &mut first)[0].piece, 5);
         assert_eq!(p.pick_run(SEED, &all, 4, None), 6..10);
         // The same seed reads on after its run.
         assert_eq!(p.pick_run(SEED, &all, 4, Some(9)), 10..14);
@@ -909,12 +922,12 @@ mod tests {
         assert_eq!(p.pick_run(SEED + 1, &all, 100, None), 0..5);
         // Runs hold no peer's partial slots, and peers do not get their blocks.
         assert_eq!(p.partial_count() - p.runs, 1);
-        let reqs = p.pick(2, &all, 12, &mut first);
+        let reqs = p.pick(2, &all, 11, &mut first);
         assert!(
             reqs.iter().all(|r| r.piece == 5 || r.piece >= 14),
             "{reqs:?}"
         );
-        assert!(!p.in_endgame() || reqs.len() == 12);
+        assert_eq!(reqs.len(), 11);
         // Pieces the seed lacks end a run.
         let mut some = Bitfield::new(16);
         some.set(14);
@@ -941,13 +954,18 @@ mod tests {
         assert_eq!(p.on_whole_piece(SEED, 3), None, "already delivered");
         assert_eq!(p.on_block(1, &dup[0]), None, "its piece is done");
         assert_eq!(p.on_whole_piece(SEED, 0).is_some(), true);
-        // The seed gives up on the rest: peers fetch it.
+        // The seed gives up on the rest: another seed, or peers, fetch it.
         p.release_run(SEED, 1..3);
         assert_eq!(p.runs, 0);
+        assert_eq!(p.pick_run(SEED + 2, &all, 1, None), 1..2);
+        p.release_run(SEED + 2, 1..2);
         let reqs = p.pick(1, &all, 100, &mut first);
         assert_eq!(reqs.len(), 8);
-        // A piece that failed is not handed to a web seed again.
+        // A piece that failed is fetched again, by a seed that has it.
         p.piece_failed(3);
-        assert_eq!(p.pick_run(SEED, &all, 4, None), 0..0);
+        let mut without_3 = Bitfield::full(4);
+        without_3.clear(3);
+        assert_eq!(p.pick_run(SEED, &without_3, 4, None), 0..0);
+        assert_eq!(p.pick_run(SEED + 1, &all, 4, None), 3..4);
     }
 }
