@@ -9,6 +9,7 @@ pub mod layout;
 pub mod magnet;
 pub mod metainfo;
 pub mod mse;
+pub mod pex;
 pub mod tracker;
 pub mod webseed;
 pub mod wire;
