@@ -189,6 +189,19 @@ pub fn transport_line(totals: &std::collections::BTreeMap<String, u64>) -> Strin
     line
 }
 
+/// The `pex:` line of `seed`, `download` and `ctl status`: what peer
+/// exchange (BEP 11) did.
+pub fn pex_line(totals: &std::collections::BTreeMap<String, u64>) -> String {
+    let get = |k: &str| totals.get(k).copied().unwrap_or(0);
+    format!(
+        "pex: sent={} received={} ignored={} peers_dialed={}",
+        get("pex_sent"),
+        get("pex_received"),
+        get("pex_ignored"),
+        get("pex_peers_dialed")
+    )
+}
+
 /// One line per web seed, the lines `download` prints at exit and tests
 /// read: `web seed: URL state=STATE bytes=N requests=N files_dropped=N
 /// ignores_ranges=yes|no errors=CAUSE:N,...` (`errors=-` for none).

@@ -134,6 +134,15 @@ counters! {
     mse_failed_incomplete: counter,
     /// ut_metadata pieces served.
     metadata_pieces_served: counter,
+    /// Peer exchange (ut_pex) messages sent.
+    pex_sent: counter,
+    /// Peer exchange messages received.
+    pex_received: counter,
+    /// Peer exchange messages ignored: sooner than 45 s after the last.
+    pex_ignored: counter,
+    /// Peers learned through peer exchange and handed to the dialer (new
+    /// to this worker, filtered, at most 200 per torrent).
+    pex_peers_dialed: counter,
     /// Connections refused by a limit or dropped with their torrent.
     dropped_connections: counter,
     /// Connections still in their handshake closed to make room for new

@@ -66,6 +66,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<Exit> {
                 );
             }
             println!("{}", crate::display::transport_line(&status.totals));
+            println!("{}", crate::display::pex_line(&status.totals));
             println!(
                 "{:<9} {:>6} {:>6} {:>10}  {:<40}  NAME",
                 "STATE", "DONE", "PEERS", "SENT", "INFO-HASH"

@@ -190,6 +190,7 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<Exit> {
     // Every worker's counters are in once it stopped.
     let totals = crate::daemon::status::figures(&stats.total);
     println!("{}", crate::display::transport_line(&totals));
+    println!("{}", crate::display::pex_line(&totals));
     match outcome {
         Ok(()) => {
             if args.seed {

@@ -132,6 +132,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<Exit> {
     );
     let totals = crate::daemon::status::figures(&stats.total);
     println!("{}", crate::display::transport_line(&totals));
+    println!("{}", crate::display::pex_line(&totals));
     Ok(Exit::Success)
 }
 

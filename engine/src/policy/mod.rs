@@ -10,6 +10,7 @@ pub mod download;
 pub mod load_pattern;
 pub mod metadata;
 pub mod peer_session;
+pub mod pex;
 pub mod picker;
 pub mod rate_limit;
 pub mod swarm;

@@ -14,6 +14,7 @@ use crate::proto::extension::{
     metadata_piece, ExtensionError, ExtensionHandshake, MetadataMessage, OUR_UT_METADATA_ID,
     UT_METADATA,
 };
+use crate::proto::pex::{PexMessage, MAX_ENTRIES, OUR_UT_PEX_ID, UT_PEX};
 use crate::proto::wire::{self, BlockRequest, Handshake, Message, MAX_REQUEST_LEN};
 
 /// Seconds of the peer's measured rate we keep requested: enough to cover
@@ -45,6 +46,10 @@ pub trait TorrentView {
     fn piece_len(&self, piece: u32) -> u32;
     /// The bencoded info dictionary, served with ut_metadata.
     fn info_bytes(&self) -> &[u8];
+    /// BEP 27: peers only from the trackers, so no peer exchange.
+    fn private(&self) -> bool {
+        false
+    }
     /// Whether we have piece `piece` (verified), so may serve it.
     fn have_piece(&self, _piece: u32) -> bool {
         true
@@ -67,6 +72,8 @@ pub struct SessionConfig {
     /// Our DHT node's UDP port, sent in a BEP 5 `port` message to peers
     /// that run a DHT; `None` when we run none.
     pub dht_port: Option<u16>,
+    /// Peer exchange (BEP 11) for public torrents.
+    pub pex: bool,
 }
 
 impl Default for SessionConfig {
@@ -76,6 +83,7 @@ impl Default for SessionConfig {
             client_name: concat!("ringseed ", env!("CARGO_PKG_VERSION")).to_owned(),
             listen_port: None,
             dht_port: None,
+            pex: true,
         }
     }
 }
@@ -161,6 +169,8 @@ pub enum Event<'a> {
     Lost(Vec<BlockRequest>),
     /// We may send requests now (unchoked, or pieces allowed fast).
     MayRequest,
+    /// The peer told us of other peers (ut_pex).
+    PeerExchange(PexMessage),
 }
 
 /// A request we sent and its time.
@@ -219,6 +229,14 @@ pub struct PeerSession {
     peer_fast: bool,
     peer_extensions: bool,
     peer_ut_metadata: Option<u8>,
+    /// The peer's id for ut_pex, when we exchange peers with it.
+    peer_ut_pex: Option<u8>,
+    /// The listen port the peer sent (`p`).
+    peer_listen_port: Option<u16>,
+    /// The address the peer sees us at (`yourip`).
+    seen_as: Option<IpAddr>,
+    /// The torrent is public and peer exchange is on.
+    pex: bool,
     am_choking: bool,
     peer_interested: bool,
     queue: VecDeque<BlockRequest>,
@@ -250,11 +268,16 @@ impl PeerSession {
         torrent: &dyn TorrentView,
         config: SessionConfig,
     ) -> Self {
+        let pex = config.pex && !torrent.private();
         let mut s = PeerSession {
             config,
             peer_fast: peer.reserved.fast(),
             peer_extensions: peer.reserved.extension_protocol(),
             peer_ut_metadata: None,
+            peer_ut_pex: None,
+            peer_listen_port: None,
+            seen_as: None,
+            pex,
             am_choking: true,
             peer_interested: false,
             queue: VecDeque::new(),
@@ -267,8 +290,12 @@ impl PeerSession {
             num_pieces: torrent.num_pieces(),
         };
         if s.peer_extensions {
+            let mut extensions = vec![(UT_METADATA.to_owned(), OUR_UT_METADATA_ID)];
+            if s.pex {
+                extensions.push((UT_PEX.to_owned(), OUR_UT_PEX_ID));
+            }
             let hs = ExtensionHandshake {
-                extensions: vec![(UT_METADATA.to_owned(), OUR_UT_METADATA_ID)],
+                extensions,
                 client: Some(s.config.client_name.clone()),
                 reqq: Some(s.config.max_queued_requests),
                 your_ip: peer_ip,
@@ -455,6 +482,9 @@ impl PeerSession {
             Message::Extended { id: 0, payload } => {
                 let hs = ExtensionHandshake::decode(payload).map_err(Violation::from)?;
                 self.peer_ut_metadata = hs.id_of(UT_METADATA);
+                self.peer_ut_pex = hs.id_of(UT_PEX).filter(|_| self.pex);
+                self.peer_listen_port = hs.listen_port.filter(|&p| p != 0);
+                self.seen_as = hs.your_ip;
                 if let (Some(leech), Some(reqq)) = (&mut self.leech, hs.reqq) {
                     leech.peer_reqq = reqq.max(1);
                 }
@@ -463,6 +493,16 @@ impl PeerSession {
                 id: OUR_UT_METADATA_ID,
                 payload,
             } => self.on_metadata(payload, torrent)?,
+            Message::Extended {
+                id: OUR_UT_PEX_ID,
+                payload,
+            } if self.pex => {
+                // A malformed list is dropped, not the peer (BEP 11 asks
+                // nothing more, and clients differ in what they send).
+                if let Ok(message) = PexMessage::decode(payload, MAX_ENTRIES) {
+                    return Ok(Event::PeerExchange(message));
+                }
+            }
             Message::Extended { .. } => {}
         }
         Ok(Event::None)
@@ -608,6 +648,34 @@ impl PeerSession {
     /// Puts a request back at the front (e.g. the rate limit has no tokens).
     pub fn unpop_request(&mut self, req: BlockRequest) {
         self.queue.push_front(req);
+    }
+
+    /// Whether the peer takes ut_pex messages from us.
+    pub fn peer_takes_pex(&self) -> bool {
+        self.peer_ut_pex.is_some()
+    }
+
+    /// The listen port the peer announced in its extension handshake.
+    pub fn peer_listen_port(&self) -> Option<u16> {
+        self.peer_listen_port
+    }
+
+    /// The address the peer says it sees us at.
+    pub fn seen_as(&self) -> Option<IpAddr> {
+        self.seen_as
+    }
+
+    /// Queues a ut_pex message, if the peer takes them.
+    pub fn send_pex(&mut self, message: &PexMessage) {
+        let Some(id) = self.peer_ut_pex else {
+            return;
+        };
+        let mut payload = Vec::with_capacity(64);
+        message.encode(&mut payload);
+        self.send(&Message::Extended {
+            id,
+            payload: &payload,
+        });
     }
 
     /// Appends a keep-alive.

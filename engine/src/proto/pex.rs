@@ -194,7 +194,10 @@ mod tests {
     #[test]
     fn encodes_every_key_with_one_flag_byte_per_added_peer() {
         let m = PexMessage {
-            added: vec![("127.0.0.2:6881".parse().unwrap(), FLAG_SEED | FLAG_REACHABLE)],
+            added: vec![(
+                "127.0.0.2:6881".parse().unwrap(),
+                FLAG_SEED | FLAG_REACHABLE,
+            )],
             dropped: vec![],
         };
         let mut out = Vec::new();
@@ -209,7 +212,12 @@ mod tests {
     #[test]
     fn round_trips_both_families_and_caps_what_it_keeps() {
         let added: Vec<(SocketAddr, u8)> = (0..60u16)
-            .map(|i| (SocketAddr::new([10, 0, 0, 1].into(), 1000 + i), FLAG_ENCRYPTION))
+            .map(|i| {
+                (
+                    SocketAddr::new([10, 0, 0, 1].into(), 1000 + i),
+                    FLAG_ENCRYPTION,
+                )
+            })
             .chain([("[2001:db8::1]:51413".parse().unwrap(), FLAG_UTP)])
             .collect();
         let m = PexMessage {
@@ -230,12 +238,15 @@ mod tests {
         assert!(PexMessage::decode(b"le", 50).is_err());
         assert!(PexMessage::decode(b"d5:added", 50).is_err());
         // Flags of the wrong length: the peers stay, without flags.
-        let m = PexMessage::decode(b"d5:added6:\x01\x02\x03\x04\x00\x017:added.f2:\xff\xffe", 50)
-            .unwrap();
+        let m = PexMessage::decode(
+            b"d5:added6:\x01\x02\x03\x04\x00\x017:added.f2:\xff\xffe",
+            50,
+        )
+        .unwrap();
         assert_eq!(m.added, [("1.2.3.4:1".parse().unwrap(), 0)]);
         // Reserved bits are dropped; an empty message is fine.
-        let m = PexMessage::decode(b"d5:added6:\x01\x02\x03\x04\x00\x017:added.f1:\x92e", 50)
-            .unwrap();
+        let m =
+            PexMessage::decode(b"d5:added6:\x01\x02\x03\x04\x00\x017:added.f1:\x92e", 50).unwrap();
         assert_eq!(m.added[0].1, 0x12);
         assert!(PexMessage::decode(b"de", 50).unwrap().is_empty());
     }

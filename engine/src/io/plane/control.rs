@@ -78,6 +78,11 @@ pub struct Dialer {
 }
 
 impl Dialer {
+    /// A dialer over `shared` (for a worker: peers learned by peer exchange).
+    pub(super) fn new(shared: Arc<Shared>) -> Dialer {
+        Dialer { shared }
+    }
+
     /// The DHT nodes peers told us of (BEP 5 `port`) since the last call:
     /// the DHT pings them, one way to join it.
     pub fn take_dht_nodes(&self) -> Vec<SocketAddr> {
@@ -264,6 +269,7 @@ impl Plane {
             wake_fds,
             dial_queues: (0..workers).map(|_| Mutex::default()).collect(),
             checked: (0..workers).map(|_| Mutex::default()).collect(),
+            pex_views: (0..workers).map(|_| Mutex::default()).collect(),
             dht_nodes: Mutex::default(),
         });
         shared.limits.set_cap(config.connection_cap());
@@ -282,7 +288,11 @@ impl Plane {
             listeners.push(OwnedFd::from(socket));
         }
 
-        let config = Arc::new(PlaneConfig { workers, ..config });
+        let mut config = PlaneConfig { workers, ..config };
+        // Sent as `p` in extension handshakes: peers pass our address on
+        // (ut_pex) only when we dialed them if they know our port.
+        config.session.listen_port = Some(addr.port());
+        let config = Arc::new(config);
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         // Built first so that any early return below stops (via `Drop`) the
@@ -450,7 +460,8 @@ impl Plane {
     /// Applies new settings live: limits, slots, timeouts. The listen
     /// address, the number of workers and the ring size cannot change
     /// without a restart and keep their old values.
-    pub fn reconfigure(&self, config: PlaneConfig) {
+    pub fn reconfigure(&self, mut config: PlaneConfig) {
+        config.session.listen_port = Some(self.local_addr.port());
         let config = Arc::new(PlaneConfig {
             listen: self.local_addr,
             workers: self.shared.messages.len(),

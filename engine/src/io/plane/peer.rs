@@ -19,9 +19,11 @@ use crate::policy::choker::Candidate;
 use crate::policy::download::CompletePiece;
 use crate::policy::metadata::{MetadataFetcher, MAX_METADATA_SIZE};
 use crate::policy::peer_session::{Event, PeerSession, SessionEnd, TorrentView};
+use crate::policy::pex::{OurAddress, PexEntry, PexPeer, Received as PexReceived};
 use crate::policy::picker::PeerKey;
 use crate::policy::rate_limit::TokenBucket;
 use crate::proto::info_hash::InfoHash;
+use crate::proto::pex::{FLAG_REACHABLE, FLAG_SEED};
 use crate::proto::wire::{self, BlockRequest, Handshake, Reserved};
 use crate::rng::next_below;
 use crate::stats::StatsDelta;
@@ -130,6 +132,8 @@ pub struct Received {
     /// Where the peer's DHT node listens (BEP 5 `port`), for the DHT to
     /// ping.
     pub dht_node: Option<std::net::SocketAddr>,
+    /// Peers it told us of (ut_pex), filtered, to dial for its torrent.
+    pub exchanged: Option<(InfoHash, Vec<SocketAddr>)>,
 }
 
 /// A handshake that completed.
@@ -235,6 +239,9 @@ impl TorrentView for View<'_> {
     fn info_bytes(&self) -> &[u8] {
         &self.0.metainfo.info_bytes
     }
+    fn private(&self) -> bool {
+        self.0.metainfo.info.private
+    }
     fn have_piece(&self, piece: u32) -> bool {
         self.0.have_piece(piece)
     }
@@ -286,6 +293,10 @@ pub struct PeerConnection {
     /// failure reported, or it was turned away as one too many), so its
     /// close is not reported as a failure.
     fetch_failure_reported: bool,
+    /// Peer exchange with it (BEP 11).
+    pex: PexPeer,
+    /// ut_pex messages sent and not yet counted by the worker.
+    pex_sent: u64,
 }
 
 impl PeerConnection {
@@ -306,12 +317,40 @@ impl PeerConnection {
             choke_changed: now,
             prefetched: None,
             fetch_failure_reported: false,
+            pex: PexPeer::default(),
+            pex_sent: 0,
         }
     }
 
     /// The peer's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What peer exchange tells others of this peer, once its handshake is
+    /// done: its torrent, and its listen address (the one we dialed, or its
+    /// IP with the port of its extension handshake: without one an incoming
+    /// peer is not passed on) with the seed and reachable flags.
+    pub fn pex_entry(&self) -> Option<(InfoHash, PexEntry)> {
+        let Phase::Active { torrent, session } = &self.phase else {
+            return None;
+        };
+        let (listen, mut flags) = match self.outgoing {
+            Some(_) => (self.addr, FLAG_REACHABLE),
+            None => (
+                SocketAddr::new(self.addr.ip(), session.peer_listen_port()?),
+                0,
+            ),
+        };
+        if session.peer_is_seed() {
+            flags |= FLAG_SEED;
+        }
+        Some((torrent.metainfo.info_hash, (listen, flags)))
+    }
+
+    /// ut_pex messages sent since the last call.
+    pub fn take_pex_sent(&mut self) -> u64 {
+        std::mem::take(&mut self.pex_sent)
     }
 
     /// The torrent we dialed the peer for, if we did.
@@ -445,6 +484,25 @@ impl PeerConnection {
                 Ok(Some((msg, used))) => {
                     match session.on_message(msg, &View(torrent)) {
                         Ok(Event::None | Event::MayRequest) => {}
+                        Ok(Event::PeerExchange(message)) => {
+                            env.tally.worker.pex_received += 1;
+                            let ours = OurAddress {
+                                port: env.config.session.listen_port.unwrap_or(0),
+                                seen_as: session.seen_as().into_iter().collect(),
+                            };
+                            match self.pex.incoming(now, &message, self.addr, &ours) {
+                                PexReceived::Dial(peers) => {
+                                    let h = torrent.metainfo.info_hash;
+                                    let list = &mut out.exchanged.get_or_insert((h, Vec::new())).1;
+                                    list.extend(peers);
+                                }
+                                PexReceived::Ignored => env.tally.worker.pex_ignored += 1,
+                                PexReceived::Flood => {
+                                    out.close = Some(CloseReason::Violation);
+                                    break;
+                                }
+                            }
+                        }
                         Ok(event) => {
                             let received =
                                 glue(torrent, session, event, peer, ip, now, &mut complete);
@@ -705,13 +763,15 @@ impl PeerConnection {
 
     /// Once a second: whether to close it (handshake or connect too slow,
     /// silent, torrent errored), and whether it has something new to send
-    /// (a keep-alive, requests moved away from a snubbing peer).
+    /// (a keep-alive, requests moved away from a snubbing peer, a ut_pex
+    /// message about the torrent's peers in `pex_views`).
     pub fn housekeeping(
         &mut self,
         now: Duration,
         elapsed: Duration,
         connecting: bool,
         config: &PlaneConfig,
+        pex_views: &HashMap<InfoHash, Vec<PexEntry>>,
     ) -> (Option<CloseReason>, bool) {
         let silent = now.saturating_sub(self.last_heard);
         let peer = self.key;
@@ -747,6 +807,17 @@ impl PeerConnection {
             Phase::Active { .. } if silent >= IDLE_TIMEOUT => (Some(CloseReason::Idle), false),
             Phase::Active { session, torrent } => {
                 let mut send = false;
+                if session.peer_takes_pex() {
+                    self.pex.enable(now);
+                    let view = pex_views
+                        .get(&torrent.metainfo.info_hash)
+                        .map_or(&[][..], Vec::as_slice);
+                    if let Some(message) = self.pex.outgoing(now, self.addr, view) {
+                        session.send_pex(&message);
+                        self.pex_sent += 1;
+                        send = true;
+                    }
+                }
                 if session.is_leeching() {
                     session.tick(elapsed);
                     let lost = session.check_snub(now, config.request_timeout);
@@ -998,7 +1069,7 @@ fn glue(
             }
             0
         }
-        Event::None | Event::MayRequest => 0,
+        Event::None | Event::MayRequest | Event::PeerExchange(_) => 0,
     }
 }
 

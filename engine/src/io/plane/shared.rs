@@ -17,6 +17,7 @@ use crate::io::storage::Torrent;
 use crate::policy::choker::ChokerConfig;
 use crate::policy::download::CompletePiece;
 use crate::policy::peer_session::SessionConfig;
+use crate::policy::pex::PexEntry;
 use crate::proto::info_hash::InfoHash;
 use crate::stats::Counters;
 
@@ -476,6 +477,9 @@ pub struct Shared {
     pub dial_queues: Vec<Mutex<Vec<(InfoHash, SocketAddr)>>>,
     /// Pieces checked for worker *i* (once per piece, never per block).
     pub checked: Vec<Mutex<Vec<Checked>>>,
+    /// The peers worker *i* is connected to, per torrent, as peer exchange
+    /// tells of them (at most [`MAX_TOLD`](crate::policy::pex::MAX_TOLD) each); published once a second.
+    pub pex_views: Vec<Mutex<HashMap<InfoHash, Vec<PexEntry>>>>,
     /// DHT nodes peers told us of (BEP 5 `port`), for the DHT to ping; at
     /// most [`MAX_DHT_NODES_QUEUED`].
     pub(super) dht_nodes: Mutex<Vec<SocketAddr>>,

@@ -35,7 +35,7 @@
 //!    `have` to its peers at its next tick. A bad piece is fetched again
 //!    and its senders are remembered (see `policy::download`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -46,8 +46,9 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::conn::{Conn, Dial};
+use super::control::Dialer;
 use super::peer::{our_reserved, CloseReason, Env, LeechNews, PeerConnection, SendRoom, Tally};
-use super::transport::{self, mse_methods, Arrived, Inbound, Transport};
+use super::transport::{self, mse_methods, Arrived, Inbound, Transport, TransportKind};
 use super::{Backend, Completion, Op, UserData};
 use crate::io::net::peer_addr;
 use crate::io::plane::shared::{
@@ -56,9 +57,11 @@ use crate::io::plane::shared::{
 use crate::io::storage::{FileSegment, Torrent};
 use crate::policy::choker::{Choker, LeechChoker};
 use crate::policy::download::CompletePiece;
+use crate::policy::pex::{PexEntry, MAX_TOLD};
 use crate::policy::picker::PeerKey;
 use crate::policy::rate_limit::{worker_share, TokenBucket};
 use crate::proto::info_hash::InfoHash;
+use crate::proto::pex::FLAG_ENCRYPTION;
 use crate::rng;
 
 /// The `Env` a connection borrows from worker `$w` for one call: a macro,
@@ -207,6 +210,12 @@ pub struct Worker<B: Backend> {
     /// Dials that failed before the peer's handshake, to try once more the
     /// other way (plain text or MSE): (torrent, peer, encrypted).
     redials: Vec<(InfoHash, SocketAddr, bool)>,
+    /// Peers learned through peer exchange, per torrent (at most
+    /// [`MAX_TOLD`] each), so that no one source fills the dial queue and
+    /// no peer is dialed twice for it.
+    exchanged: HashMap<InfoHash, HashSet<SocketAddr>>,
+    /// Hands peers learned through peer exchange to the workers.
+    dialer: Dialer,
     messages: crossbeam_channel::Receiver<WorkerMessage>,
     /// Whether the upload bucket refused a send since the last housekeeping.
     rate_wanted: bool,
@@ -267,6 +276,8 @@ impl<B: Backend> Worker<B> {
                 .map(|h| (transport::skey_of(h), *h))
                 .collect(),
             redials: Vec::new(),
+            exchanged: HashMap::new(),
+            dialer: Dialer::new(Arc::clone(&shared)),
             torrents,
             fetching: HashMap::new(),
             messages,
@@ -860,6 +871,9 @@ impl<B: Backend> Worker<B> {
         if let Some(node) = received.dht_node {
             self.shared.dht_node_heard(node);
         }
+        if let Some((info_hash, peers)) = &received.exchanged {
+            self.dial_exchanged(*info_hash, peers);
+        }
         let conn = &mut self.conns[key];
         let need = match &received.joined {
             Some(j) if j.leeching => received.need.max(DOWNLOAD_RECV_BUF),
@@ -1434,8 +1448,61 @@ impl<B: Backend> Worker<B> {
             .set_rate(worker_share(rate, self.config.workers, wanting, wanted));
     }
 
+    /// Dials peers a peer told us of: those new to this worker for the
+    /// torrent, up to [`MAX_TOLD`] per torrent.
+    fn dial_exchanged(&mut self, info_hash: InfoHash, peers: &[SocketAddr]) {
+        if !self.torrents.contains_key(&info_hash) {
+            return;
+        }
+        let known = self.exchanged.entry(info_hash).or_default();
+        let fresh: Vec<SocketAddr> = peers
+            .iter()
+            .filter(|p| known.len() < MAX_TOLD && known.insert(**p))
+            .copied()
+            .collect();
+        self.tally.worker.pex_peers_dialed += fresh.len() as u64;
+        self.dialer.dial(info_hash, &fresh);
+    }
+
+    /// What peer exchange tells of this worker's peers, published for the
+    /// other workers; returns the union of every worker's, per torrent.
+    fn exchange_views(&mut self) -> HashMap<InfoHash, Vec<PexEntry>> {
+        let mut mine: HashMap<InfoHash, Vec<PexEntry>> = HashMap::new();
+        for (_, c) in self.conns.iter().filter(|(_, c)| !c.closing) {
+            let Some((info_hash, (addr, mut flags))) = c.peer.pex_entry() else {
+                continue;
+            };
+            if matches!(
+                c.transport.kind(),
+                Some(TransportKind::MsePlaintext | TransportKind::MseRc4)
+            ) {
+                flags |= FLAG_ENCRYPTION;
+            }
+            let entries = mine.entry(info_hash).or_default();
+            if entries.len() < MAX_TOLD {
+                entries.push((addr, flags));
+            }
+        }
+        *self.shared.pex_views[self.index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = mine.clone();
+        for (index, view) in self.shared.pex_views.iter().enumerate() {
+            if index == self.index {
+                continue;
+            }
+            let view = view.lock().unwrap_or_else(|e| e.into_inner());
+            for (info_hash, entries) in view.iter() {
+                let all = mine.entry(*info_hash).or_default();
+                all.extend(entries.iter().take(MAX_TOLD.saturating_sub(all.len())));
+            }
+        }
+        mine
+    }
+
     fn housekeeping(&mut self, now: Duration) {
         self.rebalance_rate();
+        let pex_views = self.exchange_views();
+        self.exchanged.retain(|h, _| self.torrents.contains_key(h));
         self.fill_free_seed_slots(now);
         if self.burst.should_purge(self.conns.len()) {
             // A burst of connections is over: give its memory back.
@@ -1463,9 +1530,14 @@ impl<B: Backend> Worker<B> {
             if !conn.send.in_flight && !conn.send.reading && conn.send.copy.capacity() > 0 {
                 conn.send.release_copy();
             }
-            let (close, send) =
-                conn.peer
-                    .housekeeping(now, elapsed, conn.connect_in_flight, &self.config);
+            let (close, send) = conn.peer.housekeeping(
+                now,
+                elapsed,
+                conn.connect_in_flight,
+                &self.config,
+                &pex_views,
+            );
+            self.tally.worker.pex_sent += conn.peer.take_pex_sent();
             if let Some(reason) = close {
                 to_close.push((key, reason));
             } else if send {

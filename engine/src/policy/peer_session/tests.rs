@@ -50,6 +50,7 @@ fn config() -> SessionConfig {
         client_name: "test".into(),
         listen_port: Some(6881),
         dht_port: None,
+        pex: true,
     }
 }
 
@@ -102,6 +103,115 @@ fn extension_handshake_advertises_reqq_metadata_size_and_yourip() {
     assert_eq!(hs.metadata_size, Some(20_000));
     assert_eq!(hs.your_ip, Some(ip));
     assert_eq!(hs.listen_port, Some(6881));
+}
+
+/// A torrent like `torrent()`, private (BEP 27).
+struct PrivateTorrent(FakeTorrent);
+
+impl TorrentView for PrivateTorrent {
+    fn num_pieces(&self) -> u32 {
+        self.0.num_pieces()
+    }
+    fn piece_len(&self, piece: u32) -> u32 {
+        self.0.piece_len(piece)
+    }
+    fn info_bytes(&self) -> &[u8] {
+        self.0.info_bytes()
+    }
+    fn private(&self) -> bool {
+        true
+    }
+}
+
+fn their_extension_handshake(extensions: &[(&str, u8)]) -> Vec<u8> {
+    let hs = ExtensionHandshake {
+        extensions: extensions
+            .iter()
+            .map(|(n, id)| ((*n).to_owned(), *id))
+            .collect(),
+        listen_port: Some(51413),
+        ..Default::default()
+    };
+    let mut payload = Vec::new();
+    hs.encode(&mut payload);
+    payload
+}
+
+#[test]
+fn peer_exchange_with_public_torrents_only() {
+    let t = torrent();
+    let mut s = PeerSession::new(&handshake(true, true), None, &t, config());
+    let Message::Extended { payload, .. } = sent(&mut s)[0] else {
+        panic!()
+    };
+    let ours = ExtensionHandshake::decode(payload).unwrap();
+    assert_eq!(ours.id_of(UT_PEX), Some(OUR_UT_PEX_ID));
+    // The peer's ut_pex id is where our messages go.
+    let theirs = their_extension_handshake(&[(UT_PEX, 9)]);
+    s.on_message(
+        Message::Extended {
+            id: 0,
+            payload: &theirs,
+        },
+        &t,
+    )
+    .unwrap();
+    assert!(s.peer_takes_pex());
+    assert_eq!(s.peer_listen_port(), Some(51413));
+    let message = PexMessage {
+        added: vec![("1.2.3.4:5".parse().unwrap(), 0)],
+        dropped: vec![],
+    };
+    s.send_pex(&message);
+    let Message::Extended { id: 9, payload } = sent(&mut s)[0] else {
+        panic!("not a ut_pex message")
+    };
+    assert_eq!(PexMessage::decode(payload, 50).unwrap(), message);
+    // Theirs, with our id, comes out as an event.
+    let mut bytes = Vec::new();
+    message.encode(&mut bytes);
+    let event = s
+        .on_message(
+            Message::Extended {
+                id: OUR_UT_PEX_ID,
+                payload: &bytes,
+            },
+            &t,
+        )
+        .unwrap();
+    assert!(matches!(event, Event::PeerExchange(m) if m == message));
+
+    // Private: not advertised, not sent, not taken.
+    let private = PrivateTorrent(torrent());
+    let mut s = PeerSession::new(&handshake(true, true), None, &private, config());
+    let Message::Extended { payload, .. } = sent(&mut s)[0] else {
+        panic!()
+    };
+    assert_eq!(
+        ExtensionHandshake::decode(payload).unwrap().id_of(UT_PEX),
+        None
+    );
+    s.on_message(
+        Message::Extended {
+            id: 0,
+            payload: &theirs,
+        },
+        &private,
+    )
+    .unwrap();
+    assert!(!s.peer_takes_pex());
+    s.send_pex(&message);
+    assert!(sent(&mut s).is_empty());
+    let event = s
+        .on_message(
+            Message::Extended {
+                id: OUR_UT_PEX_ID,
+                payload: &bytes,
+            },
+            &private,
+        )
+        .unwrap();
+    assert!(matches!(event, Event::None));
 }
 
 #[test]

@@ -287,7 +287,13 @@ fn a_silent_handshake_times_out_and_an_idle_peer_gets_a_keep_alive() {
     let mut f = Fixture::new();
     let config = PlaneConfig::default();
     let mut conn = incoming();
-    let (close, _) = conn.housekeeping(Duration::from_secs(21), Duration::ZERO, false, &config);
+    let (close, _) = conn.housekeeping(
+        Duration::from_secs(21),
+        Duration::ZERO,
+        false,
+        &config,
+        &HashMap::new(),
+    );
     assert_eq!(close, Some(CloseReason::Idle));
 
     let mut conn = incoming();
@@ -298,6 +304,7 @@ fn a_silent_handshake_times_out_and_an_idle_peer_gets_a_keep_alive() {
         Duration::from_secs(1),
         false,
         &config,
+        &HashMap::new(),
     );
     assert_eq!(close, None);
     assert!(send, "a keep-alive is due");
@@ -411,11 +418,22 @@ fn the_handshake_deadline_counts_from_the_start_not_from_the_last_byte() {
         let part = &hs[..second as usize / 5];
         let r = conn.receive(part, &mut env, 0, &check);
         assert!(r.close.is_none() && r.joined.is_none());
-        let (close, _) =
-            conn.housekeeping(Duration::from_secs(second), Duration::ZERO, false, &config);
+        let (close, _) = conn.housekeeping(
+            Duration::from_secs(second),
+            Duration::ZERO,
+            false,
+            &config,
+            &HashMap::new(),
+        );
         assert_eq!(close, None, "at {second} s");
     }
-    let (close, _) = conn.housekeeping(Duration::from_secs(20), Duration::ZERO, false, &config);
+    let (close, _) = conn.housekeeping(
+        Duration::from_secs(20),
+        Duration::ZERO,
+        false,
+        &config,
+        &HashMap::new(),
+    );
     assert_eq!(close, Some(CloseReason::Idle), "20 s after it started");
 }
 
