@@ -2,7 +2,7 @@
 """libtorrent-rasterbar as a reference seeder for ringseed's benchmarks.
 
     lt_seed.py FILE.torrent SAVE_DIR --listen IP:PORT
-               [--encryption default|rc4|plaintext]
+               [--encryption default|rc4|plaintext] [--upload-limit BYTES_PER_S]
 
 Seeds with libtorrent's high_performance_seed settings (DHT, LSD, UPnP,
 NAT-PMP and uTP off), prints "ready" once it is seeding, and runs until
@@ -26,11 +26,19 @@ def main():
     ap.add_argument("save_dir")
     ap.add_argument("--listen", required=True)
     ap.add_argument("--encryption", choices=ENCRYPTION, default="default")
+    ap.add_argument("--upload-limit", type=int, default=0)
     args = ap.parse_args()
 
     ses = loopback_session(
         args.listen, base=lt.high_performance_seed(), **ENCRYPTION[args.encryption]
     )
+    if args.upload_limit:
+        # Loopback peers are in libtorrent's local peer class, which the
+        # session's upload_rate_limit does not cover.
+        local = lt.session.local_peer_class_id
+        pc = ses.get_peer_class(local)
+        pc["upload_limit"] = args.upload_limit
+        ses.set_peer_class(local, pc)
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(args.torrent)
     params.save_path = args.save_dir
