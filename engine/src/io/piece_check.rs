@@ -1,7 +1,8 @@
 //! Hashing of downloaded pieces, off the network path: a worker that
-//! completes a piece hands it to this pool and goes on; the verdict comes
-//! back to that worker (its queue, then a wake-up), which writes a good
-//! piece through its ring or has a bad one fetched again.
+//! completes a piece hands it to this pool and goes on; the verdict goes
+//! to the worker that writes the torrent (its queue, then a wake-up),
+//! which writes a good piece through its ring or has a bad one fetched
+//! again.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -29,15 +30,11 @@ pub fn spawn(threads: usize, jobs: Receiver<CheckJob>, shared: Arc<Shared>) -> V
                             .pieces
                             .get(job.piece.piece as usize);
                         let good = expected == Some(&sha1(&job.piece.data));
-                        shared.checked[job.worker]
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(Checked {
-                                torrent: job.torrent,
-                                piece: job.piece,
-                                good,
-                            });
-                        shared.wake(job.worker);
+                        shared.hand_checked(Checked {
+                            torrent: job.torrent,
+                            piece: job.piece,
+                            good,
+                        });
                     }
                 })
                 .ok()

@@ -133,17 +133,11 @@ pub struct PieceSink {
 impl PieceSink {
     /// `piece` of `torrent`, whose hash check gave `good`.
     pub fn deliver(&self, torrent: Arc<Torrent>, piece: CompletePiece, good: bool) {
-        // Spread over the workers by piece, so that writes share the rings.
-        let worker = piece.piece as usize % self.shared.checked.len();
-        self.shared.checked[worker]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Checked {
-                torrent,
-                piece,
-                good,
-            });
-        self.shared.wake(worker);
+        self.shared.hand_checked(Checked {
+            torrent,
+            piece,
+            good,
+        });
     }
 }
 

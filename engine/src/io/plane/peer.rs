@@ -532,7 +532,6 @@ impl PeerConnection {
             let job = CheckJob {
                 torrent: Arc::clone(torrent),
                 piece,
-                worker: env.worker,
             };
             // The pool lives as long as any worker.
             let _ = check.send(job);
