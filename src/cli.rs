@@ -11,6 +11,7 @@ use ringseed_engine::io::plane::control::PlaneConfig;
 use ringseed_engine::io::plane::transport::Encryption;
 use ringseed_engine::io::plane::IoMode;
 use ringseed_engine::io::webseed::WebSeedConfig;
+use ringseed_engine::policy::peer_session::SessionConfig;
 
 /// Exit statuses that scripts can rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -643,6 +644,10 @@ pub struct PlaneArgs {
     /// take plain text after the handshake (which keeps zero-copy sends).
     #[arg(long, env = "RINGSEED_ENCRYPT_PAYLOAD")]
     pub encrypt_payload: bool,
+    /// No peer exchange (BEP 11 ut_pex): neither tell peers of other peers
+    /// nor dial the peers they tell of. Private torrents never exchange.
+    #[arg(long, env = "RINGSEED_NO_PEX")]
+    pub no_pex: bool,
 }
 
 impl PlaneArgs {
@@ -656,6 +661,10 @@ impl PlaneArgs {
             io: self.io,
             encryption: self.encryption,
             encrypt_payload: self.encrypt_payload,
+            session: SessionConfig {
+                pex: !self.no_pex,
+                ..defaults.session
+            },
             ..defaults
         }
     }

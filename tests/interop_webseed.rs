@@ -19,8 +19,9 @@ const PIECE: usize = 64 << 10;
 
 /// Local mirrors: one nginx with a server per behaviour, on free ports.
 struct Mirrors {
-    dir: tempfile::TempDir,
+    // Fields drop in order: nginx stops before its directory goes.
     _nginx: Stopper,
+    dir: tempfile::TempDir,
     /// `http://127.0.0.1:PORT` of each server.
     good: String,
     tls: String,

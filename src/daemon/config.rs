@@ -33,6 +33,8 @@ pub struct Config {
     pub encryption: String,
     /// With MSE, encrypt the whole stream (RC4), never only the handshake.
     pub encrypt_payload: bool,
+    /// Peer exchange (BEP 11) for public torrents.
+    pub pex: bool,
     /// Where resume data and made torrents live; empty: `$STATE_DIRECTORY`,
     /// else the user's state directory.
     pub state_dir: PathBuf,
@@ -186,6 +188,7 @@ impl Default for Config {
             io: "auto".into(),
             encryption: "allow".into(),
             encrypt_payload: false,
+            pex: true,
             state_dir: PathBuf::new(),
             metrics: "127.0.0.1:9881".into(),
             control_socket: PathBuf::new(),
@@ -537,6 +540,7 @@ mod tests {
             "io",
             "encryption",
             "encrypt_payload",
+            "pex",
             "state_dir",
             "metrics",
             "control_socket",

@@ -30,6 +30,7 @@ use ringseed_engine::io::hasher::thread_count;
 use ringseed_engine::io::plane::control::PlaneConfig;
 use ringseed_engine::io::storage::Torrent;
 use ringseed_engine::io::tracker_server::{TrackerConfig, TrackerServer};
+use ringseed_engine::policy::peer_session::SessionConfig as PeerSessionConfig;
 use ringseed_engine::session::{Session, SessionConfig};
 use ringseed_engine::{InfoHash, MagnetLink, Metainfo};
 use serde::{Deserialize, Serialize};
@@ -204,6 +205,10 @@ fn plane_config(config: &Config) -> PlaneConfig {
         io: config.io_mode().unwrap_or_default(),
         encryption: config.encryption_policy().unwrap_or_default(),
         encrypt_payload: config.encrypt_payload,
+        session: PeerSessionConfig {
+            pex: config.pex,
+            ..defaults.session.clone()
+        },
         upload_slots: config.limits.upload_slots,
         max_upload_rate: config.limits.max_upload_rate,
         max_connections: config.limits.max_connections,

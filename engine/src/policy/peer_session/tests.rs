@@ -181,9 +181,25 @@ fn peer_exchange_with_public_torrents_only() {
         .unwrap();
     assert!(matches!(event, Event::PeerExchange(m) if m == message));
 
-    // Private: not advertised, not sent, not taken.
-    let private = PrivateTorrent(torrent());
-    let mut s = PeerSession::new(&handshake(true, true), None, &private, config());
+    // Private (BEP 27), or peer exchange turned off: not advertised, not
+    // sent, not taken.
+    exchanges_nothing(&PrivateTorrent(torrent()), config(), &theirs, &message);
+    let off = SessionConfig {
+        pex: false,
+        ..config()
+    };
+    exchanges_nothing(&t, off, &theirs, &message);
+}
+
+/// A session for `torrent` with `config` neither advertises ut_pex nor
+/// sends nor takes a PEX message, though the peer (`theirs`) offers it.
+fn exchanges_nothing(
+    torrent: &dyn TorrentView,
+    config: SessionConfig,
+    theirs: &[u8],
+    message: &PexMessage,
+) {
+    let mut s = PeerSession::new(&handshake(true, true), None, torrent, config);
     let Message::Extended { payload, .. } = sent(&mut s)[0] else {
         panic!()
     };
@@ -194,21 +210,23 @@ fn peer_exchange_with_public_torrents_only() {
     s.on_message(
         Message::Extended {
             id: 0,
-            payload: &theirs,
+            payload: theirs,
         },
-        &private,
+        torrent,
     )
     .unwrap();
     assert!(!s.peer_takes_pex());
-    s.send_pex(&message);
+    s.send_pex(message);
     assert!(sent(&mut s).is_empty());
+    let mut bytes = Vec::new();
+    message.encode(&mut bytes);
     let event = s
         .on_message(
             Message::Extended {
                 id: OUR_UT_PEX_ID,
                 payload: &bytes,
             },
-            &private,
+            torrent,
         )
         .unwrap();
     assert!(matches!(event, Event::None));
