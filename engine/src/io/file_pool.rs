@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -38,6 +38,10 @@ pub enum Access {
     Read,
     /// Read and write (downloads); the file must exist.
     Write,
+    /// Write past the page cache (`O_DIRECT`): whole aligned blocks from
+    /// aligned memory (a downloaded piece, see `PieceBuf`). Kept apart from
+    /// the file's other descriptor, which it does not replace.
+    Direct,
 }
 
 /// Which file a path must still be: device and inode, as when it was
@@ -91,7 +95,8 @@ pub struct FilePool {
 
 #[derive(Default)]
 struct Inner {
-    open: HashMap<FileKey, Entry>,
+    /// By file, and whether opened for [`Access::Direct`].
+    open: HashMap<(FileKey, bool), Entry>,
     clock: u64,
     opened: u64,
 }
@@ -125,7 +130,7 @@ impl FilePool {
             let mut inner = self.lock();
             inner.clock += 1;
             let now = inner.clock;
-            if let Some(e) = inner.open.get_mut(&key) {
+            if let Some(e) = inner.open.get_mut(&(key, access == Access::Direct)) {
                 if e.access == access || access == Access::Read {
                     e.last_use = now;
                     return Ok(Arc::clone(&e.fd));
@@ -136,6 +141,10 @@ impl FilePool {
         let file = match access {
             Access::Read => File::open(path),
             Access::Write => OpenOptions::new().read(true).write(true).open(path),
+            Access::Direct => OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path),
         };
         let file = file.map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound && identity.is_some() {
@@ -159,7 +168,8 @@ impl FilePool {
         let fd = Arc::new(file);
         let mut inner = self.lock();
         inner.opened += 1;
-        if inner.open.len() >= self.capacity && !inner.open.contains_key(&key) {
+        let slot = (key, access == Access::Direct);
+        if inner.open.len() >= self.capacity && !inner.open.contains_key(&slot) {
             if let Some(oldest) = inner
                 .open
                 .iter()
@@ -171,7 +181,7 @@ impl FilePool {
         }
         let now = inner.clock;
         inner.open.insert(
-            key,
+            slot,
             Entry {
                 fd: Arc::clone(&fd),
                 access,
@@ -183,7 +193,7 @@ impl FilePool {
 
     /// Closes the pool's descriptors of `owner` (a torrent going away).
     pub fn forget_owner(&self, owner: u64) {
-        self.lock().open.retain(|(o, _), _| *o != owner);
+        self.lock().open.retain(|((o, _), _), _| *o != owner);
     }
 
     /// Descriptors open in the pool now.

@@ -41,6 +41,7 @@ use crate::io::file_pool::{self, Access, FilePool, Identity, PoolError};
 use crate::io::files::DataPaths;
 use crate::policy::bitfield::Bitfield;
 use crate::policy::download::{Download, DownloadConfig};
+use crate::policy::piece_buf::PieceBuf;
 use crate::proto::layout::Layout;
 use crate::proto::metainfo::Metainfo;
 use crate::proto::wire::{BlockRequest, MAX_REQUEST_LEN};
@@ -239,6 +240,9 @@ struct DownloadState {
     all: AtomicBool,
     /// Bumped when an address is banned, so workers look for its peers.
     ban_epoch: AtomicU64,
+    /// Aligned pieces are written with `O_DIRECT`; cleared for good when
+    /// the filesystem refuses it.
+    direct_writes: AtomicBool,
 }
 
 impl std::fmt::Debug for Torrent {
@@ -404,6 +408,7 @@ impl Torrent {
             complete: AtomicBool::new(complete),
             all: AtomicBool::new(all),
             ban_epoch: AtomicU64::new(0),
+            direct_writes: AtomicBool::new(true),
         };
         Ok(Torrent::new(metainfo, layout, files, Some(download)))
     }
@@ -524,6 +529,53 @@ impl Torrent {
     /// it until the segment's op completes.
     pub fn segment_file(&self, segment: &FileSegment) -> Result<Arc<File>, String> {
         self.descriptor(segment.file)
+    }
+
+    /// A descriptor to write `segment` of `piece` with `O_DIRECT`, straight
+    /// from the piece's memory to the disk, when its place in its file and
+    /// its length are aligned (the piece's buffer is) and the filesystem
+    /// takes it; `None`: write it through the page cache
+    /// ([`Torrent::segment_file`]). Buffered writes cost a copy into the
+    /// page cache, the largest CPU cost of a download (docs/BENCHMARKS.md).
+    pub fn segment_file_direct(
+        &self,
+        segment: &FileSegment,
+        piece: &PieceBuf,
+    ) -> Option<Arc<File>> {
+        const ALIGN: u64 = PieceBuf::ALIGN as u64;
+        let aligned = (piece.as_ptr() as u64 + segment.at as u64) % ALIGN == 0
+            && segment.file_offset % ALIGN == 0
+            && segment.len as u64 % ALIGN == 0;
+        let d = self.download.as_ref()?;
+        if !aligned || !d.direct_writes.load(Ordering::Relaxed) {
+            return None;
+        }
+        let f = self.files[segment.file].as_ref()?;
+        let key = (self.owner, segment.file as u32);
+        match FilePool::global().get(key, &f.path, Access::Direct, Some(f.identity)) {
+            Ok(file) => Some(file),
+            Err(PoolError::Open { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                self.no_direct_writes(&source);
+                None
+            }
+            // Anything else (the file gone, out of descriptors) shows again
+            // on the buffered path, which reports it.
+            Err(_) => None,
+        }
+    }
+
+    /// The filesystem refused a direct write (`EINVAL`: no `O_DIRECT`, or
+    /// an alignment it does not take): every later write of this torrent
+    /// goes through the page cache.
+    pub fn no_direct_writes(&self, why: &io::Error) {
+        if let Some(d) = &self.download {
+            if d.direct_writes.swap(false, Ordering::Relaxed) {
+                tracing::debug!(
+                    "torrent {}: writes go through the page cache: O_DIRECT refused ({why})",
+                    self.metainfo.info.name
+                );
+            }
+        }
     }
 
     /// An open descriptor of file `index`, from the pool.
@@ -907,6 +959,65 @@ mod tests {
             libc::close(fds[1]);
         }
         result
+    }
+
+    #[test]
+    fn aligned_segments_of_a_download_are_written_past_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seeded, data) = seed_torrent(dir.path(), 100_000);
+        let out = dir.path().join("out");
+        let paths = DataPaths::in_save_dir(&seeded.metainfo.info, &out);
+        let pieces = seeded.layout.num_pieces();
+        let t = Torrent::open_for_download(
+            seeded.metainfo.clone(),
+            &paths,
+            &[true],
+            Bitfield::new(pieces),
+            Bitfield::full(pieces),
+            DownloadConfig::default(),
+        )
+        .unwrap();
+        assert!(
+            seeded
+                .segment_file_direct(
+                    &seeded.piece_writes(0).unwrap()[0],
+                    &PieceBuf::zeroed(32768)
+                )
+                .is_none(),
+            "a seeded torrent writes nothing"
+        );
+        // Piece 1: 32 KiB at offset 32 KiB, all aligned.
+        let segment = &t.piece_writes(1).unwrap()[0];
+        let piece = PieceBuf::copy_of(&data[32768..65536]);
+        let file = t.segment_file_direct(segment, &piece);
+        // The test's filesystem may refuse O_DIRECT (tmpfs before 6.6):
+        // then the torrent says so and writes through the page cache.
+        let Some(file) = file else {
+            assert!(!t
+                .download
+                .as_ref()
+                .unwrap()
+                .direct_writes
+                .load(Ordering::Relaxed));
+            return;
+        };
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(&piece, segment.file_offset).unwrap();
+        let written = std::fs::read(&paths.files[0]).unwrap();
+        assert_eq!(&written[32768..65536], &data[32768..65536]);
+        // The last piece (100,000 - 98,304 bytes) is not a multiple of 4 KiB.
+        let last = &t.piece_writes(pieces - 1).unwrap()[0];
+        assert!(t
+            .segment_file_direct(last, &PieceBuf::zeroed(last.len))
+            .is_none());
+        // Nor is a segment that starts inside a piece at an odd place.
+        let odd = FileSegment {
+            at: 100,
+            file_offset: 100,
+            len: 4096,
+            file: 0,
+        };
+        assert!(t.segment_file_direct(&odd, &piece).is_none());
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::io::plane::control::PieceSink;
 use crate::io::storage::Torrent;
 use crate::policy::bitfield::Bitfield;
 use crate::policy::picker::PeerKey;
+use crate::policy::piece_buf::PieceBuf;
 use crate::proto::info_hash::InfoHash;
 use crate::proto::layout::Segment;
 use crate::proto::webseed::{
@@ -664,7 +665,7 @@ struct RunReader<'a> {
     run: Range<u32>,
     /// The piece being filled, its buffer and how much of it is filled.
     piece: u32,
-    buffer: Option<Vec<u8>>,
+    buffer: Option<PieceBuf>,
     filled: usize,
 }
 

@@ -27,6 +27,7 @@ use std::net::IpAddr;
 use crate::hash::{sha1, Sha1Digest};
 use crate::policy::bitfield::Bitfield;
 use crate::policy::picker::{Arrival, PeerKey, Picker, PickerConfig, BLOCK_LEN};
+use crate::policy::piece_buf::PieceBuf;
 use crate::proto::wire::BlockRequest;
 
 /// Settings of a download.
@@ -86,11 +87,11 @@ pub struct CompletePiece {
     /// Its index.
     pub piece: u32,
     /// Its bytes.
-    pub data: Vec<u8>,
+    pub data: PieceBuf,
 }
 
 struct Assembly {
-    data: Vec<u8>,
+    data: PieceBuf,
     senders: Vec<Option<IpAddr>>,
 }
 
@@ -121,7 +122,7 @@ pub struct Download {
     /// Piece buffers to reuse: fresh ones cost a page fault and a zeroed
     /// page per 4 KiB, a reused one nothing (every byte is overwritten by
     /// blocks before the piece is checked).
-    spare_buffers: Vec<Vec<u8>>,
+    spare_buffers: Vec<PieceBuf>,
     /// Counters.
     pub counters: DownloadCounters,
 }
@@ -167,7 +168,7 @@ impl Download {
     }
 
     /// A piece's buffer is free again (written, or failed its check).
-    pub fn recycle(&mut self, buffer: Vec<u8>) {
+    pub fn recycle(&mut self, buffer: PieceBuf) {
         self.memory = self.memory.saturating_sub(buffer.len() as u64);
         // Full-size buffers are kept up to the memory budget, so that a
         // download touches fresh memory only while it ramps up (on a VM
@@ -237,7 +238,7 @@ impl Download {
             *memory += piece_len as u64;
             let data = match spare.pop() {
                 Some(b) if b.len() == piece_len => b,
-                _ => vec![0; piece_len],
+                _ => PieceBuf::zeroed(piece_len),
             };
             Assembly {
                 data,
@@ -277,12 +278,12 @@ impl Download {
     /// A buffer for the whole of `piece`, counted in memory until it is
     /// handed back (`on_whole_piece`, or `recycle`). Its bytes are stale:
     /// the caller writes every one.
-    pub fn take_piece_buffer(&mut self, piece: u32) -> Vec<u8> {
+    pub fn take_piece_buffer(&mut self, piece: u32) -> PieceBuf {
         let len = self.picker.piece_len(piece) as usize;
         self.memory += len as u64;
         match self.spare_buffers.pop() {
             Some(b) if b.len() == len => b,
-            _ => vec![0; len],
+            _ => PieceBuf::zeroed(len),
         }
     }
 
@@ -296,7 +297,7 @@ impl Download {
         &mut self,
         owner: PeerKey,
         piece: u32,
-        data: Vec<u8>,
+        data: PieceBuf,
     ) -> Option<CompletePiece> {
         let len = data.len() as u64;
         if self.picker.on_whole_piece(owner, piece).is_none() {
@@ -475,7 +476,7 @@ mod tests {
     }
 
     /// Blocks of piece 0, block `i` sent by `senders[i]` with `contents[i]`.
-    fn assemble(d: &mut Download, senders: [(PeerKey, u8); 2], contents: [u8; 2]) -> Vec<u8> {
+    fn assemble(d: &mut Download, senders: [(PeerKey, u8); 2], contents: [u8; 2]) -> PieceBuf {
         let all = Bitfield::full(d.picker.num_pieces());
         let mut done = None;
         for (i, (peer, addr)) in senders.into_iter().enumerate() {

@@ -12,6 +12,7 @@ pub mod metadata;
 pub mod peer_session;
 pub mod pex;
 pub mod picker;
+pub mod piece_buf;
 pub mod rate_limit;
 pub mod swarm;
 pub mod tiers;

@@ -134,6 +134,8 @@ struct PieceWrite {
     /// The file of each segment whose write is in flight, held open until
     /// it completes.
     files: Vec<Option<Arc<std::fs::File>>>,
+    /// Whether that file is open with `O_DIRECT`.
+    direct: Vec<bool>,
     /// The next segment to submit: at most [`WRITES_PER_PIECE`] are in
     /// flight, so a piece spanning 1,000 files holds a few descriptors.
     next: usize,
@@ -1225,6 +1227,7 @@ impl<B: Backend> Worker<B> {
             torrent,
             piece,
             files: vec![None; count],
+            direct: vec![false; count],
             segments,
             next: 0,
             in_flight: 0,
@@ -1249,14 +1252,31 @@ impl<B: Backend> Worker<B> {
             }
             let segment = w.next;
             w.next += 1;
-            match w.torrent.segment_file(&w.segments[segment]) {
-                Ok(file) => {
-                    w.files[segment] = Some(file);
-                    self.submit_write(key, segment);
-                }
-                Err(why) => {
-                    w.error = Some(io::Error::other(why));
-                }
+            self.open_and_submit(key, segment, true);
+        }
+    }
+
+    /// Opens the file of a piece's segment, for a direct write where
+    /// `direct_allowed` and the torrent can, and submits its write.
+    fn open_and_submit(&mut self, key: usize, segment: usize, direct_allowed: bool) {
+        let w = &mut self.writes[key];
+        let seg = &w.segments[segment];
+        let direct = direct_allowed
+            .then(|| w.torrent.segment_file_direct(seg, &w.piece.data))
+            .flatten();
+        w.direct[segment] = direct.is_some();
+        let file = match direct {
+            Some(file) => Ok(file),
+            None => w.torrent.segment_file(seg),
+        };
+        match file {
+            Ok(file) => {
+                w.files[segment] = Some(file);
+                self.submit_write(key, segment);
+            }
+            // `submit_writes` finishes the piece once nothing is in flight.
+            Err(why) => {
+                w.error.get_or_insert(io::Error::other(why));
             }
         }
     }
@@ -1290,6 +1310,15 @@ impl<B: Backend> Worker<B> {
         };
         w.in_flight -= 1;
         let len = w.segments[segment].len;
+        if result == -libc::EINVAL && w.direct[segment] && w.error.is_none() {
+            // The filesystem takes no O_DIRECT (or not this alignment):
+            // this and every later write go through the page cache.
+            w.torrent
+                .no_direct_writes(&io::Error::from_raw_os_error(libc::EINVAL));
+            self.open_and_submit(key, segment, false);
+            self.submit_writes(key);
+            return;
+        }
         if result < 0 {
             w.error.get_or_insert(io::Error::from_raw_os_error(-result));
         } else if result == 0 && len > 0 {
@@ -1302,7 +1331,9 @@ impl<B: Backend> Worker<B> {
             seg.file_offset += n as u64;
             seg.at += n;
             seg.len -= n;
-            self.submit_write(key, segment);
+            // The rest may not be aligned: written through the page cache.
+            self.open_and_submit(key, segment, false);
+            self.submit_writes(key);
             return;
         }
         w.files[segment] = None;
