@@ -286,7 +286,7 @@ mod tests {
         let mut p = PexPeer::default();
         let sender = addr("4.4.4.4:4000");
         assert_eq!(
-            p.incoming(0 * S, &message, sender, &ours),
+            p.incoming(Duration::ZERO, &message, sender, &ours),
             Received::Dial(vec![addr("1.1.1.1:1"), addr("[2001:db8::1]:3")])
         );
         assert_eq!(
@@ -299,7 +299,9 @@ mod tests {
         ));
         // A local sender may name local peers.
         let mut q = PexPeer::default();
-        let Received::Dial(peers) = q.incoming(0 * S, &message, addr("127.0.0.2:1"), &ours) else {
+        let Received::Dial(peers) =
+            q.incoming(Duration::ZERO, &message, addr("127.0.0.2:1"), &ours)
+        else {
             panic!("taken");
         };
         assert!(peers.contains(&addr("10.0.0.1:5")));

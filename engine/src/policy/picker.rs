@@ -953,7 +953,7 @@ mod tests {
         );
         assert_eq!(p.on_whole_piece(SEED, 3), None, "already delivered");
         assert_eq!(p.on_block(1, &dup[0]), None, "its piece is done");
-        assert_eq!(p.on_whole_piece(SEED, 0).is_some(), true);
+        assert!(p.on_whole_piece(SEED, 0).is_some());
         // The seed gives up on the rest: another seed, or peers, fetch it.
         p.release_run(SEED, 1..3);
         assert_eq!(p.runs, 0);
