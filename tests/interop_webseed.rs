@@ -30,6 +30,8 @@ struct Mirrors {
     liar: String,
     partial: String,
     slow: String,
+    /// 2 KiB/s: too slow to hold a run.
+    crawl: String,
 }
 
 impl Mirrors {
@@ -39,7 +41,7 @@ impl Mirrors {
     fn start(dir: tempfile::TempDir) -> Mirrors {
         require_program("nginx", "nginx");
         make_test_ca(dir.path());
-        let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..8).map(|_| free_port()).collect();
         let d = dir.path().display();
         let conf = format!(
             "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log stderr warn;
@@ -58,9 +60,18 @@ http {{
   server {{ listen 127.0.0.1:{}; root {d}/bad; }}
   server {{ listen 127.0.0.1:{}; root {d}/partial; }}
   server {{ listen 127.0.0.1:{}; root {d}/good; limit_rate 512k; }}
+  server {{ listen 127.0.0.1:{}; root {d}/good; limit_rate 2k; }}
 }}
 ",
-            ports[0], ports[1], ports[2], ports[3], ports[0], ports[4], ports[5], ports[6]
+            ports[0],
+            ports[1],
+            ports[2],
+            ports[3],
+            ports[0],
+            ports[4],
+            ports[5],
+            ports[6],
+            ports[7]
         );
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
@@ -87,6 +98,7 @@ http {{
             liar: url(4),
             partial: url(5),
             slow: url(6),
+            crawl: url(7),
             _nginx: nginx,
             dir,
         }
@@ -255,6 +267,20 @@ fn a_lying_mirror_is_dropped_and_the_download_is_still_correct() {
         "no peer is blamed for a mirror"
     );
     assert_eq!(web_seed(&out, &seeds[0])["state"], "active");
+}
+
+#[test]
+#[ignore = "needs nginx and mktorrent: run by scripts/test"]
+fn a_crawling_mirror_gives_up_its_run_to_the_others() {
+    // 2 KiB/s never trips the per-read timeout; the slow-run rule must.
+    let m = single_file_mirrors(4 << 20);
+    let crawl = format!("{}/pub/", m.crawl);
+    let seeds = [crawl.clone(), format!("{}/pub/", m.good)];
+    let torrent = mktorrent(&m, "x.iso", &seeds);
+    let out = m.download(&torrent, "x.iso", &[]);
+    let slow = web_seed(&out, &crawl);
+    assert!(errors(&slow, "slow") >= 1, "{slow:?}");
+    assert!(number(&web_seed(&out, &seeds[1]), "bytes") >= 3 << 20);
 }
 
 #[test]

@@ -50,6 +50,17 @@ const STRIKES_PER_FILE: u32 = 2;
 const FIRST_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
 
+/// A mirror must send at least `MIN_BYTES_PER_WINDOW` in every
+/// `SLOW_WINDOW` of a run, or the run is given up (cause `slow`) and its
+/// pieces go to others: a mirror trickling a byte now and then never trips
+/// the per-read timeout, and would hold its run, and the download, forever.
+const SLOW_WINDOW: Duration = Duration::from_secs(30);
+const MIN_BYTES_PER_WINDOW: u64 = 256 << 10;
+
+/// Runs of a mirror that ignores ranges (it sends whole files) are this
+/// many times the usual longest run: long, so that it streams, but bounded.
+const WHOLE_FILE_RUN_FACTOR: u64 = 4;
+
 /// How long a redirect target is used before the mirror's own URL is
 /// tried again (targets such as signed links expire).
 const REDIRECT_TTL: Duration = Duration::from_secs(600);
@@ -122,6 +133,8 @@ struct Mirror {
     connections: AtomicUsize,
     bytes: AtomicU64,
     requests: AtomicU64,
+    /// Bytes per second of its last run on any connection, 0 before one.
+    rate: AtomicU64,
 }
 
 #[derive(Default)]
@@ -242,8 +255,18 @@ impl WebSeeds {
     }
 }
 
-/// TLS that trusts the system's roots (Debian's bundle, else the built-in
-/// web PKI roots) and the certificates in `pem`.
+/// The system's CA bundle, where distributions keep it (Debian and Ubuntu,
+/// Fedora and RHEL, openSUSE, Alpine and others).
+const SYSTEM_CA_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// TLS that trusts the system's CA bundle and the certificates in `pem`.
+/// (Without extra certificates, ureq's built-in web PKI roots are used:
+/// ureq can trust either a given list or its own, not both.)
 fn tls_with_extra_roots(pem: &[u8]) -> Result<ureq::tls::TlsConfig, WebSeedError> {
     let certificates = |bytes: &[u8]| -> Vec<ureq::tls::Certificate<'static>> {
         ureq::tls::parse_pem(bytes)
@@ -257,7 +280,16 @@ fn tls_with_extra_roots(pem: &[u8]) -> Result<ureq::tls::TlsConfig, WebSeedError
     if extra.is_empty() {
         return Err(WebSeedError::NoCertificate);
     }
-    let system = std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+    let system = SYSTEM_CA_BUNDLES
+        .iter()
+        .find_map(|path| std::fs::read(path).ok())
+        .unwrap_or_else(|| {
+            tracing::warn!(
+                "no system CA bundle found ({}): HTTPS web seeds are trusted only by the --web-seed-ca certificates",
+                SYSTEM_CA_BUNDLES.join(", ")
+            );
+            Vec::new()
+        });
     let mut roots = certificates(&system);
     roots.extend(extra);
     Ok(ureq::tls::TlsConfig::builder()
@@ -289,6 +321,7 @@ impl PeerSource for WebSeeds {
                     connections: AtomicUsize::new(0),
                     bytes: AtomicU64::new(0),
                     requests: AtomicU64::new(0),
+                    rate: AtomicU64::new(0),
                 })
             })
             .collect();
@@ -566,7 +599,12 @@ impl Fetch {
             }
         }
         let m = best?;
-        m.connections.fetch_add(1, Ordering::AcqRel);
+        // Another thread may have taken the last slot since it was read.
+        m.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.config.per_server).then_some(n + 1)
+            })
+            .ok()?;
         Some(Claim(m))
     }
 
@@ -579,7 +617,6 @@ impl Fetch {
     /// One connection: runs of pieces from whichever mirror is free, until
     /// the download ends or every mirror is dropped.
     fn connection(&self, key: PeerKey) {
-        let mut rate = None;
         while !self.done() && !self.all_dropped() {
             let Some(claim) = self.claim(key) else {
                 std::thread::sleep(Duration::from_millis(250));
@@ -592,7 +629,7 @@ impl Fetch {
                     break;
                 }
                 let has = mirror.has(&self.torrent);
-                let max_pieces = self.run_pieces(mirror, rate);
+                let max_pieces = self.run_pieces(mirror);
                 let run = {
                     let Some(mut d) = self.torrent.download() else {
                         return;
@@ -616,7 +653,8 @@ impl Fetch {
                         let bytes = self.torrent.layout.piece_range(run.start).start;
                         let end = self.torrent.layout.piece_range(run.end - 1).end;
                         let secs = started.elapsed().as_secs_f64().max(1e-3);
-                        rate = Some(((end - bytes) as f64 / secs) as u64);
+                        let rate = ((end - bytes) as f64 / secs) as u64;
+                        mirror.rate.store(rate.max(1), Ordering::Relaxed);
                         after = Some(run.end - 1);
                     }
                     Err(failure) => {
@@ -631,18 +669,19 @@ impl Fetch {
         }
     }
 
-    /// Pieces in the next run: about 10 s at the connection's rate, from
+    /// Pieces in the next run: about 10 s at the mirror's rate, from
     /// 1 MiB (at least a piece) to `max_run_bytes`, and no more than a
     /// share of what is missing so that the tail is spread. A mirror that
-    /// ignores ranges reads whole files, so it gets long runs.
-    fn run_pieces(&self, mirror: &Mirror, rate: Option<u64>) -> usize {
+    /// ignores ranges reads whole files, so it gets longer runs.
+    fn run_pieces(&self, mirror: &Mirror) -> usize {
+        let rate = Some(mirror.rate.load(Ordering::Relaxed)).filter(|&r| r > 0);
         let piece = self.torrent.layout.piece_length().max(1);
         let missing = self
             .torrent
             .download()
             .map_or(0, |d| d.picker.bytes_missing());
         let ceiling = if mirror.state().ignores_ranges {
-            u64::MAX
+            self.config.max_run_bytes * WHOLE_FILE_RUN_FACTOR
         } else {
             self.config.max_run_bytes
         };
@@ -667,6 +706,9 @@ struct RunReader<'a> {
     piece: u32,
     buffer: Option<PieceBuf>,
     filled: usize,
+    /// Bytes read since `window_start` (see [`SLOW_WINDOW`]).
+    window_start: Instant,
+    window_bytes: u64,
 }
 
 impl<'a> RunReader<'a> {
@@ -679,7 +721,27 @@ impl<'a> RunReader<'a> {
             run,
             buffer: None,
             filled: 0,
+            window_start: Instant::now(),
+            window_bytes: 0,
         }
+    }
+
+    /// Reads from a mirror's `body` into `buf`, giving the run up when the
+    /// mirror has been too slow for a whole window.
+    fn read_body(&mut self, body: &mut impl Read, buf: &mut [u8]) -> Result<usize, Failure> {
+        let n = body.read(buf).map_err(|e| Failure::Failed(io_cause(&e)))?;
+        if n == 0 {
+            return Err(Failure::Failed("io"));
+        }
+        self.window_bytes += n as u64;
+        if self.window_start.elapsed() >= SLOW_WINDOW {
+            if self.window_bytes < MIN_BYTES_PER_WINDOW {
+                return Err(Failure::Failed("slow"));
+            }
+            self.window_start = Instant::now();
+            self.window_bytes = 0;
+        }
+        Ok(n)
     }
 
     fn read_all(&mut self) -> Result<(), Failure> {
@@ -711,11 +773,26 @@ impl<'a> RunReader<'a> {
             if self.fetch.done() {
                 return Err(Failure::Stopped);
             }
-            let Some(mut d) = self.fetch.torrent.download() else {
-                return Err(Failure::Stopped);
-            };
-            self.buffer = Some(d.take_piece_buffer(self.piece));
-            self.filled = 0;
+            // Within the memory budget, like peers' pieces: wait while the
+            // disk catches up.
+            loop {
+                let Some(mut d) = self.fetch.torrent.download() else {
+                    return Err(Failure::Stopped);
+                };
+                if !d.over_memory_budget() {
+                    self.buffer = Some(d.take_piece_buffer(self.piece));
+                    self.filled = 0;
+                    break;
+                }
+                drop(d);
+                std::thread::sleep(Duration::from_millis(20));
+                if self.fetch.done() {
+                    return Err(Failure::Stopped);
+                }
+                // Waiting on our disk is not the mirror's slowness.
+                self.window_start = Instant::now();
+                self.window_bytes = 0;
+            }
         }
         let buffer = self.buffer.as_mut().expect("taken above");
         Ok(&mut buffer[self.filled..])
@@ -792,11 +869,11 @@ impl<'a> RunReader<'a> {
                             *s.errors.entry("range_ignored").or_default() += 1;
                         }
                     }
-                    let skipped =
-                        std::io::copy(&mut (&mut body).take(offset), &mut std::io::sink())
-                            .map_err(|e| Failure::Failed(io_cause(&e)))?;
-                    if skipped != offset {
-                        return Err(Failure::Failed("io"));
+                    let mut scratch = vec![0u8; 64 << 10];
+                    let mut skip = offset;
+                    while skip > 0 {
+                        let want = (scratch.len() as u64).min(skip) as usize;
+                        skip -= self.read_body(&mut body, &mut scratch[..want])? as u64;
                     }
                     (offset, end)
                 }
@@ -804,14 +881,13 @@ impl<'a> RunReader<'a> {
             };
             let mut left = to - from;
             while left > 0 {
-                let space = self.space()?;
-                let want = (space.len() as u64).min(left) as usize;
-                let n = body
-                    .read(&mut space[..want])
-                    .map_err(|e| Failure::Failed(io_cause(&e)))?;
-                if n == 0 {
-                    return Err(Failure::Failed("io"));
-                }
+                let want = (self.space()?.len() as u64).min(left) as usize;
+                // The buffer is taken out for the read so that `self` can
+                // keep the window's count; `space` put it there.
+                let mut buffer = self.buffer.take().expect("space() took one");
+                let read = self.read_body(&mut body, &mut buffer[self.filled..self.filled + want]);
+                self.buffer = Some(buffer);
+                let n = read?;
                 left -= n as u64;
                 self.advance(n)?;
             }

@@ -140,7 +140,10 @@ impl PexMessage {
     }
 }
 
-/// A compact peer: 4 or 16 address bytes, then the port, big-endian.
+/// A compact peer: 4 or 16 address bytes, then the port, big-endian. An
+/// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) comes out as the IPv4
+/// address it is, so that no filter, ban or duplicate check of IPv4
+/// addresses can be passed by naming one in `added6`.
 fn compact(entry: &[u8]) -> SocketAddr {
     let (ip, port) = entry.split_at(entry.len() - 2);
     let port = u16::from_be_bytes([port[0], port[1]]);
@@ -148,7 +151,8 @@ fn compact(entry: &[u8]) -> SocketAddr {
         Ok(v4) => IpAddr::V4(Ipv4Addr::from(v4)),
         Err(_) => IpAddr::V6(Ipv6Addr::from(
             <[u8; 16]>::try_from(ip).expect("18-byte entries"),
-        )),
+        ))
+        .to_canonical(),
     };
     SocketAddr::new(ip, port)
 }
@@ -229,6 +233,18 @@ mod tests {
         assert_eq!(PexMessage::decode(&out, 100).unwrap(), m);
         let capped = PexMessage::decode(&out, 50).unwrap();
         assert_eq!(capped.added.len(), 51, "50 IPv4 and the one IPv6");
+    }
+
+    #[test]
+    fn a_mapped_ipv4_address_in_added6_is_read_as_ipv4() {
+        let m = PexMessage {
+            added: vec![("[::ffff:127.0.0.1]:22".parse().unwrap(), 0)],
+            dropped: vec![],
+        };
+        let mut out = Vec::new();
+        m.encode(&mut out);
+        let read = PexMessage::decode(&out, 50).unwrap();
+        assert_eq!(read.added, [("127.0.0.1:22".parse().unwrap(), 0)]);
     }
 
     #[test]
