@@ -521,13 +521,21 @@ impl Picker {
     }
 
     /// The web seed `owner` delivered the whole of `piece`: every block is
-    /// received. `None` if the piece is not being fetched any more (peers
-    /// finished it in endgame, or it was reset): the copy is not needed.
+    /// received. `None` if the piece is not in its run any more (peers
+    /// finished it in endgame, or it was reset and taken by another
+    /// source): the copy is not needed.
     pub fn on_whole_piece(&mut self, owner: PeerKey, piece: u32) -> Option<Arrival> {
-        let partial = self.partial.remove(&piece)?;
-        if partial.run {
-            self.runs -= 1;
+        // Only into its own run: a piece reset and taken by another source
+        // meanwhile is theirs.
+        if !self
+            .partial
+            .get(&piece)
+            .is_some_and(|p| p.run && p.owner == owner)
+        {
+            return None;
         }
+        let partial = self.partial.remove(&piece)?;
+        self.runs -= 1;
         let mut others = Vec::new();
         for block in partial.blocks {
             if let Block::Requested(peers) = block {
@@ -920,6 +928,9 @@ mod tests {
         assert_eq!(p.pick_run(SEED, &all, 4, Some(9)), 10..14);
         // Another seed gets the largest gap left: 0..5.
         assert_eq!(p.pick_run(SEED + 1, &all, 100, None), 0..5);
+        // A piece of one seed's run is not another's to deliver.
+        assert_eq!(p.on_whole_piece(SEED + 1, 6), None);
+        assert_eq!(p.on_whole_piece(2, 0), None, "nor a peer's");
         // Runs hold no peer's partial slots, and peers do not get their blocks.
         assert_eq!(p.partial_count() - p.runs, 1);
         let reqs = p.pick(2, &all, 11, &mut first);

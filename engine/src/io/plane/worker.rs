@@ -112,6 +112,11 @@ const EVICTIONS_IN_FLIGHT: usize = 8;
 const EVICT_ON_EMFILE: usize = 8;
 /// Failed accepts are logged at most this often (with their count).
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How long the peers learned through peer exchange are remembered (and
+/// not dialed again for it): 30 minutes, then the 200-per-torrent budget
+/// starts afresh.
+const FORGET_EXCHANGED_EVERY: Duration = Duration::from_secs(30 * 60);
 /// Timer period: rate-limit refills and housekeeping.
 const TICK: Duration = Duration::from_millis(100);
 /// Stats flush, file checks, keep-alives and idle checks.
@@ -214,8 +219,12 @@ pub struct Worker<B: Backend> {
     redials: Vec<(InfoHash, SocketAddr, bool)>,
     /// Peers learned through peer exchange, per torrent (at most
     /// [`MAX_TOLD`] each), so that no one source fills the dial queue and
-    /// no peer is dialed twice for it.
+    /// no peer is dialed twice for it; forgotten every
+    /// [`FORGET_EXCHANGED_EVERY`], so that a long-running seed keeps
+    /// learning as its swarm changes.
     exchanged: HashMap<InfoHash, HashSet<SocketAddr>>,
+    /// When `exchanged` was last forgotten.
+    exchanged_since: Duration,
     /// Hands peers learned through peer exchange to the workers.
     dialer: Dialer,
     messages: crossbeam_channel::Receiver<WorkerMessage>,
@@ -279,6 +288,7 @@ impl<B: Backend> Worker<B> {
                 .collect(),
             redials: Vec::new(),
             exchanged: HashMap::new(),
+            exchanged_since: Duration::ZERO,
             dialer: Dialer::new(Arc::clone(&shared)),
             torrents,
             fetching: HashMap::new(),
@@ -1534,6 +1544,10 @@ impl<B: Backend> Worker<B> {
         self.rebalance_rate();
         let pex_views = self.exchange_views();
         self.exchanged.retain(|h, _| self.torrents.contains_key(h));
+        if now.saturating_sub(self.exchanged_since) >= FORGET_EXCHANGED_EVERY {
+            self.exchanged.clear();
+            self.exchanged_since = now;
+        }
         self.fill_free_seed_slots(now);
         if self.burst.should_purge(self.conns.len()) {
             // A burst of connections is over: give its memory back.
