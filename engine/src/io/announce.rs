@@ -104,6 +104,17 @@ struct UdpTracker {
     connection: Option<(u64, Instant)>,
 }
 
+/// The certificates in `pem` (other items skipped), for an HTTPS client's
+/// roots: the tracker client's and the web seeds'.
+pub(crate) fn pem_certificates(pem: &[u8]) -> Vec<ureq::tls::Certificate<'static>> {
+    ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
 impl TrackerClient {
     /// A client with `config`.
     pub fn new(config: ClientConfig) -> Result<Self, AnnounceError> {
@@ -112,12 +123,7 @@ impl TrackerClient {
             .http_status_as_error(false)
             .user_agent(concat!("ringseed/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &config.roots_pem {
-            let roots: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(pem)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
-                    _ => None,
-                })
-                .collect();
+            let roots = pem_certificates(pem);
             if roots.is_empty() {
                 return Err(AnnounceError::BadUrl(
                     "no certificate in the given roots".into(),

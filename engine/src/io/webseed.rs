@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::hash::sha1;
+use crate::io::announce::pem_certificates;
 use crate::io::plane::control::PieceSink;
 use crate::io::storage::Torrent;
 use crate::policy::bitfield::Bitfield;
@@ -268,15 +269,7 @@ const SYSTEM_CA_BUNDLES: [&str; 4] = [
 /// (Without extra certificates, ureq's built-in web PKI roots are used:
 /// ureq can trust either a given list or its own, not both.)
 fn tls_with_extra_roots(pem: &[u8]) -> Result<ureq::tls::TlsConfig, WebSeedError> {
-    let certificates = |bytes: &[u8]| -> Vec<ureq::tls::Certificate<'static>> {
-        ureq::tls::parse_pem(bytes)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
-                _ => None,
-            })
-            .collect()
-    };
-    let extra = certificates(pem);
+    let extra = pem_certificates(pem);
     if extra.is_empty() {
         return Err(WebSeedError::NoCertificate);
     }
@@ -290,7 +283,7 @@ fn tls_with_extra_roots(pem: &[u8]) -> Result<ureq::tls::TlsConfig, WebSeedError
             );
             Vec::new()
         });
-    let mut roots = certificates(&system);
+    let mut roots = pem_certificates(&system);
     roots.extend(extra);
     Ok(ureq::tls::TlsConfig::builder()
         .root_certs(ureq::tls::RootCerts::Specific(Arc::new(roots)))
